@@ -1,0 +1,58 @@
+"""Settings read from the environment: the one place that reads ``os.environ``.
+
+=============================  ==========================================================
+variable                       meaning
+=============================  ==========================================================
+``ANALYSIS_ROOT``              root of saved analyses and project files (``.clients``)
+``ANALYSIS_PROJECT_ID``        project of a notebook session (``default``)
+``ANALYSIS_DATASOURCES_FILE``  datasources TOML file, instead of the project's own
+``ANALYSIS_SECRET_KEY``        Fernet key(s) that decrypt datasource passwords
+``ANALYSIS_BACKEND_URL``       base URL of the backend file API (also ``BACKEND_URL``)
+``ANALYSIS_BACKEND_TOKEN``     bearer token for the file API
+=============================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Environment-derived settings; build with :meth:`from_env`."""
+
+    root: Path = Path(".clients")
+    project_id: str = "default"
+    datasources_file: Path | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    backend_url: str | None = None
+    backend_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``environ`` (default: ``os.environ``)."""
+        env = os.environ if environ is None else environ
+        ds_file = env.get("ANALYSIS_DATASOURCES_FILE")
+        return cls(
+            root=Path(env.get("ANALYSIS_ROOT") or ".clients"),
+            project_id=env.get("ANALYSIS_PROJECT_ID") or "default",
+            datasources_file=Path(ds_file) if ds_file else None,
+            secret_key=env.get("ANALYSIS_SECRET_KEY") or None,
+            backend_url=env.get("ANALYSIS_BACKEND_URL") or env.get("BACKEND_URL") or None,
+            backend_token=env.get("ANALYSIS_BACKEND_TOKEN") or None,
+        )
+
+    def project_dir(self, project_id: str) -> Path:
+        """``{root}/{project_id}/analysis``: where a project's analyses and config live."""
+        return self.root / project_id / "analysis"
+
+    def datasources_path(self, project_id: str) -> Path:
+        """The datasources TOML file of a project (the override wins)."""
+        if self.datasources_file is not None:
+            return self.datasources_file
+        return self.project_dir(project_id) / "datasources.toml"

@@ -1,0 +1,226 @@
+"""The job's own in-memory DuckDB: ``query`` and ``load_data``, and the ``QueryResult`` they return.
+
+Data moves as Arrow: query results are fetched as Arrow tables, and ``load_data`` hands DuckDB
+an Arrow table (or the caller's DataFrame / Arrow object) to scan in place.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from analysis.errors import AnalysisError
+from analysis.logs import emit
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+__all__ = ["Duck", "LoadDataError", "QueryResult", "quote_identifier"]
+
+_MODES = ("replace", "append")
+
+
+class LoadDataError(AnalysisError, ValueError):
+    """``load_data`` was given a table name, mode or data it cannot load."""
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as one quoted SQL identifier; rejects empty names and control characters."""
+    if not isinstance(name, str) or not name or len(name) > 255:
+        raise LoadDataError(f"Table name {name!r} must be a non-empty string of at most 255 characters.")
+    if any(ord(ch) < 32 for ch in name):
+        raise LoadDataError(f"Table name {name!r} contains control characters.")
+    return '"' + name.replace('"', '""') + '"'
+
+
+class QueryResult:
+    """The result of a query: columns, rows, and conversions, backed by an Arrow table.
+
+    Rows are built lazily on first use of :attr:`rows`, so a result that only goes on to
+    pandas, polars or another table never becomes Python objects.
+
+    Parameters
+    ----------
+    table
+        The result's columns; ``None`` for a result that only reports a row count (``into=``).
+    row_count
+        Rows affected or loaded, for results without a table.
+    """
+
+    def __init__(self, table: pa.Table | None, *, row_count: int | None = None) -> None:
+        if table is None:
+            import pyarrow as pa
+
+            table = pa.table({})
+        self._table = table
+        self._row_count = table.num_rows if row_count is None else row_count
+        self._rows: list[dict[str, Any]] | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names, in order."""
+        return list(self._table.column_names)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Rows as dicts of column name to value (built once, then cached)."""
+        if self._rows is None:
+            self._rows = self._table.to_pylist(maps_as_pydicts="lossy")
+        return self._rows
+
+    @property
+    def row_count(self) -> int:
+        """Number of rows (for ``into=`` results: the rows loaded)."""
+        return self._row_count
+
+    def __len__(self) -> int:
+        return self._row_count
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+    def arrow(self) -> pa.Table:
+        """The result as a pyarrow Table (no copy)."""
+        return self._table
+
+    def df(self) -> Any:
+        """The result as a pandas DataFrame."""
+        return self._table.to_pandas()
+
+    def pl(self) -> Any:
+        """The result as a polars DataFrame (needs polars)."""
+        import polars as pl
+
+        return pl.from_arrow(self._table)
+
+    def __repr__(self) -> str:
+        return f"<QueryResult {self._row_count} rows x {len(self.columns)} columns: {', '.join(self.columns)}>"
+
+    def _repr_html_(self) -> str:
+        from analysis.display import html_table
+
+        return html_table(self)
+
+
+def _table_from_dicts(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Columns = union of keys in first-seen order; each column's type inferred over all rows."""
+    import pyarrow as pa
+
+    if not rows:
+        raise LoadDataError("load_data got an empty list: there are no columns to create a table from.")
+    first = rows[0]
+    if not isinstance(first, Mapping):
+        raise LoadDataError(f"load_data expects a list of dicts; row 0 is {type(first).__name__}.")
+    keys = first.keys()
+    try:
+        if all(map(keys.__eq__, map(dict.keys, rows))):  # same keys in every row: the fast path
+            return pa.Table.from_pylist(rows)  # type: ignore[arg-type]
+    except (TypeError, pa.ArrowInvalid, pa.ArrowTypeError):  # not all dicts, or mixed types: go slow
+        pass
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise LoadDataError(f"load_data expects a list of dicts; row {i} is {type(row).__name__}.")
+    names = list(dict.fromkeys(itertools.chain.from_iterable(rows)))
+    columns = {}
+    for name in names:
+        try:
+            columns[name] = pa.array([r.get(name) for r in rows])
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise LoadDataError(f"load_data cannot infer a type for column {name!r}: {exc}.") from exc
+    return pa.table(columns)
+
+
+class Duck:
+    """One in-memory DuckDB connection, opened on first use, owned by a ``Context``."""
+
+    def __init__(self) -> None:
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The DuckDB connection (created on first access)."""
+        if self._con is None:
+            import duckdb
+
+            self._con = duckdb.connect(":memory:")
+        return self._con
+
+    @property
+    def is_open(self) -> bool:
+        """Whether a connection has been opened."""
+        return self._con is not None
+
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> QueryResult:
+        """Run ``sql`` with bound ``params``; see ``Context.query``."""
+        emit("query:duckdb", sql)
+        rel = self.connection.sql(sql, params=params)
+        if rel is None:  # a statement without a result set (DDL)
+            return QueryResult(None, row_count=0)
+        return QueryResult(rel.to_arrow_table())
+
+    def load_data(self, table: str, data: Any, *, mode: str = "replace") -> int:
+        """Load ``data`` into ``table``; see ``Context.load_data``."""
+        target = quote_identifier(table)
+        if mode not in _MODES:
+            raise LoadDataError(f"load_data mode {mode!r} is not one of {', '.join(map(repr, _MODES))}.")
+        source = self._as_scannable(data)
+        con = self.connection
+        view = "__analysis_load_data"
+        con.register(view, source)
+        try:
+            if mode == "append" and self._exists(table):
+                sql = f"INSERT INTO {target} BY NAME SELECT * FROM {view}"
+            else:
+                sql = f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM {view}"
+            count = int(con.execute(sql).fetchall()[0][0])
+        finally:
+            con.unregister(view)
+        emit("load_data", f"Loaded {count} rows into {table}")
+        return count
+
+    def _exists(self, table: str) -> bool:
+        found = self.connection.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema()",
+            [table],
+        ).fetchall()
+        return bool(found[0][0])
+
+    @staticmethod
+    def _as_scannable(data: Any) -> Any:
+        """Something DuckDB can scan in place: Arrow, pandas, polars; dict rows become Arrow."""
+        import pyarrow as pa
+
+        if isinstance(data, QueryResult):
+            return data.arrow()
+        if isinstance(data, pa.Table | pa.RecordBatchReader):
+            return data
+        if isinstance(data, pa.RecordBatch):
+            return pa.Table.from_batches([data])
+        module = type(data).__module__.split(".")[0]
+        if module in ("pandas", "polars"):
+            return data
+        if isinstance(data, list | tuple):
+            try:
+                return _table_from_dicts(data)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise LoadDataError(f"load_data cannot infer column types: {exc}.") from exc
+        raise LoadDataError(
+            "load_data accepts a list of dicts, a pandas or polars DataFrame, a pyarrow Table or "
+            f"RecordBatchReader, or a QueryResult; got {type(data).__name__}."
+        )
+
+    def interrupt(self) -> None:
+        """Stop the running DuckDB query, if any; safe from another thread."""
+        if self._con is not None:
+            self._con.interrupt()
+
+    def close(self) -> None:
+        """Close the connection. Safe to call twice."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None

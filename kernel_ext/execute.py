@@ -1,0 +1,196 @@
+"""Running one analysis inside the kernel: load it, call ``run``, turn the outcome into data.
+
+Used by the headless runner (``run_job``, called with a job document's path by a fixed line of
+code) and by the ``%%analysis`` magic (``run_analysis``), so both give the same results, limits
+and error types. The outcome is a JSON document::
+
+    {"success": true, "result": <json>}
+    {"success": false, "error": str, "error_type": str, "stack": str | null}
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import inspect
+import json
+import linecache
+import threading
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from analysis.config import Settings
+from analysis.context import Context
+from analysis.deadline import Deadline
+from analysis.errors import AnalysisError, InvalidAnalysisError, JobCancelledError, JobTimeoutError
+from analysis.results import encode_result
+from analysis.validate import check_run_signature, validate_source
+
+__all__ = ["RESULT_MIME", "Watchdog", "load_run", "run_analysis", "run_job"]
+
+#: The MIME type of the one message that carries a headless job's outcome to the runner.
+RESULT_MIME = "application/vnd.analysis.outcome+json"
+
+#: Outcomes larger than this go to a file in the job directory instead of the message.
+INLINE_OUTCOME_BYTES = 1024 * 1024
+
+
+def load_run(source: str, filename: str) -> Callable[..., Any]:
+    """Execute the analysis module's source and return its ``run`` function."""
+    validate_source(source, filename)
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"__name__": "__analysis__", "__file__": filename}
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - running the user's analysis is the job
+    run = namespace.get("run")
+    if run is None:
+        raise InvalidAnalysisError(f"The analysis {filename} defines no top-level function run(ctx, parameters).")
+    check_run_signature(run, filename)
+    return run  # type: ignore[no-any-return]
+
+
+def _run_coroutine(coro: Any) -> Any:
+    """Drive an ``async def run`` to completion on this thread, even inside a kernel's running loop."""
+    running = asyncio.events._get_running_loop()
+    asyncio.events._set_running_loop(None)
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+            asyncio.events._set_running_loop(running)
+
+
+class Watchdog:
+    """Stops the analysis at its deadline: cancels DuckDB and datasource queries, interrupts Python.
+
+    ``interrupt_main`` raises ``KeyboardInterrupt`` in the main thread at its next bytecode,
+    which is how ``%%analysis --timeout`` stops a cell and leaves the kernel usable. The headless
+    runner also signals the kernel and, if that is ignored, kills it.
+    """
+
+    def __init__(self, ctx: Context, deadline: Deadline, *, interrupt_main: bool) -> None:
+        self._ctx = ctx
+        self._deadline = deadline
+        self._interrupt_main = interrupt_main
+        self._done = threading.Event()
+        self.fired = False
+        self._thread = threading.Thread(target=self._watch, name="analysis-watchdog", daemon=True)
+
+    def __enter__(self) -> Watchdog:
+        if self._deadline.at is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _watch(self) -> None:
+        remaining = self._deadline.remaining_s()
+        if remaining is None or self._done.wait(remaining):
+            return
+        self.fired = True
+        self._ctx.interrupt()
+        if self._interrupt_main:
+            _thread.interrupt_main()
+
+
+def _user_traceback(exc: BaseException, filename: str) -> str:
+    """The traceback from the analysis's own first frame on (our frames dropped)."""
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
+        tb = tb.tb_next
+    lines = traceback.format_exception(type(exc), exc, tb if tb is not None else exc.__traceback__)
+    return "".join(lines).rstrip("\n")
+
+
+def _failure(error: AnalysisError, stack: str | None) -> dict[str, Any]:
+    return {"success": False, **error.to_dict(), "stack": stack}
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def run_analysis(
+    run: Callable[..., Any], ctx: Context, *, filename: str, max_result_bytes: int | None, interrupt_main: bool
+) -> tuple[dict[str, Any], bytes | None]:
+    """Call ``run(ctx, ctx.parameters)`` under the context's deadline and encode the result.
+
+    Returns the outcome without its result, and the encoded result (``None`` on failure).
+    Never raises for anything the analysis did.
+    """
+    deadline = ctx.deadline
+    watchdog = Watchdog(ctx, deadline, interrupt_main=interrupt_main)
+    try:
+        with watchdog:
+            value = run(ctx, ctx.parameters)
+            if inspect.isawaitable(value):
+                value = _run_coroutine(value)
+        return {"success": True}, encode_result(value, max_bytes=max_result_bytes)
+    except BaseException as exc:  # noqa: BLE001 - every outcome becomes data
+        if watchdog.fired or (isinstance(exc, KeyboardInterrupt | JobTimeoutError) and deadline.expired()):
+            err: AnalysisError = JobTimeoutError(f"The analysis ran past {deadline.describe()} and was stopped.")
+            return _failure(err, _user_traceback(exc, filename)), None
+        if isinstance(exc, KeyboardInterrupt):
+            return _failure(JobCancelledError("The analysis was interrupted before it finished."), None), None
+        if isinstance(exc, SystemExit):
+            message = f"The analysis called sys.exit({exc.code!r}); return a value from run instead."
+            return _failure(AnalysisError(message), _user_traceback(exc, filename)), None
+        if isinstance(exc, AnalysisError):
+            stack = _user_traceback(exc, filename) if exc.__traceback__ is not None else None
+            return _failure(exc, stack), None
+        message = f"The analysis raised {_describe(exc)}"
+        return _failure(AnalysisError(message), _user_traceback(exc, filename)), None
+
+
+def _publish(outcome: dict[str, Any], result: bytes | None, result_path: Path) -> None:
+    """Send the outcome as one display message of ``RESULT_MIME`` (large ones via a file)."""
+    from IPython.display import publish_display_data
+
+    head = json.dumps(outcome)
+    text = head if result is None else head[:-1] + ', "result": ' + result.decode() + "}"
+    if len(text) > INLINE_OUTCOME_BYTES:
+        result_path.write_text(text, encoding="utf-8")
+        text = json.dumps({"outcome_file": result_path.name})
+    publish_display_data({RESULT_MIME: text})
+
+
+def run_job(job_file: str) -> None:
+    """Run the job described by the JSON document ``job_file`` and publish its outcome."""
+    path = Path(job_file)
+    job: Mapping[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    settings = Settings.from_env()
+    if job.get("datasources_file"):
+        settings = Settings(**{**settings.__dict__, "datasources_file": Path(job["datasources_file"])})
+    ctx = Context(
+        project_id=job["project_id"],
+        job_id=job["job_id"],
+        parameters=job["parameters"],
+        settings=settings,
+        deadline=Deadline(job.get("deadline_at"), job.get("timeout_s")),
+    )
+    filename = job["source_path"]
+    try:
+        try:
+            run = load_run(Path(filename).read_text(encoding="utf-8"), filename)
+        except InvalidAnalysisError as exc:
+            outcome, result = _failure(exc, None), None
+        except BaseException as exc:  # noqa: BLE001 - top-level code of the analysis raised
+            err = AnalysisError(f"The analysis failed while loading: {_describe(exc)}")
+            outcome, result = _failure(err, _user_traceback(exc, filename)), None
+        else:
+            outcome, result = run_analysis(
+                run, ctx, filename=filename, max_result_bytes=job.get("max_result_bytes"), interrupt_main=False
+            )
+    finally:
+        ctx.close()
+    _publish(outcome, result, path.with_name("outcome.json"))

@@ -1,0 +1,17 @@
+"""The job log: tagged lines on stderr (``[query:duckdb] ...``, ``[log] ...``).
+
+Inside a kernel, stderr is captured by ipykernel and reaches the runner as stream
+messages, which become the envelope's ``logs``; in a notebook the lines show under the cell.
+"""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = ["emit"]
+
+
+def emit(tag: str, message: str) -> None:
+    """Write ``[tag] message`` as one line to stderr."""
+    sys.stderr.write(f"[{tag}] {message}\n")
+    sys.stderr.flush()

@@ -1,0 +1,142 @@
+"""The ``analysis`` command line: ``run`` and ``validate`` (CONTRACT.md section 5), and friends.
+
+Exit codes: 0 success, 1 the analysis failed (the envelope is still printed), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"analysis: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of bytes, not {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``analysis`` argument parser with every subcommand."""
+    parser = _Parser(prog="analysis", description="Run and check analyses headless.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run a .py analysis in a fresh kernel and print its envelope")
+    run.add_argument("path", type=Path, help="the analysis: a .py file defining run(ctx, parameters)")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="a parameter; VALUE is JSON where valid, else a string (repeatable)")
+    run.add_argument("--params-json", metavar="JSON", help="parameters as one JSON object (-p wins)")
+    run.add_argument("--project", default="default", metavar="ID", help="project id (default: default)")
+    run.add_argument("--timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+                     help="whole-run deadline (default: 300)")
+    run.add_argument("--max-result-bytes", type=_positive_int, default=10 * 1024 * 1024, metavar="N",
+                     help="limit of the encoded result (default: 10485760)")
+    run.add_argument("--root", type=Path, default=None, metavar="DIR",
+                     help="projects root (default: $ANALYSIS_ROOT or .clients)")
+    run.add_argument("--datasources", type=Path, default=None, metavar="FILE",
+                     help="datasources file to use instead of the project's")
+    run.set_defaults(handler=_cmd_run)
+
+    validate = commands.add_parser("validate", help="check an analysis without running it")
+    validate.add_argument("path", type=Path)
+    validate.set_defaults(handler=_cmd_validate)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from analysis.config import Settings
+    from analysis.errors import InvalidParametersError
+    from analysis.params import check_id, parse_assignments
+    from analysis.runner.jobs import JobSpec, run_job
+
+    try:
+        check_id(args.project, "Project id")
+    except ValueError as exc:
+        raise _usage(str(exc)) from None
+    if args.path.suffix != ".py":
+        raise _usage(f"{args.path} is not a .py analysis (notebook analyses are not supported yet)")
+    if not args.path.is_file():
+        raise _usage(f"{args.path} does not exist")
+    if args.datasources is not None and not args.datasources.is_file():
+        raise _usage(f"datasources file {args.datasources} does not exist")
+    try:
+        parameters = json.loads(args.params_json) if args.params_json else {}
+        if not isinstance(parameters, dict):
+            raise InvalidParametersError("--params-json must be a JSON object")
+        parameters.update(parse_assignments(args.param))
+    except (ValueError, InvalidParametersError) as exc:
+        raise _usage(f"invalid parameters: {exc}") from None
+    spec = JobSpec(
+        source_path=args.path,
+        parameters=parameters,
+        project_id=args.project,
+        root=args.root or Settings.from_env().root,
+        timeout_s=args.timeout,
+        max_result_bytes=args.max_result_bytes,
+        datasources_file=args.datasources,
+    )
+    result = run_job(spec)
+    sys.stdout.write(result.to_json() + "\n")
+    return EXIT_OK if result.success else EXIT_FAILED
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from analysis.errors import InvalidAnalysisError
+    from analysis.validate import validate_source
+
+    try:
+        source = args.path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _usage(f"cannot read {args.path}: {exc.strerror}") from None
+    try:
+        validate_source(source, str(args.path))
+    except InvalidAnalysisError as exc:
+        sys.stdout.write(f"invalid: {exc.message}\n")
+        return EXIT_FAILED
+    sys.stdout.write(f"ok: {args.path} defines run(ctx, parameters)\n")
+    return EXIT_OK
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _usage(message: str) -> _UsageError:
+    return _UsageError(message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``analysis`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except _UsageError as exc:
+        sys.stderr.write(f"analysis: error: {exc}\n")
+        return EXIT_USAGE
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

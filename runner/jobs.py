@@ -1,0 +1,290 @@
+"""Running one job: job directory, kernel, deadline, captured logs, and the envelope.
+
+The runner owns the deadline. At the deadline it interrupts the kernel (the kernel's own
+watchdog cancels DuckDB and datasource queries at the same moment); if no outcome arrives
+within the grace period it kills the kernel's process tree. Whatever happens, the kernel is
+killed and the job directory removed before ``run_job`` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from analysis.errors import (
+    AnalysisError,
+    InvalidParametersError,
+    JobTimeoutError,
+    KernelDiedError,
+    KernelStartError,
+)
+from analysis.params import check_id
+from analysis.results import DEFAULT_MAX_RESULT_BYTES, to_json_fragment
+from analysis.runner.envelope import JobResult
+from analysis.runner.kernels import KernelProcess, launch_kernel
+from analysis.runner.logbuffer import DEFAULT_MAX_LOG_BYTES, LogBuffer
+
+__all__ = ["DEFAULT_TIMEOUT_S", "JobSpec", "run_job", "run_job_async"]
+
+#: CONTRACT.md 4: the whole-run deadline.
+DEFAULT_TIMEOUT_S = 300.0
+_RESULT_MIME = "application/vnd.analysis.outcome+json"  # = analysis.execute.RESULT_MIME (no import: light)
+_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything one job needs. ``None`` limits are disabled.
+
+    Parameters
+    ----------
+    source_path
+        The analysis script.
+    parameters
+        The job's parameters (a JSON object).
+    project_id
+        The project the job runs in (datasources, job directory).
+    root
+        Root folder of projects (``.clients``).
+    timeout_s
+        Whole-run deadline, kernel start included.
+    max_result_bytes
+        Limit of the encoded result.
+    max_log_bytes
+        Cap of captured output kept in the envelope.
+    interrupt_grace_s
+        How long an interrupted kernel may take to stop before it is killed.
+    kernel_start_timeout_s
+        How long the kernel may take to answer its first request.
+    datasources_file
+        A datasources file to use instead of the project's.
+    cwd
+        Working directory of the kernel (default: the runner's).
+    job_id
+        Id of the job (default: a new UUID).
+    trigger
+        What started the job (``manual``, ``schedule``, ...), kept on the result.
+    """
+
+    source_path: Path
+    parameters: dict[str, Any] = field(default_factory=dict)
+    project_id: str = "default"
+    root: Path = Path(".clients")
+    timeout_s: float | None = DEFAULT_TIMEOUT_S
+    max_result_bytes: int | None = DEFAULT_MAX_RESULT_BYTES
+    max_log_bytes: int | None = DEFAULT_MAX_LOG_BYTES
+    interrupt_grace_s: float = 2.0
+    kernel_start_timeout_s: float = 60.0
+    datasources_file: Path | None = None
+    cwd: Path | None = None
+    job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    trigger: str = "manual"
+
+
+class _Job:
+    """The state of one running job (one kernel, one log buffer)."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.started = time.monotonic()
+        self.deadline = None if spec.timeout_s is None else self.started + spec.timeout_s
+        self.logs = LogBuffer(spec.max_log_bytes)
+        self.kernel: KernelProcess | None = None
+
+    def remaining(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
+
+    def envelope(self, outcome: dict[str, Any], result_json: str = "null") -> JobResult:
+        return JobResult(
+            success=bool(outcome.get("success")),
+            job_id=self.spec.job_id,
+            logs=self.logs.lines(),
+            duration_ms=int((time.monotonic() - self.started) * 1000),
+            error=outcome.get("error"),
+            error_type=outcome.get("error_type"),
+            stack=outcome.get("stack"),
+            result_json=result_json,
+            trigger=self.spec.trigger,
+        )
+
+    def timeout_error(self, killed: bool) -> JobTimeoutError:
+        how = (
+            f"was killed after ignoring the interrupt for {self.spec.interrupt_grace_s:g} s"
+            if killed
+            else "was stopped"
+        )
+        return JobTimeoutError(f"The analysis ran past the {self.spec.timeout_s:g} s deadline (timeout_s) and {how}.")
+
+    def died_error(self) -> KernelDiedError:
+        assert self.kernel is not None
+        tail = self.kernel.log_tail(300).splitlines()
+        detail = f"; its last output: {tail[-1]}" if tail else ""
+        return KernelDiedError(
+            f"The kernel {self.kernel.exit_description()} while running the analysis{detail}."
+        )
+
+
+def _write_job_document(spec: JobSpec, job_dir: Path, source: Path) -> Path:
+    wall_deadline = None if spec.timeout_s is None else time.time() + spec.timeout_s
+    document = {
+        "job_id": spec.job_id,
+        "project_id": spec.project_id,
+        "parameters": spec.parameters,
+        "source_path": str(source),
+        "deadline_at": wall_deadline,
+        "timeout_s": spec.timeout_s,
+        "max_result_bytes": spec.max_result_bytes,
+        "datasources_file": str(spec.datasources_file.resolve()) if spec.datasources_file else None,
+    }
+    path = job_dir / "job.json"
+    path.write_bytes(to_json_fragment(document))
+    return path
+
+
+def _check_parameters(parameters: Any) -> None:
+    if not isinstance(parameters, dict):
+        raise InvalidParametersError(f"Parameters must be a JSON object, not {type(parameters).__name__}.")
+    for key in parameters:
+        if not isinstance(key, str):
+            raise InvalidParametersError(f"Parameter names must be strings; got {key!r}.")
+    try:
+        to_json_fragment(parameters)
+    except AnalysisError as exc:
+        raise InvalidParametersError(f"Parameters must be JSON data: {exc.message}") from None
+
+
+async def _wait_ready(job: _Job, client: Any) -> None:
+    """Wait until the kernel answers on shell and has published on iopub."""
+    assert job.kernel is not None
+    limit = min(job.spec.kernel_start_timeout_s, job.remaining())
+    give_up = time.monotonic() + limit
+    shell_ok = iopub_ok = False
+    while not (shell_ok and iopub_ok):
+        if not job.kernel.is_alive():
+            tail = job.kernel.log_tail()
+            raise KernelStartError(
+                f"The kernel {job.kernel.exit_description()} during start-up"
+                + (f": {tail.splitlines()[-1]}" if tail else ".")
+            )
+        if time.monotonic() > give_up:
+            if job.remaining() <= 0:
+                raise job.timeout_error(killed=False)
+            raise KernelStartError(
+                f"The kernel did not answer within {job.spec.kernel_start_timeout_s:g} s "
+                "(kernel_start_timeout_s)."
+            )
+        if not shell_ok:
+            msg_id = client.kernel_info()
+        step_end = time.monotonic() + 0.5
+        while time.monotonic() < step_end and not (shell_ok and iopub_ok):
+            if not shell_ok:
+                try:
+                    reply = await client.get_shell_msg(timeout=_POLL_S)
+                    shell_ok = reply["parent_header"].get("msg_id") == msg_id
+                except queue.Empty:
+                    pass
+            try:
+                await client.get_iopub_msg(timeout=_POLL_S)
+                iopub_ok = True
+            except queue.Empty:
+                pass
+
+
+async def _execute(job: _Job, client: Any, job_file: Path) -> tuple[dict[str, Any], str]:
+    """Run the job in the ready kernel; return the outcome and the result's JSON text."""
+    assert job.kernel is not None
+    code = f"__import__('analysis.execute').execute.run_job({str(job_file)!r})"
+    msg_id = client.execute(code, silent=False, store_history=False, allow_stdin=False, stop_on_error=True)
+    outcome_text: str | None = None
+    error_reply: dict[str, Any] | None = None
+    interrupted_at: float | None = None
+    while True:
+        if not job.kernel.is_alive():
+            if interrupted_at is not None:
+                raise job.timeout_error(killed=True)
+            raise job.died_error()
+        if interrupted_at is None and job.remaining() <= 0:
+            job.kernel.interrupt()
+            interrupted_at = time.monotonic()
+        if interrupted_at is not None and time.monotonic() - interrupted_at > job.spec.interrupt_grace_s:
+            job.kernel.kill()
+            raise job.timeout_error(killed=True)
+        try:
+            msg = await client.get_iopub_msg(timeout=_POLL_S)
+        except queue.Empty:
+            continue
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream":
+            job.logs.write(content.get("name", "stdout"), content.get("text", ""))
+        elif kind in ("display_data", "execute_result") and _RESULT_MIME in content.get("data", {}):
+            outcome_text = content["data"][_RESULT_MIME]
+        elif kind == "error":
+            error_reply = content
+        elif kind == "status" and content.get("execution_state") == "idle":
+            break
+    if interrupted_at is not None:
+        raise job.timeout_error(killed=False)
+    if outcome_text is None:
+        detail = f"{error_reply.get('ename')}: {error_reply.get('evalue')}" if error_reply else "no outcome"
+        raise AnalysisError(f"The kernel could not run the job ({detail}); is analysis installed in it?")
+    return _parse_outcome(outcome_text, job_file.parent)
+
+
+def _parse_outcome(text: str, job_dir: Path) -> tuple[dict[str, Any], str]:
+    """Split the outcome message into its fields and the raw JSON text of the result."""
+    outcome = json.loads(text)
+    if "outcome_file" in outcome:
+        text = (job_dir / Path(outcome["outcome_file"]).name).read_text(encoding="utf-8")
+        outcome = json.loads(text)
+    if not outcome.get("success"):
+        return outcome, "null"
+    # The result is the last member, spliced in by the kernel: keep its exact text.
+    start = text.index('"result": ') + len('"result": ')
+    return outcome, text[start:-1]
+
+
+async def run_job_async(spec: JobSpec) -> JobResult:
+    """Run one analysis job in a fresh kernel and return its result (never raises for job faults)."""
+    check_id(spec.project_id, "Project id")
+    job = _Job(spec)
+    source = spec.source_path.resolve()
+    job_dir = spec.root / spec.project_id / "analysis" / "temp" / spec.job_id
+    client: Any = None
+    try:
+        _check_parameters(spec.parameters)
+        job_dir.mkdir(mode=0o700, parents=True)
+        os.chmod(job_dir, 0o700)
+        job_file = _write_job_document(spec, job_dir, source)
+        from jupyter_client.asynchronous import AsyncKernelClient
+
+        job.kernel = launch_kernel(job_dir, cwd=spec.cwd)
+        client = AsyncKernelClient()
+        client.load_connection_info(job.kernel.connection_info)
+        client.start_channels()
+        await _wait_ready(job, client)
+        outcome, result_json = await _execute(job, client, job_file)
+        return job.envelope(outcome, result_json)
+    except AnalysisError as exc:
+        return job.envelope({"success": False, **exc.to_dict(), "stack": None})
+    finally:
+        if client is not None:
+            client.stop_channels()
+        if job.kernel is not None:
+            job.kernel.kill()
+            job.kernel.cleanup()
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def run_job(spec: JobSpec) -> JobResult:
+    """Synchronous :func:`run_job_async` (for callers without an event loop)."""
+    return asyncio.run(run_job_async(spec))

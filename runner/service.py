@@ -1,0 +1,113 @@
+"""``AnalysisService``: run a project's saved analyses by id (CONTRACT.md section 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from analysis.errors import InvalidAnalysisError, InvalidParametersError
+from analysis.params import check_id
+from analysis.runner.envelope import JobResult
+from analysis.runner.jobs import JobSpec, run_job_async
+
+__all__ = ["AnalysisService"]
+
+
+class AnalysisService:
+    """Runs saved analyses ``{root}/{project_id}/analysis/scripts/{analysis_id}.py``.
+
+    Parameters
+    ----------
+    root
+        Root folder of the projects.
+    **job_options
+        Defaults for every job (``timeout_s``, ``max_result_bytes``, ``max_log_bytes``,
+        ``interrupt_grace_s``, ...; see :class:`~analysis.runner.jobs.JobSpec`).
+    """
+
+    def __init__(self, root: str | Path = ".clients", **job_options: Any) -> None:
+        self.root = Path(root)
+        self.job_options = job_options
+
+    def script_path(self, analysis_id: str, *, project_id: str = "default") -> Path:
+        """Where the saved analysis lives (ids are checked first)."""
+        check_id(project_id, "Project id")
+        check_id(analysis_id, "Analysis id")
+        return self.root / project_id / "analysis" / "scripts" / f"{analysis_id}.py"
+
+    async def submit_analysis_job_async(
+        self,
+        analysis_id: str,
+        parameters: dict[str, Any] | None,
+        trigger: str = "manual",
+        *,
+        project_id: str = "default",
+        **job_options: Any,
+    ) -> JobResult:
+        """Run saved analysis ``analysis_id`` of ``project_id`` in a fresh kernel; see the sync form."""
+        started = time.monotonic()
+        try:
+            path = self.script_path(analysis_id, project_id=project_id)
+        except ValueError as exc:
+            return _refused(InvalidParametersError(str(exc)), started)
+        if not path.is_file():
+            return _refused(
+                InvalidAnalysisError(f"Project {project_id!r} has no saved analysis {analysis_id!r} ({path})."),
+                started,
+            )
+        spec = JobSpec(
+            source_path=path,
+            parameters=parameters if parameters is not None else {},
+            project_id=project_id,
+            root=self.root,
+            trigger=trigger,
+            **{**self.job_options, **job_options},
+        )
+        return await run_job_async(spec)
+
+    def submit_analysis_job(
+        self,
+        analysis_id: str,
+        parameters: dict[str, Any] | None,
+        trigger: str = "manual",
+        *,
+        project_id: str = "default",
+        **job_options: Any,
+    ) -> JobResult:
+        """Run saved analysis ``analysis_id`` of ``project_id`` in a fresh kernel.
+
+        Parameters
+        ----------
+        analysis_id, project_id
+            Ids matching ``[A-Za-z0-9_-]{1,64}``; anything else is refused before any file
+            or kernel is touched (``invalid_parameters``).
+        parameters
+            The job's parameters, a JSON object.
+        trigger
+            What started the job (``manual``, ``schedule``, ``api``...).
+        **job_options
+            Per-job overrides of ``timeout_s``, ``max_result_bytes`` and the other
+            :class:`~analysis.runner.jobs.JobSpec` options.
+
+        Returns
+        -------
+        JobResult
+            The envelope; failures are results too, never exceptions.
+        """
+        return asyncio.run(
+            self.submit_analysis_job_async(analysis_id, parameters, trigger, project_id=project_id, **job_options)
+        )
+
+
+def _refused(error: InvalidParametersError | InvalidAnalysisError, started: float) -> JobResult:
+    """The envelope of a job refused before any kernel started."""
+    return JobResult(
+        success=False,
+        job_id=uuid.uuid4().hex,
+        logs=[],
+        duration_ms=int((time.monotonic() - started) * 1000),
+        **error.to_dict(),
+    )
