@@ -9,7 +9,7 @@ from analysis.config import Settings
 from analysis.deadline import Deadline
 from analysis.duck import Duck, QueryResult
 from analysis.errors import JobTimeoutError
-from analysis.logs import emit
+from analysis.logs import emit, one_line
 from analysis.sources import Datasources
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class Context:
         into
             A DuckDB table to stream the rows into; the result then holds only the row count.
         """
-        emit("query:datasource", f"{name} {sql}")
+        emit("query:datasource", f"{name} {one_line(sql)}")
         source = self._sources.get(name)
         timeout_s = self.deadline.remaining_s()
         if timeout_s is not None and timeout_s <= 0:

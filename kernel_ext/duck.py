@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from analysis.errors import AnalysisError
-from analysis.logs import emit
+from analysis.logs import emit, one_line
 
 if TYPE_CHECKING:
     import duckdb
@@ -48,6 +48,9 @@ class QueryResult:
     row_count
         Rows affected or loaded, for results without a table.
     """
+
+    #: Rows shown in a notebook (``%config AnalysisMagics.display_rows`` sets it).
+    display_rows: int = 20
 
     def __init__(self, table: pa.Table | None, *, row_count: int | None = None) -> None:
         if table is None:
@@ -99,7 +102,18 @@ class QueryResult:
         return pl.from_arrow(self._table)
 
     def __repr__(self) -> str:
-        return f"<QueryResult {self._row_count} rows x {len(self.columns)} columns: {', '.join(self.columns)}>"
+        return (
+            f"<QueryResult {self._row_count} rows x {len(self.columns)} columns: {', '.join(self.columns)}>"
+        )
+
+    def __json__(self) -> list[dict[str, Any]]:
+        """How a result encodes in JSON: its rows."""
+        return self.rows
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        from analysis.display import text_table
+
+        printer.text(text_table(self))
 
     def _repr_html_(self) -> str:
         from analysis.display import html_table
@@ -118,8 +132,9 @@ def _table_from_dicts(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
         raise LoadDataError(f"load_data expects a list of dicts; row 0 is {type(first).__name__}.")
     keys = first.keys()
     try:
-        if all(map(keys.__eq__, map(dict.keys, rows))):  # same keys in every row: the fast path
-            return pa.Table.from_pylist(rows)  # type: ignore[arg-type]
+        same_keys = all(map(keys.__eq__, map(dict.keys, rows)))  # type: ignore[arg-type]
+        if same_keys:  # the fast path: one C call
+            return pa.Table.from_pylist(rows)
     except (TypeError, pa.ArrowInvalid, pa.ArrowTypeError):  # not all dicts, or mixed types: go slow
         pass
     for i, row in enumerate(rows):
@@ -157,7 +172,7 @@ class Duck:
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> QueryResult:
         """Run ``sql`` with bound ``params``; see ``Context.query``."""
-        emit("query:duckdb", sql)
+        emit("query:duckdb", one_line(sql))
         rel = self.connection.sql(sql, params=params)
         if rel is None:  # a statement without a result set (DDL)
             return QueryResult(None, row_count=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import dataclasses
 import inspect
 import json
 import linecache
@@ -25,7 +26,13 @@ from typing import Any
 from analysis.config import Settings
 from analysis.context import Context
 from analysis.deadline import Deadline
-from analysis.errors import AnalysisError, InvalidAnalysisError, JobCancelledError, JobTimeoutError
+from analysis.errors import (
+    AnalysisError,
+    InvalidAnalysisError,
+    JobCancelledError,
+    JobTimeoutError,
+    ResultError,
+)
 from analysis.results import encode_result
 from analysis.validate import check_run_signature, validate_source
 
@@ -43,10 +50,12 @@ def load_run(source: str, filename: str) -> Callable[..., Any]:
     validate_source(source, filename)
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace: dict[str, Any] = {"__name__": "__analysis__", "__file__": filename}
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - running the user's analysis is the job
+    exec(compile(source, filename, "exec"), namespace)
     run = namespace.get("run")
     if run is None:
-        raise InvalidAnalysisError(f"The analysis {filename} defines no top-level function run(ctx, parameters).")
+        raise InvalidAnalysisError(
+            f"The analysis {filename} defines no top-level function run(ctx, parameters)."
+        )
     check_run_signature(run, filename)
     return run  # type: ignore[no-any-return]
 
@@ -121,7 +130,12 @@ def _describe(exc: BaseException) -> str:
 
 
 def run_analysis(
-    run: Callable[..., Any], ctx: Context, *, filename: str, max_result_bytes: int | None, interrupt_main: bool
+    run: Callable[..., Any],
+    ctx: Context,
+    *,
+    filename: str,
+    max_result_bytes: int | None,
+    interrupt_main: bool,
 ) -> tuple[dict[str, Any], bytes | None]:
     """Call ``run(ctx, ctx.parameters)`` under the context's deadline and encode the result.
 
@@ -136,18 +150,21 @@ def run_analysis(
             if inspect.isawaitable(value):
                 value = _run_coroutine(value)
         return {"success": True}, encode_result(value, max_bytes=max_result_bytes)
-    except BaseException as exc:  # noqa: BLE001 - every outcome becomes data
+    except BaseException as exc:
         if watchdog.fired or (isinstance(exc, KeyboardInterrupt | JobTimeoutError) and deadline.expired()):
-            err: AnalysisError = JobTimeoutError(f"The analysis ran past {deadline.describe()} and was stopped.")
+            err: AnalysisError = JobTimeoutError(
+                f"The analysis ran past {deadline.describe()} and was stopped."
+            )
             return _failure(err, _user_traceback(exc, filename)), None
         if isinstance(exc, KeyboardInterrupt):
             return _failure(JobCancelledError("The analysis was interrupted before it finished."), None), None
         if isinstance(exc, SystemExit):
             message = f"The analysis called sys.exit({exc.code!r}); return a value from run instead."
             return _failure(AnalysisError(message), _user_traceback(exc, filename)), None
+        if isinstance(exc, ResultError):  # about the returned value, not a line of the analysis
+            return _failure(exc, None), None
         if isinstance(exc, AnalysisError):
-            stack = _user_traceback(exc, filename) if exc.__traceback__ is not None else None
-            return _failure(exc, stack), None
+            return _failure(exc, _user_traceback(exc, filename)), None
         message = f"The analysis raised {_describe(exc)}"
         return _failure(AnalysisError(message), _user_traceback(exc, filename)), None
 
@@ -170,7 +187,7 @@ def run_job(job_file: str) -> None:
     job: Mapping[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     settings = Settings.from_env()
     if job.get("datasources_file"):
-        settings = Settings(**{**settings.__dict__, "datasources_file": Path(job["datasources_file"])})
+        settings = dataclasses.replace(settings, datasources_file=Path(job["datasources_file"]))
     ctx = Context(
         project_id=job["project_id"],
         job_id=job["job_id"],
@@ -184,12 +201,16 @@ def run_job(job_file: str) -> None:
             run = load_run(Path(filename).read_text(encoding="utf-8"), filename)
         except InvalidAnalysisError as exc:
             outcome, result = _failure(exc, None), None
-        except BaseException as exc:  # noqa: BLE001 - top-level code of the analysis raised
+        except BaseException as exc:
             err = AnalysisError(f"The analysis failed while loading: {_describe(exc)}")
             outcome, result = _failure(err, _user_traceback(exc, filename)), None
         else:
             outcome, result = run_analysis(
-                run, ctx, filename=filename, max_result_bytes=job.get("max_result_bytes"), interrupt_main=False
+                run,
+                ctx,
+                filename=filename,
+                max_result_bytes=job.get("max_result_bytes"),
+                interrupt_main=False,
             )
     finally:
         ctx.close()

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["emit"]
+__all__ = ["emit", "one_line"]
 
 
 def emit(tag: str, message: str) -> None:
     """Write ``[tag] message`` as one line to stderr."""
     sys.stderr.write(f"[{tag}] {message}\n")
     sys.stderr.flush()
+
+
+def one_line(sql: str, max_chars: int = 2000) -> str:
+    """SQL for a log line: whitespace runs collapsed, cut at ``max_chars``."""
+    text = " ".join(sql.split())
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-
 from analysis.errors import ResultNotSerializableError, ResultTooLargeError
 
 __all__ = ["DEFAULT_MAX_RESULT_BYTES", "encode_result", "format_bytes", "to_json_fragment"]
@@ -68,10 +67,12 @@ def _duration(days: int, seconds: float, months: int = 0) -> str:
 
 
 def _timedelta(value: dt.timedelta) -> str:
+    if value < dt.timedelta(0):  # Python normalises -90 min to days=-1, seconds=81000
+        return "-" + _timedelta(-value)
     return _duration(value.days, value.seconds + value.microseconds / 1e6)
 
 
-def _default(value: Any) -> Any:  # noqa: PLR0911 - one branch per type family
+def _default(value: Any) -> Any:
     """orjson's fallback: every type orjson does not encode natively."""
     if isinstance(value, decimal.Decimal):
         return orjson.Fragment(str(value)) if value.is_finite() else None
@@ -87,20 +88,26 @@ def _default(value: Any) -> Any:  # noqa: PLR0911 - one branch per type family
         return _timedelta(value)
     if isinstance(value, set | frozenset):
         return list(value)
+    if hasattr(value, "__json__"):  # e.g. QueryResult -> its rows
+        return value.__json__()
     if name == "MonthDayNano":  # pyarrow's interval scalar, a tuple subclass
         return _duration(value.days, value.nanoseconds / 1e9, value.months)
-    if module == "analysis" and name == "QueryResult":
-        return value.rows
     if module == "pyarrow":
         if hasattr(value, "to_pylist"):
-            return value.to_pylist(maps_as_pydicts="lossy") if name in ("Table", "RecordBatch") else value.to_pylist()
+            return (
+                value.to_pylist(maps_as_pydicts="lossy")
+                if name in ("Table", "RecordBatch")
+                else value.to_pylist()
+            )
         if hasattr(value, "as_py"):
             return value.as_py()
     if module == "numpy":
         if name == "ndarray":
             return value.tolist()
         if name == "timedelta64":
-            return _timedelta(value.item()) if value == value else None  # NaT != NaT
+            import numpy as np
+
+            return None if np.isnat(value) else _timedelta(value.astype("timedelta64[us]").item())
         if hasattr(value, "item"):
             return value.item()
     if module == "pandas":
@@ -168,7 +175,8 @@ def to_json_fragment(value: Any) -> bytes:
             return to_json_fragment(_big_ints_as_fragments(value))
         if "recursion" in str(exc).lower():
             raise ResultNotSerializableError(
-                "The result is not JSON-serializable: it is nested more than 254 levels deep or refers to itself."
+                "The result is not JSON-serializable: "
+                "it is nested more than 254 levels deep or refers to itself."
             ) from None
         found = _find_unserializable(value, "result")
         where, what = found if found else ("result", type(value).__qualname__)

@@ -25,7 +25,9 @@ def validate_source(source: str, filename: str = "<analysis>") -> None:
         tree = ast.parse(source, filename=filename)
     except SyntaxError as exc:
         where = f"line {exc.lineno}" if exc.lineno else "unknown line"
-        raise InvalidAnalysisError(f"The analysis {filename} has a syntax error at {where}: {exc.msg}.") from None
+        raise InvalidAnalysisError(
+            f"The analysis {filename} has a syntax error at {where}: {exc.msg}."
+        ) from None
     runs = [
         node
         for node in tree.body

@@ -44,23 +44,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a .py analysis in a fresh kernel and print its envelope")
     run.add_argument("path", type=Path, help="the analysis: a .py file defining run(ctx, parameters)")
-    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="a parameter; VALUE is JSON where valid, else a string (repeatable)")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter; VALUE is JSON where valid, else a string (repeatable)",
+    )
     run.add_argument("--params-json", metavar="JSON", help="parameters as one JSON object (-p wins)")
     run.add_argument("--project", default="default", metavar="ID", help="project id (default: default)")
-    run.add_argument("--timeout", type=_positive_float, default=300.0, metavar="SECONDS",
-                     help="whole-run deadline (default: 300)")
-    run.add_argument("--max-result-bytes", type=_positive_int, default=10 * 1024 * 1024, metavar="N",
-                     help="limit of the encoded result (default: 10485760)")
-    run.add_argument("--root", type=Path, default=None, metavar="DIR",
-                     help="projects root (default: $ANALYSIS_ROOT or .clients)")
-    run.add_argument("--datasources", type=Path, default=None, metavar="FILE",
-                     help="datasources file to use instead of the project's")
+    run.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="whole-run deadline (default: 300)",
+    )
+    run.add_argument(
+        "--max-result-bytes",
+        type=_positive_int,
+        default=10 * 1024 * 1024,
+        metavar="N",
+        help="limit of the encoded result (default: 10485760)",
+    )
+    run.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="projects root (default: $ANALYSIS_ROOT or .clients)",
+    )
+    run.add_argument(
+        "--datasources",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="datasources file to use instead of the project's",
+    )
     run.set_defaults(handler=_cmd_run)
 
     validate = commands.add_parser("validate", help="check an analysis without running it")
     validate.add_argument("path", type=Path)
     validate.set_defaults(handler=_cmd_validate)
+
+    from analysis.runner import fileserver
+
+    fileserver.add_subparser(commands)
     return parser
 
 

@@ -121,15 +121,13 @@ class _Job:
             if killed
             else "was stopped"
         )
-        return JobTimeoutError(f"The analysis ran past the {self.spec.timeout_s:g} s deadline (timeout_s) and {how}.")
+        return JobTimeoutError(
+            f"The analysis ran past the {self.spec.timeout_s:g} s deadline (timeout_s) and {how}."
+        )
 
     def died_error(self) -> KernelDiedError:
         assert self.kernel is not None
-        tail = self.kernel.log_tail(300).splitlines()
-        detail = f"; its last output: {tail[-1]}" if tail else ""
-        return KernelDiedError(
-            f"The kernel {self.kernel.exit_description()} while running the analysis{detail}."
-        )
+        return KernelDiedError(f"The kernel {self.kernel.exit_description()} while running the analysis.")
 
 
 def _write_job_document(spec: JobSpec, job_dir: Path, source: Path) -> Path:
@@ -265,7 +263,7 @@ async def run_job_async(spec: JobSpec) -> JobResult:
         job_dir.mkdir(mode=0o700, parents=True)
         os.chmod(job_dir, 0o700)
         job_file = _write_job_document(spec, job_dir, source)
-        from jupyter_client.asynchronous import AsyncKernelClient
+        from jupyter_client.asynchronous.client import AsyncKernelClient
 
         job.kernel = launch_kernel(job_dir, cwd=spec.cwd)
         client = AsyncKernelClient()

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
 from analysis.errors import KernelStartError
 
 __all__ = ["KernelProcess", "launch_kernel"]
@@ -115,7 +114,9 @@ def _socket_dir(job_dir: Path) -> tuple[Path, bool]:
     return Path(tempfile.mkdtemp(prefix="analysis-k-")), True
 
 
-def launch_kernel(job_dir: Path, *, cwd: Path | None = None, env: dict[str, str] | None = None) -> KernelProcess:
+def launch_kernel(
+    job_dir: Path, *, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> KernelProcess:
     """Start an ipykernel for one job, with its sockets and files in ``job_dir``.
 
     Parameters

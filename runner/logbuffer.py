@@ -61,7 +61,7 @@ class LogBuffer:
 
     def _add(self, line: str) -> None:
         size = len(line.encode("utf-8", "replace")) + 1
-        if self.max_bytes is None or self._head_bytes + size <= self.max_bytes // 2 and not self._tail:
+        if self.max_bytes is None or (self._head_bytes + size <= self.max_bytes // 2 and not self._tail):
             self._head.append(line)
             self._head_bytes += size
             return

@@ -55,7 +55,9 @@ class AnalysisService:
             return _refused(InvalidParametersError(str(exc)), started)
         if not path.is_file():
             return _refused(
-                InvalidAnalysisError(f"Project {project_id!r} has no saved analysis {analysis_id!r} ({path})."),
+                InvalidAnalysisError(
+                    f"Project {project_id!r} has no saved analysis {analysis_id!r} ({path})."
+                ),
                 started,
             )
         spec = JobSpec(
@@ -98,7 +100,9 @@ class AnalysisService:
             The envelope; failures are results too, never exceptions.
         """
         return asyncio.run(
-            self.submit_analysis_job_async(analysis_id, parameters, trigger, project_id=project_id, **job_options)
+            self.submit_analysis_job_async(
+                analysis_id, parameters, trigger, project_id=project_id, **job_options
+            )
         )
 
 

@@ -1,0 +1,174 @@
+"""``%load_ext analysis``: ``ctx`` in the notebook and the ``%%analysis`` cell magic.
+
+``%%analysis`` runs a cell that defines ``run(ctx, parameters)`` the way the headless runner
+will: a fresh ``Context`` (its own DuckDB), parameters as data, the deadline, the same JSON
+encoding and result-size limit, and the same error types. Settings are traitlets::
+
+    %config AnalysisMagics.timeout_s = 60
+    %config AnalysisMagics.max_result_bytes = 1_000_000
+    %config AnalysisMagics.display_rows = 50
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from analysis.config import Settings
+from analysis.context import Context
+from analysis.deadline import Deadline
+from analysis.duck import QueryResult
+from analysis.errors import InvalidAnalysisError, InvalidParametersError
+from analysis.execute import load_run, run_analysis
+from analysis.params import check_id, parse_assignments
+from analysis.results import DEFAULT_MAX_RESULT_BYTES
+from analysis.validate import validate_source
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import JSON, display
+from traitlets import Float, Int, Unicode, observe
+
+__all__ = ["AnalysisCellError", "AnalysisMagics", "load", "unload"]
+
+
+class AnalysisCellError(Exception):
+    """An ``%%analysis`` cell failed; shown as the analysis's traceback and one summary line."""
+
+    def __init__(self, outcome: dict[str, Any]) -> None:
+        super().__init__(f"{outcome['error_type']}: {outcome['error']}")
+        self.outcome = outcome
+
+    def _render_traceback_(self) -> list[str]:
+        stack = self.outcome.get("stack")
+        summary = f"\x1b[31m{self.outcome['error_type']}\x1b[0m: {self.outcome['error']}"
+        return [*(stack.splitlines() if stack else []), summary]
+
+
+@magics_class
+class AnalysisMagics(Magics):
+    """The ``%%analysis`` magic and the notebook's ``ctx``."""
+
+    timeout_s = Float(
+        300.0, allow_none=True, help="Deadline of an %%analysis cell in seconds (None: none)."
+    ).tag(config=True)
+    max_result_bytes = Int(
+        DEFAULT_MAX_RESULT_BYTES, allow_none=True, help="Limit of an encoded %%analysis result in bytes."
+    ).tag(config=True)
+    display_rows = Int(20, help="Rows of a QueryResult shown in a notebook.").tag(config=True)
+    project_id = Unicode(
+        "", help="Project of this notebook (datasources, --save); default $ANALYSIS_PROJECT_ID or 'default'."
+    ).tag(config=True)
+
+    def __init__(self, shell: Any, **kwargs: Any) -> None:
+        super().__init__(shell, **kwargs)
+        self.settings = Settings.from_env()
+        if not self.project_id:
+            self.project_id = self.settings.project_id
+        QueryResult.display_rows = self.display_rows
+        self.ctx = Context(project_id=self.project_id, settings=self.settings)
+
+    @observe("display_rows")
+    def _display_rows_changed(self, change: dict[str, Any]) -> None:
+        QueryResult.display_rows = change["new"]
+
+    @magic_arguments()
+    @argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="A parameter; VALUE is JSON where valid, else a string (repeatable).",
+    )
+    @argument("-o", "--output", metavar="VAR", help="Store the result (as JSON data) in VAR.")
+    @argument("--timeout", type=float, default=None, metavar="SECONDS", help="Deadline of this run.")
+    @argument("--max-result-bytes", type=int, default=None, metavar="N", help="Result size limit.")
+    @argument("--save", metavar="NAME", help="Also save the cell as saved analysis NAME of the project.")
+    @cell_magic
+    def analysis(self, line: str, cell: str) -> None:
+        """Run the cell's ``run(ctx, parameters)`` as an analysis job would run."""
+        args = parse_argstring(self.analysis, line)
+        try:
+            parameters = parse_assignments(args.param)
+        except InvalidParametersError as exc:
+            raise UsageError(exc.message) from None
+        if args.save:
+            self._save(args.save, cell)
+        timeout_s = args.timeout if args.timeout is not None else self.timeout_s
+        if timeout_s is not None and timeout_s <= 0:
+            raise UsageError(f"--timeout must be a positive number of seconds, not {timeout_s:g}.")
+        max_bytes = args.max_result_bytes if args.max_result_bytes is not None else self.max_result_bytes
+        outcome, result = self._run(cell, parameters, timeout_s, max_bytes)
+        assert self.shell is not None
+        if not outcome["success"]:
+            if args.output:
+                self.shell.user_ns[args.output] = None
+            raise AnalysisCellError(outcome)
+        assert result is not None
+        value = json.loads(result)
+        if args.output:
+            self.shell.user_ns[args.output] = value
+        display(JSON(value) if isinstance(value, dict | list) else value)
+
+    def _run(
+        self, cell: str, parameters: dict[str, Any], timeout_s: float | None, max_bytes: int | None
+    ) -> tuple[dict[str, Any], bytes | None]:
+        job_id = f"cell-{uuid.uuid4().hex[:12]}"
+        filename = f"<analysis {job_id}>"
+        ctx = Context(
+            project_id=self.project_id,
+            job_id=job_id,
+            parameters=parameters,
+            settings=self.settings,
+            deadline=Deadline.after(timeout_s),
+        )
+        try:
+            try:
+                run = load_run(cell, filename)
+            except InvalidAnalysisError as exc:
+                return {"success": False, **exc.to_dict(), "stack": None}, None
+            return run_analysis(run, ctx, filename=filename, max_result_bytes=max_bytes, interrupt_main=True)
+        finally:
+            ctx.close()
+
+    def _save(self, name: str, cell: str) -> None:
+        try:
+            check_id(name, "Analysis name")
+            validate_source(cell, f"{name}.py")
+        except (ValueError, InvalidAnalysisError) as exc:
+            raise UsageError(str(exc)) from None
+        path = self.settings.project_dir(self.project_id) / "scripts" / f"{name}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".py.tmp")
+        tmp.write_text(cell if cell.endswith("\n") else cell + "\n", encoding="utf-8")
+        tmp.replace(path)
+        print(f"Saved analysis {name!r} of project {self.project_id!r} to {Path(path)}")
+
+
+def _registered(ipython: Any) -> AnalysisMagics | None:
+    magics = ipython.magics_manager.registry.get("AnalysisMagics")
+    return magics if isinstance(magics, AnalysisMagics) else None
+
+
+def load(ipython: Any) -> None:
+    """Register the magics and put ``ctx`` in the user namespace; a second load changes nothing."""
+    if _registered(ipython) is None:
+        ipython.register_magics(AnalysisMagics(shell=ipython))
+    magics = _registered(ipython)
+    assert magics is not None
+    ipython.user_ns.setdefault("ctx", magics.ctx)
+
+
+def unload(ipython: Any) -> None:
+    """Close the notebook's ``ctx``, remove it from the namespace, and unregister the magic."""
+    magics = _registered(ipython)
+    if magics is None:
+        return
+    magics.ctx.close()
+    if ipython.user_ns.get("ctx") is magics.ctx:
+        del ipython.user_ns["ctx"]
+    ipython.magics_manager.magics["cell"].pop("analysis", None)
+    ipython.magics_manager.registry.pop("AnalysisMagics", None)

@@ -1,0 +1,110 @@
+"""The ``analysis`` console script as a user runs it: a subprocess, stdout, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ANALYSIS = [sys.executable, "-m", "analysis.runner.cli"]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*ANALYSIS, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    path = tmp_path / "revenue.py"
+    path.write_text("def run(ctx, parameters):\n    return parameters\n")
+    return path
+
+
+def test_run_prints_the_envelope_and_parses_values_as_json(script: Path, tmp_path: Path) -> None:
+    done = cli(
+        "run",
+        str(script),
+        "-p",
+        "startDate=2024-03-01",
+        "-p",
+        "n=3",
+        "-p",
+        "flags=[1,true]",
+        "-p",
+        "name=plain text",
+        "--params-json",
+        '{"n": 1, "extra": null}',
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    envelope = json.loads(done.stdout)
+    assert envelope["success"] is True
+    assert envelope["result"] == {
+        "n": 3,
+        "extra": None,
+        "startDate": "2024-03-01",
+        "flags": [1, True],
+        "name": "plain text",
+    }
+    assert not list((tmp_path / ".clients").glob("*/analysis/temp/*"))
+
+
+def test_failed_analysis_exits_1_with_the_envelope(tmp_path: Path) -> None:
+    path = tmp_path / "slow.py"
+    path.write_text("import time\ndef run(ctx, parameters):\n    time.sleep(60)\n")
+    done = cli("run", str(path), "--timeout", "1", cwd=tmp_path)
+    assert done.returncode == 1
+    envelope = json.loads(done.stdout)
+    assert envelope["error_type"] == "timeout" and "1 s deadline" in envelope["error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "missing.py"], "does not exist"),
+        (["run", "{script}", "--project", "../etc"], "Project id '../etc' is invalid"),
+        (["run", "{script}", "-p", "novalue"], "KEY=VALUE"),
+        (["run", "{script}", "--params-json", "[1]"], "JSON object"),
+        (["run", "{script}", "--timeout", "-1"], "positive"),
+        (["run", "{script}", "--max-result-bytes", "abc"], "invalid"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2(script: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    done = cli(*[a.replace("{script}", str(script)) for a in args], cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert done.stdout == ""
+    assert not (tmp_path / ".clients").exists()
+
+
+def test_validate(script: Path, tmp_path: Path) -> None:
+    ok = cli("validate", str(script), cwd=tmp_path)
+    assert ok.returncode == 0 and "ok:" in ok.stdout
+    bad = tmp_path / "bad.py"
+    bad.write_text("def run(ctx):\n    pass\n")
+    done = cli("validate", str(bad), cwd=tmp_path)
+    assert done.returncode == 1 and "two positional arguments" in done.stdout
+
+
+def test_readme_quickstart_runs_the_sample_analysis(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    done = cli(
+        "run",
+        str(repo / "examples" / "monthly_revenue.py"),
+        "--datasources",
+        str(repo / "examples" / "datasources.toml"),
+        "-p",
+        "month=2024-03",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)["result"]
+    assert result["month"] == "2024-03"
+    assert result["revenue"] == pytest.approx(sum(r["revenue"] for r in result["by_category"]))
+    assert {r["category"] for r in result["by_category"]} == {"coffee", "tea", "gear"}

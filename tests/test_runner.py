@@ -1,0 +1,293 @@
+"""The headless runner end to end, in real kernels: results, every failure class, and cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from analysis.runner import AnalysisService
+
+from .conftest import RunScript
+
+
+def test_result_logs_and_parameters_arrive_as_data(run_script: RunScript) -> None:
+    code_like = "__import__('os').system('touch pwned')"
+    result = run_script(
+        """
+        def run(ctx, parameters):
+            print("hello from", ctx.job_id)
+            ctx.log("rows:", 2)
+            ctx.load_data("t", [{"a": 1}, {"a": 2, "b": "x"}])
+            return {"sum": ctx.query("SELECT sum(a) AS s FROM t").rows[0]["s"], "p": parameters}
+        """,
+        {"start": "2024-03-01", "evil": code_like},
+    )
+    assert result.success, result.to_dict()
+    assert result.result == {"sum": 2 + 1, "p": {"start": "2024-03-01", "evil": code_like}}
+    assert f"hello from {result.job_id}" in result.logs
+    assert "[log] rows: 2" in result.logs
+    assert "[load_data] Loaded 2 rows into t" in result.logs
+    assert "[query:duckdb] SELECT sum(a) AS s FROM t" in result.logs
+    assert not Path("pwned").exists()
+    envelope = json.loads(result.to_json())
+    assert set(envelope) == {"success", "job_id", "result", "logs", "duration_ms"}
+    assert envelope["duration_ms"] > 0
+
+
+def test_async_run(run_script: RunScript) -> None:
+    result = run_script(
+        """
+        import asyncio
+        async def run(ctx, parameters):
+            await asyncio.sleep(0.01)
+            return "async ok"
+        """
+    )
+    assert result.success and result.result == "async ok"
+
+
+def test_envelope_keeps_exact_decimals_and_big_integers(run_script: RunScript) -> None:
+    result = run_script(
+        """
+        from decimal import Decimal
+        def run(ctx, parameters):
+            return {"price": Decimal("12.50"), "big": 2**70, "nan": float("nan")}
+        """
+    )
+    assert '"price":12.50' in result.to_json()
+    assert '"big":1180591620717411303424' in result.to_json()
+    assert result.result["nan"] is None
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ("def run(ctx, parameters)\n    return 1\n", "syntax error at line 1"),
+        ("def main(ctx, parameters):\n    return 1\n", "defines no top-level function run"),
+        ("def run(ctx):\n    return 1\n", "two positional arguments"),
+    ],
+)
+def test_invalid_analysis(run_script: RunScript, source: str, fragment: str) -> None:
+    result = run_script(source)
+    assert result.error_type == "invalid_analysis"
+    assert fragment in (result.error or "")
+
+
+def test_analysis_error_carries_the_users_traceback(run_script: RunScript) -> None:
+    result = run_script(
+        """
+        def helper(x):
+            return 1 / x
+
+        def run(ctx, parameters):
+            return helper(0)
+        """
+    )
+    assert result.error_type == "analysis_error"
+    assert result.error == "The analysis raised ZeroDivisionError: division by zero"
+    assert result.stack is not None
+    assert "in helper" in result.stack and "return 1 / x" in result.stack
+    assert "execute.py" not in result.stack  # our frames are not the user's business
+
+
+def test_sys_exit_is_a_failure_not_an_empty_success(run_script: RunScript) -> None:
+    result = run_script("import sys\ndef run(ctx, parameters):\n    sys.exit(0)\n")
+    assert result.error_type == "analysis_error"
+    assert "sys.exit(0)" in (result.error or "")
+
+
+def test_input_fails_at_once(run_script: RunScript) -> None:
+    started = time.monotonic()
+    result = run_script("def run(ctx, parameters):\n    return input('name? ')\n", timeout_s=30)
+    assert result.error_type == "analysis_error"
+    assert "StdinNotImplementedError" in (result.error or "")
+    assert time.monotonic() - started < 10
+
+
+def test_timeout_of_python_code(run_script: RunScript) -> None:
+    started = time.monotonic()
+    result = run_script("def run(ctx, parameters):\n    while True:\n        pass\n", timeout_s=2)
+    assert result.error_type == "timeout"
+    assert "2 s deadline" in (result.error or "")
+    assert time.monotonic() - started < 6
+
+
+def test_timeout_of_a_c_loop_kills_the_kernel(run_script: RunScript) -> None:
+    started = time.monotonic()
+    result = run_script(
+        "def run(ctx, parameters):\n    return sum(range(10**13))\n", timeout_s=2, interrupt_grace_s=1
+    )
+    assert result.error_type == "timeout"
+    assert "killed after ignoring the interrupt for 1 s" in (result.error or "")
+    assert time.monotonic() - started < 7
+
+
+def test_timeout_interrupts_a_running_duckdb_query(run_script: RunScript) -> None:
+    started = time.monotonic()
+    result = run_script(
+        "def run(ctx, parameters):\n"
+        "    return ctx.query('SELECT count(*) FROM range(10000000000000)').rows\n",
+        timeout_s=2,
+        interrupt_grace_s=10,
+    )
+    assert result.error_type == "timeout"
+    assert "was stopped" in (result.error or "")  # stopped by the interrupt, not killed
+    assert time.monotonic() - started < 8
+
+
+@pytest.mark.parametrize(
+    ("body", "how"),
+    [
+        ("import os\n    os._exit(3)", "exited with code 3"),
+        ("import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)", "was killed by SIGKILL"),
+    ],
+)
+def test_kernel_death_is_reported_within_two_seconds(run_script: RunScript, body: str, how: str) -> None:
+    result = run_script(f"def run(ctx, parameters):\n    {body}\n", timeout_s=60)
+    assert result.error_type == "kernel_died"
+    assert how in (result.error or "")
+    # from the start of execution (the duration includes the kernel start)
+    assert result.duration_ms < 2000 + 5000
+
+
+def test_kernel_start_failure(run_script: RunScript, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "ipykernel_launcher.py").write_text(
+        "import sys\nsys.stderr.write('no kernel here\\n')\nsys.exit(7)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(shadow))
+    result = run_script("def run(ctx, parameters):\n    return 1\n")
+    assert result.error_type == "kernel_start_failed"
+    assert "exited with code 7 during start-up" in (result.error or "")
+
+
+def test_result_too_large_is_checked_in_the_kernel(run_script: RunScript) -> None:
+    result = run_script("def run(ctx, parameters):\n    return 'x' * 2000\n", max_result_bytes=1000)
+    assert result.error_type == "result_too_large"
+    assert "limit of 1,000 bytes" in (result.error or "")
+
+
+def test_large_results_within_the_limit_arrive_whole(run_script: RunScript) -> None:
+    result = run_script("def run(ctx, parameters):\n    return ['x' * 100] * 30000\n")
+    assert result.success
+    assert len(result.result) == 30000
+
+
+def test_result_not_serializable_names_the_path(run_script: RunScript) -> None:
+    result = run_script("class Model: pass\ndef run(ctx, parameters):\n    return {'m': [1, Model()]}\n")
+    assert result.error_type == "result_not_serializable"
+    assert "result['m'][1] is a __analysis__.Model" in (result.error or "")
+
+
+def test_datasource_not_found_and_datasource_error(run_script: RunScript, tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "shop.db"
+    sqlite3.connect(db).close()
+    config = tmp_path / "datasources.toml"
+    config.write_text('[shop]\nkind = "sqlite"\npath = "shop.db"\n')
+    missing = run_script(
+        "def run(ctx, parameters):\n    return ctx.query_datasource('warehouse', 'SELECT 1').rows\n",
+        datasources_file=config,
+    )
+    assert missing.error_type == "datasource_not_found"
+    assert "'warehouse' is not configured (configured: shop" in (missing.error or "")
+    broken = run_script(
+        "def run(ctx, parameters):\n    return ctx.query_datasource('shop', 'SELECT * FROM nope').rows\n",
+        datasources_file=config,
+    )
+    assert broken.error_type == "datasource_error"
+    assert "'shop'" in (broken.error or "") and "no such table: nope" in (broken.error or "")
+
+
+def test_printed_output_is_capped_and_the_runner_stays_small(run_script: RunScript) -> None:
+    before = psutil.Process().memory_info().rss
+    result = run_script(
+        """
+        import sys
+        def run(ctx, parameters):
+            line = "y" * 99 + "\\n"
+            for i in range(500_000):  # 50 MB
+                sys.stdout.write(line)
+            print("the end")
+            return "done"
+        """,
+        max_log_bytes=64 * 1024,
+    )
+    grown = psutil.Process().memory_info().rss - before
+    assert result.success
+    assert sum(len(line) + 1 for line in result.logs) < 70 * 1024
+    assert result.logs[-1] == "the end"
+    assert any("lines (" in line and "dropped here" in line for line in result.logs)
+    assert grown < 30 * 1024 * 1024
+
+
+def test_processes_started_by_the_analysis_die_with_it(run_script: RunScript) -> None:
+    # no_leftovers (through run_script) fails the test if the sleep survives
+    result = run_script(
+        """
+        import subprocess
+        def run(ctx, parameters):
+            subprocess.Popen(["sleep", "300"])
+            subprocess.Popen(["setsid", "sleep", "300"])
+            return "started"
+        """
+    )
+    assert result.success
+
+
+def test_service_runs_saved_analyses(root: Path, no_leftovers: None) -> None:
+    scripts = root / "acme" / "analysis" / "scripts"
+    scripts.mkdir(parents=True)
+    (scripts / "revenue.py").write_text("def run(ctx, parameters):\n    return parameters['startDate']\n")
+    service = AnalysisService(root=root)
+    result = service.submit_analysis_job("revenue", {"startDate": "2024-03-01"}, "manual", project_id="acme")
+    assert result.success and result.result == "2024-03-01"
+    assert result.to_dict()["job_id"] == result.job_id
+    missing = service.submit_analysis_job("nope", {}, project_id="acme")
+    assert missing.error_type == "invalid_analysis" and "no saved analysis 'nope'" in (missing.error or "")
+
+
+@pytest.mark.parametrize(
+    ("analysis_id", "project_id"),
+    [("../../etc/passwd", "acme"), ("revenue", "a/b"), ("x" * 65, "acme"), ("", "p")],
+)
+def test_bad_ids_are_refused_before_anything_is_touched(
+    root: Path, analysis_id: str, project_id: str
+) -> None:
+    result = AnalysisService(root=root).submit_analysis_job(analysis_id, {}, project_id=project_id)
+    assert result.error_type == "invalid_parameters"
+    assert "invalid" in (result.error or "")
+    assert not root.exists()
+
+
+def test_parameters_must_be_a_json_object(root: Path, tmp_path: Path) -> None:
+    scripts = root / "p" / "analysis" / "scripts"
+    scripts.mkdir(parents=True)
+    (scripts / "a.py").write_text("def run(ctx, parameters):\n    return 1\n")
+    service = AnalysisService(root=root)
+    assert service.submit_analysis_job("a", [1, 2], project_id="p").error_type == "invalid_parameters"  # type: ignore[arg-type]
+    bad = service.submit_analysis_job("a", {"when": object()}, project_id="p")
+    assert bad.error_type == "invalid_parameters"
+    assert not list(root.glob("*/analysis/temp/*"))
+
+
+def test_long_job_directories_fall_back_to_short_socket_paths(tmp_path: Path, no_leftovers: None) -> None:
+    from analysis.runner import JobSpec, run_job
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    script = tmp_path / "a.py"
+    script.write_text("def run(ctx, parameters):\n    return 'deep ok'\n")
+    result = run_job(JobSpec(source_path=script, root=deep / ".clients"))
+    assert result.success and result.result == "deep ok"
+
+
+def test_the_kernel_runs_the_runners_python(run_script: RunScript) -> None:
+    result = run_script("import sys\ndef run(ctx, parameters):\n    return sys.executable\n")
+    assert os.path.realpath(result.result) == os.path.realpath(sys.executable)

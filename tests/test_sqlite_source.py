@@ -1,0 +1,83 @@
+"""The embedded sqlite datasource kind and the datasource registry, in process."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from analysis.config import Settings
+from analysis.context import Context
+from analysis.errors import DatasourceError, DatasourceNotFoundError
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Iterator[Context]:
+    db = tmp_path / "data" / "shop.db"
+    db.parent.mkdir()
+    con = sqlite3.connect(db)
+    con.executescript(
+        "CREATE TABLE orders (id INTEGER, amount REAL, note TEXT);"
+        "INSERT INTO orders VALUES (1, 9.5, 'a'), (2, 20.0, NULL), (3, 1.25, 'c');"
+    )
+    con.commit()
+    con.close()
+    config = tmp_path / "datasources.toml"
+    config.write_text(
+        '[shop]\nkind = "sqlite"\npath = "data/shop.db"\n\n[other]\nkind = "sqlite"\npath = "x.db"\n'
+    )
+    context = Context(settings=Settings(datasources_file=config))
+    yield context
+    context.close()
+
+
+def test_query_with_bound_parameters(ctx: Context, capsys: pytest.CaptureFixture[str]) -> None:
+    result = ctx.query_datasource("shop", "SELECT id, note FROM orders WHERE amount > ? ORDER BY id", [5])
+    assert result.rows == [{"id": 1, "note": "a"}, {"id": 2, "note": None}]
+    assert (
+        "[query:datasource] shop SELECT id, note FROM orders WHERE amount > ? ORDER BY id"
+        in capsys.readouterr().err
+    )
+    evil = "'; DROP TABLE orders; --"
+    assert ctx.query_datasource("shop", "SELECT ? AS v", [evil]).rows == [{"v": evil}]
+
+
+def test_into_streams_into_duckdb(ctx: Context) -> None:
+    result = ctx.query_datasource("shop", "SELECT * FROM orders", into="orders")
+    assert result.row_count == 3 and result.rows == []
+    assert ctx.query("SELECT sum(amount) AS s FROM orders").rows == [{"s": 30.75}]
+
+
+def test_read_only_by_default(ctx: Context) -> None:
+    with pytest.raises(DatasourceError, match=r"'shop'.*readonly"):
+        ctx.query_datasource("shop", "DELETE FROM orders")
+    assert ctx.query_datasource("shop", "SELECT count(*) AS n FROM orders").rows == [{"n": 3}]
+
+
+def test_unknown_name_lists_the_configured_ones(ctx: Context) -> None:
+    with pytest.raises(DatasourceNotFoundError, match=r"'nope' is not configured \(configured: other, shop"):
+        ctx.query_datasource("nope", "SELECT 1")
+
+
+def test_missing_file_is_a_datasource_error(ctx: Context) -> None:
+    with pytest.raises(DatasourceError, match=r"'other'.*does not exist"):
+        ctx.query_datasource("other", "SELECT 1")
+
+
+def test_unknown_kind(tmp_path: Path) -> None:
+    config = tmp_path / "ds.toml"
+    config.write_text('[x]\nkind = "oracle"\n')
+    context = Context(settings=Settings(datasources_file=config))
+    with pytest.raises(DatasourceError, match="unknown kind 'oracle'"):
+        context.query_datasource("x", "SELECT 1")
+    context.close()
+
+
+def test_statement_time_limit_interrupts(tmp_path: Path, ctx: Context) -> None:
+    from analysis.deadline import Deadline
+
+    ctx.deadline = Deadline.after(0.5)
+    slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    with pytest.raises(DatasourceError, match="cancelled at its time limit"):
+        ctx.query_datasource("shop", slow)
