@@ -132,7 +132,9 @@ def _table_from_dicts(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
         raise LoadDataError(f"load_data expects a list of dicts; row 0 is {type(first).__name__}.")
     keys = first.keys()
     try:
-        same_keys = all(map(keys.__eq__, map(dict.keys, rows)))  # type: ignore[arg-type]
+        # Every row has exactly the first row's keys iff no row brings another key and every
+        # row has as many keys: two C-speed passes, cheaper than comparing each row's keys.
+        same_keys = set().union(*rows) == keys and set(map(len, rows)) == {len(keys)}
         if same_keys:  # the fast path: one C call
             return pa.Table.from_pylist(rows)
     except (TypeError, pa.ArrowInvalid, pa.ArrowTypeError):  # not all dicts, or mixed types: go slow

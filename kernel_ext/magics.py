@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pprint import pformat
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from analysis.validate import validate_source
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import JSON, display
+from IPython.display import display
 from traitlets import Float, Int, Unicode, observe
 
 __all__ = ["AnalysisCellError", "AnalysisMagics", "load", "unload"]
@@ -111,13 +112,16 @@ class AnalysisMagics(Magics):
         value = json.loads(result)
         if args.output:
             self.shell.user_ns[args.output] = value
-        display(JSON(value) if isinstance(value, dict | list) else value)
+        if isinstance(value, dict | list):  # a tree in JupyterLab, pretty text elsewhere
+            display({"application/json": value, "text/plain": pformat(value)}, raw=True)
+        else:
+            display(value)
 
     def _run(
         self, cell: str, parameters: dict[str, Any], timeout_s: float | None, max_bytes: int | None
     ) -> tuple[dict[str, Any], bytes | None]:
-        job_id = f"cell-{uuid.uuid4().hex[:12]}"
-        filename = f"<analysis {job_id}>"
+        job_id = f"cell-{uuid.uuid4().hex}"
+        filename = "<%%analysis cell>"
         ctx = Context(
             project_id=self.project_id,
             job_id=job_id,
