@@ -109,7 +109,6 @@ def make_rows(n: int) -> list[dict[str, object]]:
 def loading(repeat: int) -> list[tuple[str, float, int]]:
     import duckdb
     import pyarrow as pa
-
     from analysis.context import Context
 
     rows = make_rows(200_000)
@@ -131,7 +130,8 @@ def loading(repeat: int) -> list[tuple[str, float, int]]:
 
     def executemany() -> None:
         con.execute(
-            "CREATE OR REPLACE TABLE orders_em (id BIGINT, customer VARCHAR, amount DOUBLE, ordered_at TIMESTAMP)"
+            "CREATE OR REPLACE TABLE orders_em "
+            "(id BIGINT, customer VARCHAR, amount DOUBLE, ordered_at TIMESTAMP)"
         )
         con.executemany(
             "INSERT INTO orders_em VALUES (?, ?, ?, ?)",
@@ -175,9 +175,8 @@ def main() -> None:
     for name, seconds, n in load:
         rate = n / seconds
         print(f"{name:32} {n:8,} {seconds:8.3f} {rate:11,.0f} {rate / base_rate:8.2f}")
-    print(
-        f"load_data throughput vs pyarrow baseline: {load[0][2] / load[0][1] / base_rate:.2f} (target: >= 0.8)"
-    )
+    ratio = load[0][2] / load[0][1] / base_rate
+    print(f"load_data throughput vs pyarrow baseline: {ratio:.2f} (target: >= 0.8)")
     print(json.dumps({"latency_s": dict(lat), "load_rows_per_s": {n: c / s for n, s, c in load}}))
 
 

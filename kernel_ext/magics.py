@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from pprint import pformat
 from pathlib import Path
+from pprint import pformat
 from typing import Any
 
 from analysis.config import Settings
