@@ -55,6 +55,8 @@ class Context:
         self._sources = Datasources(self.settings.datasources_path(project_id))
         self._files: Files | None = None
         self._result: Any = _UNSET
+        #: The job's memory limit, if the runner set one (for error messages).
+        self.max_memory_bytes: int | None = None
 
     def __repr__(self) -> str:
         return f"<Context project_id={self.project_id!r} job_id={self.job_id!r}>"

@@ -31,9 +31,10 @@ from analysis.errors import (
     InvalidAnalysisError,
     JobCancelledError,
     JobTimeoutError,
+    OutOfMemoryError,
     ResultError,
 )
-from analysis.results import encode_result
+from analysis.results import encode_result, format_bytes
 from analysis.validate import check_run_signature, validate_source
 
 __all__ = ["RESULT_MIME", "Watchdog", "load_run", "run_analysis", "run_job"]
@@ -158,6 +159,13 @@ def run_analysis(
             return _failure(err, _user_traceback(exc, filename)), None
         if isinstance(exc, KeyboardInterrupt):
             return _failure(JobCancelledError("The analysis was interrupted before it finished."), None), None
+        if isinstance(exc, MemoryError):
+            limit = ctx.max_memory_bytes
+            where = f" of {format_bytes(limit)} (max_memory_bytes)" if limit else ""
+            err = OutOfMemoryError(
+                f"The analysis ran out of memory: an allocation failed at the limit{where}."
+            )
+            return _failure(err, _user_traceback(exc, filename)), None
         if isinstance(exc, SystemExit):
             message = f"The analysis called sys.exit({exc.code!r}); return a value from run instead."
             return _failure(AnalysisError(message), _user_traceback(exc, filename)), None
@@ -195,6 +203,7 @@ def run_job(job_file: str) -> None:
         settings=settings,
         deadline=Deadline(job.get("deadline_at"), job.get("timeout_s")),
     )
+    ctx.max_memory_bytes = job.get("max_memory_bytes")
     filename = job["source_path"]
     try:
         try:

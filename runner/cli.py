@@ -33,7 +33,7 @@ def _positive_float(text: str) -> float:
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of bytes, not {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
     return value
 
 
@@ -69,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="limit of the encoded result (default: 10485760)",
     )
     run.add_argument(
+        "--max-memory-bytes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="address-space limit of the kernel (default: none)",
+    )
+    run.add_argument(
+        "--max-cpu-s",
+        type=_positive_int,
+        default=None,
+        metavar="SECONDS",
+        help="CPU-time limit of the kernel (default: none)",
+    )
+    run.add_argument(
         "--root",
         type=Path,
         default=None,
@@ -91,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis.runner import fileserver
 
     fileserver.add_subparser(commands)
+
+    from analysis.runner import datasource_cli
+
+    datasource_cli.add_subparser(commands)
     return parser
 
 
@@ -124,6 +142,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         root=args.root or Settings.from_env().root,
         timeout_s=args.timeout,
         max_result_bytes=args.max_result_bytes,
+        max_memory_bytes=args.max_memory_bytes,
+        max_cpu_s=args.max_cpu_s,
         datasources_file=args.datasources,
     )
     result = run_job(spec)

@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,9 +23,11 @@ from typing import Any
 from analysis.errors import (
     AnalysisError,
     InvalidParametersError,
+    JobCancelledError,
     JobTimeoutError,
     KernelDiedError,
     KernelStartError,
+    ResourceLimitError,
 )
 from analysis.params import check_id
 from analysis.results import DEFAULT_MAX_RESULT_BYTES, to_json_fragment
@@ -60,6 +63,10 @@ class JobSpec:
         Limit of the encoded result.
     max_log_bytes
         Cap of captured output kept in the envelope.
+    max_memory_bytes
+        Address-space limit of the kernel; past it allocations fail (``out_of_memory``).
+    max_cpu_s
+        CPU-time limit of the kernel in seconds, kernel start included (``resource_limit``).
     interrupt_grace_s
         How long an interrupted kernel may take to stop before it is killed.
     kernel_start_timeout_s
@@ -81,6 +88,8 @@ class JobSpec:
     timeout_s: float | None = DEFAULT_TIMEOUT_S
     max_result_bytes: int | None = DEFAULT_MAX_RESULT_BYTES
     max_log_bytes: int | None = DEFAULT_MAX_LOG_BYTES
+    max_memory_bytes: int | None = None
+    max_cpu_s: int | None = None
     interrupt_grace_s: float = 2.0
     kernel_start_timeout_s: float = 60.0
     datasources_file: Path | None = None
@@ -125,9 +134,15 @@ class _Job:
             f"The analysis ran past the {self.spec.timeout_s:g} s deadline (timeout_s) and {how}."
         )
 
-    def died_error(self) -> KernelDiedError:
+    def died_error(self) -> AnalysisError:
         assert self.kernel is not None
-        return KernelDiedError(f"The kernel {self.kernel.exit_description()} while running the analysis.")
+        how = self.kernel.exit_description()
+        if self.kernel.popen.returncode == -signal.SIGXCPU and self.spec.max_cpu_s is not None:
+            return ResourceLimitError(
+                f"The analysis used up its CPU time limit of {self.spec.max_cpu_s} s (max_cpu_s); "
+                f"the kernel {how}."
+            )
+        return KernelDiedError(f"The kernel {how} while running the analysis.")
 
 
 def _write_job_document(spec: JobSpec, job_dir: Path, source: Path) -> Path:
@@ -140,6 +155,7 @@ def _write_job_document(spec: JobSpec, job_dir: Path, source: Path) -> Path:
         "deadline_at": wall_deadline,
         "timeout_s": spec.timeout_s,
         "max_result_bytes": spec.max_result_bytes,
+        "max_memory_bytes": spec.max_memory_bytes,
         "datasources_file": str(spec.datasources_file.resolve()) if spec.datasources_file else None,
     }
     path = job_dir / "job.json"
@@ -265,7 +281,9 @@ async def run_job_async(spec: JobSpec) -> JobResult:
         job_file = _write_job_document(spec, job_dir, source)
         from jupyter_client.asynchronous.client import AsyncKernelClient
 
-        job.kernel = launch_kernel(job_dir, cwd=spec.cwd)
+        job.kernel = launch_kernel(
+            job_dir, cwd=spec.cwd, max_memory_bytes=spec.max_memory_bytes, max_cpu_s=spec.max_cpu_s
+        )
         client = AsyncKernelClient()
         client.load_connection_info(job.kernel.connection_info)
         client.start_channels()
@@ -274,6 +292,12 @@ async def run_job_async(spec: JobSpec) -> JobResult:
         return job.envelope(outcome, result_json)
     except AnalysisError as exc:
         return job.envelope({"success": False, **exc.to_dict(), "stack": None})
+    except asyncio.CancelledError:  # the caller cancelled the job (Ctrl-C on the CLI, task.cancel())
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        cancelled = JobCancelledError("The job was cancelled before it finished; its kernel was stopped.")
+        return job.envelope({"success": False, **cancelled.to_dict(), "stack": None})
     finally:
         if client is not None:
             client.stop_channels()

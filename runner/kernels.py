@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import secrets
 import signal
 import subprocess
@@ -115,7 +116,12 @@ def _socket_dir(job_dir: Path) -> tuple[Path, bool]:
 
 
 def launch_kernel(
-    job_dir: Path, *, cwd: Path | None = None, env: dict[str, str] | None = None
+    job_dir: Path,
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    max_memory_bytes: int | None = None,
+    max_cpu_s: int | None = None,
 ) -> KernelProcess:
     """Start an ipykernel for one job, with its sockets and files in ``job_dir``.
 
@@ -127,6 +133,10 @@ def launch_kernel(
         Working directory of the kernel; default the runner's.
     env
         Extra environment variables for the kernel.
+    max_memory_bytes
+        Address-space limit of the kernel (``RLIMIT_AS``): allocations past it raise MemoryError.
+    max_cpu_s
+        CPU-time limit of the kernel (``RLIMIT_CPU``): past it the kernel gets SIGXCPU.
     """
     socket_dir, owns = _socket_dir(job_dir)
     info: dict[str, Any] = {name: i + 1 for i, name in enumerate(_PORTS)}
@@ -173,4 +183,14 @@ def launch_kernel(
         if owns:
             socket_dir.rmdir()
         raise KernelStartError(f"The kernel could not be started ({argv[0]}): {exc.strerror}.") from exc
-    return KernelProcess(popen, info, log_path, socket_dir, owns)
+    kernel = KernelProcess(popen, info, log_path, socket_dir, owns)
+    try:  # set at once, long before the kernel runs any analysis code (it is still importing)
+        if max_memory_bytes is not None:
+            resource.prlimit(popen.pid, resource.RLIMIT_AS, (max_memory_bytes, max_memory_bytes))
+        if max_cpu_s is not None:
+            resource.prlimit(popen.pid, resource.RLIMIT_CPU, (max_cpu_s, max_cpu_s + 5))
+    except (OSError, ValueError) as exc:
+        kernel.kill()
+        kernel.cleanup()
+        raise KernelStartError(f"The kernel's resource limits could not be set: {exc}.") from exc
+    return kernel

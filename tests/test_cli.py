@@ -108,3 +108,21 @@ def test_readme_quickstart_runs_the_sample_analysis(tmp_path: Path) -> None:
     assert result["month"] == "2024-03"
     assert result["revenue"] == pytest.approx(sum(r["revenue"] for r in result["by_category"]))
     assert {r["category"] for r in result["by_category"]} == {"coffee", "tea", "gear"}
+
+
+def test_ctrl_c_cancels_the_job_and_still_prints_the_envelope(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    path = tmp_path / "slow.py"
+    path.write_text(
+        "import time\ndef run(ctx, parameters):\n    print('started', flush=True)\n    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([*ANALYSIS, "run", str(path)], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    envelope = json.loads(out)
+    assert envelope["error_type"] == "cancelled"
+    assert not list((tmp_path / ".clients").glob("*/analysis/temp/*"))

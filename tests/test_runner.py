@@ -291,3 +291,43 @@ def test_long_job_directories_fall_back_to_short_socket_paths(tmp_path: Path, no
 def test_the_kernel_runs_the_runners_python(run_script: RunScript) -> None:
     result = run_script("import sys\ndef run(ctx, parameters):\n    return sys.executable\n")
     assert os.path.realpath(result.result) == os.path.realpath(sys.executable)
+
+
+def test_out_of_memory_at_the_jobs_memory_limit(run_script: RunScript) -> None:
+    result = run_script(
+        "def run(ctx, parameters):\n    return len(bytearray(3 * 1024**3))\n", max_memory_bytes=2 * 1024**3
+    )
+    assert result.error_type == "out_of_memory"
+    assert "limit of 2 GiB" in (result.error or "")
+    assert result.stack is not None and "bytearray" in result.stack
+
+
+def test_resource_limit_on_cpu_time(run_script: RunScript) -> None:
+    started = time.monotonic()
+    result = run_script(
+        "def run(ctx, parameters):\n    while True:\n        pass\n", max_cpu_s=2, timeout_s=60
+    )
+    assert result.error_type == "resource_limit"
+    assert "CPU time limit of 2 s (max_cpu_s)" in (result.error or "")
+    assert time.monotonic() - started < 15
+
+
+def test_cancelling_the_job_task_stops_the_kernel(tmp_path: Path, root: Path, no_leftovers: None) -> None:
+    import asyncio
+
+    from analysis.runner import JobSpec, run_job_async
+
+    script = tmp_path / "slow.py"
+    script.write_text("import time\ndef run(ctx, parameters):\n    time.sleep(60)\n")
+
+    async def scenario() -> tuple[str | None, float]:
+        task = asyncio.create_task(run_job_async(JobSpec(source_path=script, root=root)))
+        await asyncio.sleep(1.5)
+        started = time.monotonic()
+        task.cancel()
+        result = await task
+        return result.error_type, time.monotonic() - started
+
+    error_type, took = asyncio.run(scenario())
+    assert error_type == "cancelled"
+    assert took < 3
