@@ -52,10 +52,10 @@ class JobResult:
             "duration_ms": self.duration_ms,
         }
 
-    def to_json(self, *, indent: int | None = None) -> str:
-        """The envelope as RFC 8259 JSON text, the result spliced in as encoded."""
-        if not self.success or indent is not None:
-            return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+    def to_json(self) -> str:
+        """The envelope as RFC 8259 JSON text, the result spliced in as the kernel encoded it."""
+        if not self.success:
+            return json.dumps(self.to_dict(), ensure_ascii=False)
         head = json.dumps({"success": True, "job_id": self.job_id}, ensure_ascii=False)
         tail = json.dumps({"logs": self.logs, "duration_ms": self.duration_ms}, ensure_ascii=False)
         return f'{head[:-1]}, "result": {self.result_json}, {tail[1:]}'

@@ -141,18 +141,29 @@ def test_timeout_interrupts_a_running_duckdb_query(run_script: RunScript) -> Non
 
 
 @pytest.mark.parametrize(
-    ("body", "how"),
+    ("death", "how"),
     [
-        ("import os\n    os._exit(3)", "exited with code 3"),
-        ("import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)", "was killed by SIGKILL"),
+        ("os._exit(3)", "exited with code 3"),
+        ("os.kill(os.getpid(), signal.SIGKILL)", "was killed by SIGKILL"),
     ],
 )
-def test_kernel_death_is_reported_within_two_seconds(run_script: RunScript, body: str, how: str) -> None:
-    result = run_script(f"def run(ctx, parameters):\n    {body}\n", timeout_s=60)
+def test_kernel_death_is_reported_within_two_seconds(
+    run_script: RunScript, tmp_path: Path, death: str, how: str
+) -> None:
+    stamp = tmp_path / "died_at"
+    result = run_script(
+        f"""
+        import os, signal, time
+        def run(ctx, parameters):
+            open({str(stamp)!r}, "w").write(repr(time.time()))
+            {death}
+        """,
+        timeout_s=60,
+    )
+    reported_at = time.time()
     assert result.error_type == "kernel_died"
     assert how in (result.error or "")
-    # from the start of execution (the duration includes the kernel start)
-    assert result.duration_ms < 2000 + 5000
+    assert reported_at - float(stamp.read_text()) < 2
 
 
 def test_kernel_start_failure(run_script: RunScript, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
