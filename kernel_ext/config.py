@@ -9,6 +9,7 @@ variable                       meaning
 ``ANALYSIS_SECRET_KEY``        Fernet key(s) that decrypt datasource passwords
 ``ANALYSIS_BACKEND_URL``       base URL of the backend file API (also ``BACKEND_URL``)
 ``ANALYSIS_BACKEND_TOKEN``     bearer token for the file API
+``ANALYSIS_FILES_MAX_BYTES``   largest file API response body accepted (104857600 = 100 MiB)
 =============================  ==========================================================
 """
 
@@ -32,6 +33,7 @@ class Settings:
     secret_key: str | None = field(default=None, repr=False)
     backend_url: str | None = None
     backend_token: str | None = field(default=None, repr=False)
+    files_max_bytes: int = 100 * 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -45,6 +47,7 @@ class Settings:
             secret_key=env.get("ANALYSIS_SECRET_KEY") or None,
             backend_url=env.get("ANALYSIS_BACKEND_URL") or env.get("BACKEND_URL") or None,
             backend_token=env.get("ANALYSIS_BACKEND_TOKEN") or None,
+            files_max_bytes=_positive_int(env, "ANALYSIS_FILES_MAX_BYTES", 100 * 1024 * 1024),
         )
 
     def project_dir(self, project_id: str) -> Path:
@@ -56,3 +59,17 @@ class Settings:
         if self.datasources_file is not None:
             return self.datasources_file
         return self.project_dir(project_id) / "datasources.toml"
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    """``env[name]`` as a positive int, ``default`` when unset; a clear error when malformed."""
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer (bytes), not {raw!r}.")
+    return value

@@ -1,0 +1,395 @@
+"""One hardened HTTP session to the backend file API: timeouts, retries, size cap, redirects.
+
+Every request is a ``GET`` (idempotent), so each may be retried: on connection errors, on
+429, 500, 502, 503 and 504, with exponential backoff and jitter, honouring ``Retry-After``
+when it fits in the job's remaining deadline. Bodies are streamed into a sink with a size cap;
+redirects are followed only within the backend's origin. Every limit is clamped to the job's
+deadline, and the error says which limit fired.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, NoReturn
+from urllib.parse import urlencode
+
+import httpx
+from analysis.files._errors import (
+    FileApiConnectionError,
+    FileApiError,
+    FileApiNotConfiguredError,
+    FileApiRedirectError,
+    FileApiResponseError,
+    FileApiStatusError,
+    FileApiTimeoutError,
+    FileNotFoundInApiError,
+    FileTooLargeError,
+)
+from analysis.logs import emit
+
+if TYPE_CHECKING:
+    from analysis.deadline import Deadline
+
+__all__ = ["RETRY_STATUSES", "FileApiLimits", "HttpSession"]
+
+#: Statuses on which a GET is retried.
+RETRY_STATUSES: frozenset[int] = frozenset({429, 500, 502, 503, 504})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+QueryParams = Mapping[str, str | int | float | bool]
+
+
+@dataclass(frozen=True)
+class FileApiLimits:
+    """Time, size and retry limits of the file API client. ``None`` disables a limit.
+
+    Parameters
+    ----------
+    connect_timeout_s, read_timeout_s, write_timeout_s, pool_timeout_s
+        httpx's four timeouts: to open a connection, between two reads, between two writes,
+        to get a connection from the pool.
+    request_timeout_s
+        Total time of one attempt, body included (catches a server that trickles bytes).
+    max_body_bytes
+        Largest response body accepted (default 100 MiB).
+    max_attempts
+        Attempts per call, the first included.
+    backoff_initial_s, backoff_max_s
+        Backoff before retry ``n`` is drawn from ``[d/2, d]`` with ``d = min(max, initial * 2**(n-1))``.
+    max_retry_after_s
+        The longest ``Retry-After`` honoured when the job has no deadline.
+    max_redirects
+        Same-origin redirects followed per attempt.
+    """
+
+    connect_timeout_s: float | None = 10.0
+    read_timeout_s: float | None = 30.0
+    write_timeout_s: float | None = 30.0
+    pool_timeout_s: float | None = 10.0
+    request_timeout_s: float | None = 120.0
+    max_body_bytes: int | None = 100 * 1024 * 1024
+    max_attempts: int = 4
+    backoff_initial_s: float = 0.25
+    backoff_max_s: float = 8.0
+    max_retry_after_s: float = 60.0
+    max_redirects: int = 5
+
+
+class _RetryableError(Exception):
+    """An attempt failed in a way worth retrying; ``error`` is raised if no retry is left."""
+
+    def __init__(self, error: FileApiError, reason: str, delay_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.error = error
+        self.reason = reason
+        self.delay_s = delay_s
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    return (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 0))
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+class HttpSession:
+    """One ``httpx.Client`` to the file API, with the policies described in the module docstring.
+
+    Parameters
+    ----------
+    base_url
+        The backend's base URL; ``/api/files...`` paths are resolved under it.
+    token
+        Bearer token, sent in the ``Authorization`` header only.
+    limits
+        Timeouts, caps and retry policy.
+    deadline
+        The job's deadline; every wait and timeout is clamped to it.
+    transport
+        An httpx transport, for tests at the protocol edge.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        token: str | None,
+        limits: FileApiLimits,
+        deadline: Deadline | None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        url = httpx.URL(base_url)
+        if url.scheme not in _DEFAULT_PORTS or not url.host:
+            raise FileApiNotConfiguredError(
+                "ANALYSIS_BACKEND_URL must be an http:// or https:// URL with a host."
+            )
+        self._origin = _origin(url)
+        self.origin_text = f"{self._origin[0]}://{self._origin[1]}:{self._origin[2]}"
+        self._limits = limits
+        self._deadline = deadline
+        headers = {"Accept-Encoding": "identity", "User-Agent": "analysis-kernel"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._client = httpx.Client(
+            base_url=url.copy_with(username=None, password=None),
+            headers=headers,
+            timeout=httpx.Timeout(
+                connect=limits.connect_timeout_s,
+                read=limits.read_timeout_s,
+                write=limits.write_timeout_s,
+                pool=limits.pool_timeout_s,
+            ),
+            follow_redirects=False,
+            trust_env=False,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def get(
+        self,
+        path: str,
+        sink: Callable[[bytes], object],
+        *,
+        params: QueryParams | None = None,
+        file_id: str | None = None,
+    ) -> httpx.Headers:
+        """GET ``path``, feed the body to ``sink``, return the response headers.
+
+        ``file_id`` turns a 404 into :class:`FileNotFoundInApiError` naming it.
+        """
+        shown = f"{path}?{urlencode(params)}" if params else path
+        emit("files", f"GET {shown}")
+        attempts = max(1, self._limits.max_attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._attempt(path, sink, params, file_id, attempt)
+            except _RetryableError as retry:
+                if attempt == attempts:
+                    raise retry.error from retry.__cause__
+                delay = retry.delay_s if retry.delay_s is not None else self._backoff_s(attempt)
+                remaining = self._remaining_s()
+                if remaining is not None and delay >= remaining:
+                    raise retry.error from retry.__cause__
+                emit(
+                    "files",
+                    f"GET {shown}: {retry.reason}; retry {attempt} of {attempts - 1} in {delay:.2f} s",
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- one attempt ----------------------------------------------------------------------------
+    def _attempt(
+        self,
+        path: str,
+        sink: Callable[[bytes], object],
+        params: QueryParams | None,
+        file_id: str | None,
+        attempt: int,
+    ) -> httpx.Headers:
+        started = time.monotonic()
+        self._check_time(path, started)
+        timeout = self._timeout()
+        request = self._client.build_request("GET", path, params=params, timeout=timeout)
+        try:
+            response = self._send(request, path, timeout)
+        except httpx.TimeoutException as exc:
+            error = self._timeout_error(path, exc)
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise _RetryableError(error, "connect timeout") from exc
+            raise error from exc
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            message = (
+                f"cannot reach the file API at {self.origin_text} for GET {path} "
+                f"after {attempt} attempt(s): {exc or type(exc).__name__}."
+            )
+            raise _RetryableError(FileApiConnectionError(message, path=path), type(exc).__name__) from exc
+        except httpx.HTTPError as exc:
+            raise FileApiError(f"GET {path} failed: {type(exc).__name__}: {exc}.") from exc
+        try:
+            self._check_status(response, path, file_id, attempt)
+            self._read_body(response, path, sink, started)
+        finally:
+            response.close()
+        return response.headers
+
+    def _send(self, request: httpx.Request, path: str, timeout: httpx.Timeout) -> httpx.Response:
+        """Send, following redirects only within the backend's origin."""
+        for _ in range(self._limits.max_redirects + 1):
+            response = self._client.send(request, stream=True)
+            if not response.has_redirect_location:
+                return response
+            target = request.url.join(response.headers["location"])
+            response.close()
+            if _origin(target) != self._origin:
+                raise FileApiRedirectError(
+                    f"the file API redirected GET {path} to another origin "
+                    f"({target.scheme}://{target.host}); cross-origin redirects are not followed.",
+                    path=path,
+                )
+            request = self._client.build_request("GET", target, timeout=timeout)
+        raise FileApiRedirectError(
+            f"the file API redirected GET {path} more than {self._limits.max_redirects} times.", path=path
+        )
+
+    def _check_status(self, response: httpx.Response, path: str, file_id: str | None, attempt: int) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        text = f"{status} {response.reason_phrase}".strip()
+        if status == 404 and file_id is not None:
+            raise FileNotFoundInApiError(
+                f"file {file_id!r} was not found by the file API ({text} for GET {path}).",
+                file_id=file_id,
+                path=path,
+            )
+        hint = " (check ANALYSIS_BACKEND_TOKEN)" if status in (401, 403) else ""
+        if status not in RETRY_STATUSES:
+            raise FileApiStatusError(
+                f"the file API answered {text} to GET {path}{hint}.", status=status, path=path
+            )
+        error = FileApiStatusError(
+            f"the file API answered {text} to GET {path} after {attempt} attempt(s).",
+            status=status,
+            path=path,
+        )
+        wait_s = _retry_after_s(response.headers.get("retry-after"))
+        if wait_s is not None:
+            remaining = self._remaining_s()
+            budget = remaining if remaining is not None else self._limits.max_retry_after_s
+            if wait_s > budget:
+                left = (
+                    f"the {budget:.1f} s left before {self._deadline_text()}"
+                    if remaining is not None
+                    else f"max_retry_after_s={budget:g}"
+                )
+                raise FileApiStatusError(
+                    f"the file API answered {text} to GET {path} and asked to retry after {wait_s:g} s, "
+                    f"more than {left}.",
+                    status=status,
+                    path=path,
+                )
+        raise _RetryableError(error, text, wait_s)
+
+    def _read_body(
+        self, response: httpx.Response, path: str, sink: Callable[[bytes], object], started: float
+    ) -> None:
+        cap = self._limits.max_body_bytes
+        declared = response.headers.get("content-length", "")
+        if cap is not None and declared.isdigit() and int(declared) > cap:
+            self._too_large(path, cap, f"it declares {int(declared)} bytes")
+        received = 0
+        try:
+            for chunk in response.iter_bytes():
+                received += len(chunk)
+                if cap is not None and received > cap:
+                    self._too_large(path, cap, f"more than {cap} bytes arrived")
+                self._check_time(path, started)
+                sink(chunk)
+        except httpx.TimeoutException as exc:
+            raise self._timeout_error(path, exc) from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise FileApiResponseError(
+                f"the file API's response to GET {path} was truncated after {received} bytes: {exc}.",
+                path=path,
+            ) from exc
+        except httpx.DecodingError as exc:
+            raise FileApiResponseError(
+                f"the file API's response to GET {path} cannot be decoded: {exc}.", path=path
+            ) from exc
+
+    # -- limits ---------------------------------------------------------------------------------
+    def _remaining_s(self) -> float | None:
+        return None if self._deadline is None else self._deadline.remaining_s()
+
+    def _deadline_text(self) -> str:
+        return "the job deadline" if self._deadline is None else self._deadline.describe()
+
+    def _timeout(self) -> httpx.Timeout:
+        lim, remaining = self._limits, self._remaining_s()
+
+        def clamp(value: float | None) -> float | None:
+            if remaining is None:
+                return value
+            return remaining if value is None else min(value, remaining)
+
+        return httpx.Timeout(
+            connect=clamp(lim.connect_timeout_s),
+            read=clamp(lim.read_timeout_s),
+            write=clamp(lim.write_timeout_s),
+            pool=clamp(lim.pool_timeout_s),
+        )
+
+    def _check_time(self, path: str, started: float) -> None:
+        remaining = self._remaining_s()
+        if remaining is not None and remaining <= 0:
+            raise FileApiTimeoutError(
+                f"GET {path} was stopped by {self._deadline_text()}.",
+                path=path,
+                limit="deadline",
+                limit_s=None if self._deadline is None else self._deadline.timeout_s,
+            )
+        limit = self._limits.request_timeout_s
+        if limit is not None and time.monotonic() - started > limit:
+            raise FileApiTimeoutError(
+                f"GET {path} took longer than the request time limit of {limit:g} s (request_timeout_s).",
+                path=path,
+                limit="request_timeout_s",
+                limit_s=limit,
+            )
+
+    def _timeout_error(self, path: str, exc: httpx.TimeoutException) -> FileApiTimeoutError:
+        remaining = self._remaining_s()
+        if remaining is not None and remaining <= 0.05:
+            return FileApiTimeoutError(
+                f"GET {path} was stopped by {self._deadline_text()}.",
+                path=path,
+                limit="deadline",
+                limit_s=None if self._deadline is None else self._deadline.timeout_s,
+            )
+        kinds = {
+            httpx.ConnectTimeout: ("connect", self._limits.connect_timeout_s),
+            httpx.ReadTimeout: ("read", self._limits.read_timeout_s),
+            httpx.WriteTimeout: ("write", self._limits.write_timeout_s),
+            httpx.PoolTimeout: ("pool", self._limits.pool_timeout_s),
+        }
+        kind, value = kinds.get(type(exc), ("read", self._limits.read_timeout_s))
+        shown = "no limit" if value is None else f"{value:g} s"
+        return FileApiTimeoutError(
+            f"GET {path} timed out: the {kind} timeout of {shown} fired ({kind}_timeout_s).",
+            path=path,
+            limit=f"{kind}_timeout_s",
+            limit_s=value,
+        )
+
+    def _backoff_s(self, attempt: int) -> float:
+        ceiling = min(self._limits.backoff_max_s, self._limits.backoff_initial_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    @staticmethod
+    def _too_large(path: str, cap: int, why: str) -> NoReturn:
+        raise FileTooLargeError(
+            f"the file API's response to GET {path} is larger than the {cap}-byte limit "
+            f"(max_body_bytes, ANALYSIS_FILES_MAX_BYTES): {why}.",
+            path=path,
+            limit_bytes=cap,
+        )
