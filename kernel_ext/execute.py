@@ -37,7 +37,19 @@ from analysis.errors import (
 from analysis.results import encode_result, format_bytes
 from analysis.validate import check_run_signature, validate_source
 
-__all__ = ["RESULT_MIME", "Watchdog", "load_run", "run_analysis", "run_job"]
+__all__ = [
+    "RESULT_MIME",
+    "Watchdog",
+    "context_from_job",
+    "failure",
+    "describe_failure",
+    "load_run",
+    "publish",
+    "read_job",
+    "run_analysis",
+    "run_job",
+    "user_traceback",
+]
 
 #: The MIME type of the one message that carries a headless job's outcome to the runner.
 RESULT_MIME = "application/vnd.analysis.outcome+json"
@@ -112,22 +124,61 @@ class Watchdog:
             _thread.interrupt_main()
 
 
-def _user_traceback(exc: BaseException, filename: str) -> str:
-    """The traceback from the analysis's own first frame on (our frames dropped)."""
+def user_traceback(exc: BaseException, filename: str | None) -> str:
+    """The traceback from the analysis's own first frame on (our and IPython's frames dropped).
+
+    ``filename`` is the analysis's file; ``None`` (a notebook cell) starts at the first frame
+    outside IPython and this package.
+    """
     tb: TracebackType | None = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
+    while tb is not None and not _is_user_frame(tb.tb_frame.f_code.co_filename, filename):
         tb = tb.tb_next
     lines = traceback.format_exception(type(exc), exc, tb if tb is not None else exc.__traceback__)
     return "".join(lines).rstrip("\n")
 
 
-def _failure(error: AnalysisError, stack: str | None) -> dict[str, Any]:
+_OWN_DIR = str(Path(__file__).parent)
+
+
+def _is_user_frame(co_filename: str, filename: str | None) -> bool:
+    if filename is not None:
+        return co_filename == filename
+    return not co_filename.startswith(_OWN_DIR) and "/IPython/" not in co_filename
+
+
+def failure(error: AnalysisError, stack: str | None) -> dict[str, Any]:
     return {"success": False, **error.to_dict(), "stack": stack}
 
 
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def describe_failure(
+    exc: BaseException, ctx: Context, filename: str | None, *, timed_out: bool = False
+) -> dict[str, Any]:
+    """The outcome of an analysis that raised ``exc``: its error type, sentence and traceback."""
+    deadline = ctx.deadline
+    if timed_out or (isinstance(exc, KeyboardInterrupt | JobTimeoutError) and deadline.expired()):
+        err: AnalysisError = JobTimeoutError(f"The analysis ran past {deadline.describe()} and was stopped.")
+        return failure(err, user_traceback(exc, filename))
+    if isinstance(exc, KeyboardInterrupt):
+        return failure(JobCancelledError("The analysis was interrupted before it finished."), None)
+    if isinstance(exc, MemoryError):
+        limit = ctx.max_memory_bytes
+        where = f" of {format_bytes(limit)} (max_memory_bytes)" if limit else ""
+        err = OutOfMemoryError(f"The analysis ran out of memory: an allocation failed at the limit{where}.")
+        return failure(err, user_traceback(exc, filename))
+    if isinstance(exc, SystemExit):
+        message = f"The analysis called sys.exit({exc.code!r}); return a value from run instead."
+        return failure(AnalysisError(message), user_traceback(exc, filename))
+    if isinstance(exc, ResultError):  # about the returned value, not a line of the analysis
+        return failure(exc, None)
+    if isinstance(exc, AnalysisError):
+        return failure(exc, user_traceback(exc, filename))
+    message = f"The analysis raised {_describe(exc)}"
+    return failure(AnalysisError(message), user_traceback(exc, filename))
 
 
 def run_analysis(
@@ -143,8 +194,7 @@ def run_analysis(
     Returns the outcome without its result, and the encoded result (``None`` on failure).
     Never raises for anything the analysis did.
     """
-    deadline = ctx.deadline
-    watchdog = Watchdog(ctx, deadline, interrupt_main=interrupt_main)
+    watchdog = Watchdog(ctx, ctx.deadline, interrupt_main=interrupt_main)
     try:
         with watchdog:
             value = run(ctx, ctx.parameters)
@@ -152,32 +202,10 @@ def run_analysis(
                 value = _run_coroutine(value)
         return {"success": True}, encode_result(value, max_bytes=max_result_bytes)
     except BaseException as exc:
-        if watchdog.fired or (isinstance(exc, KeyboardInterrupt | JobTimeoutError) and deadline.expired()):
-            err: AnalysisError = JobTimeoutError(
-                f"The analysis ran past {deadline.describe()} and was stopped."
-            )
-            return _failure(err, _user_traceback(exc, filename)), None
-        if isinstance(exc, KeyboardInterrupt):
-            return _failure(JobCancelledError("The analysis was interrupted before it finished."), None), None
-        if isinstance(exc, MemoryError):
-            limit = ctx.max_memory_bytes
-            where = f" of {format_bytes(limit)} (max_memory_bytes)" if limit else ""
-            err = OutOfMemoryError(
-                f"The analysis ran out of memory: an allocation failed at the limit{where}."
-            )
-            return _failure(err, _user_traceback(exc, filename)), None
-        if isinstance(exc, SystemExit):
-            message = f"The analysis called sys.exit({exc.code!r}); return a value from run instead."
-            return _failure(AnalysisError(message), _user_traceback(exc, filename)), None
-        if isinstance(exc, ResultError):  # about the returned value, not a line of the analysis
-            return _failure(exc, None), None
-        if isinstance(exc, AnalysisError):
-            return _failure(exc, _user_traceback(exc, filename)), None
-        message = f"The analysis raised {_describe(exc)}"
-        return _failure(AnalysisError(message), _user_traceback(exc, filename)), None
+        return describe_failure(exc, ctx, filename, timed_out=watchdog.fired), None
 
 
-def _publish(outcome: dict[str, Any], result: bytes | None, result_path: Path) -> None:
+def publish(outcome: dict[str, Any], result: bytes | None, result_path: Path) -> None:
     """Send the outcome as one display message of ``RESULT_MIME`` (large ones via a file)."""
     from IPython.display import publish_display_data
 
@@ -189,10 +217,8 @@ def _publish(outcome: dict[str, Any], result: bytes | None, result_path: Path) -
     publish_display_data({RESULT_MIME: text})
 
 
-def run_job(job_file: str) -> None:
-    """Run the job described by the JSON document ``job_file`` and publish its outcome."""
-    path = Path(job_file)
-    job: Mapping[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+def context_from_job(job: Mapping[str, Any]) -> Context:
+    """The ``Context`` a job document describes."""
     settings = Settings.from_env()
     if job.get("datasources_file"):
         settings = dataclasses.replace(settings, datasources_file=Path(job["datasources_file"]))
@@ -204,15 +230,28 @@ def run_job(job_file: str) -> None:
         deadline=Deadline(job.get("deadline_at"), job.get("timeout_s")),
     )
     ctx.max_memory_bytes = job.get("max_memory_bytes")
+    return ctx
+
+
+def read_job(job_file: str) -> dict[str, Any]:
+    """The job document the runner wrote."""
+    document: dict[str, Any] = json.loads(Path(job_file).read_text(encoding="utf-8"))
+    return document
+
+
+def run_job(job_file: str) -> None:
+    """Run the script job described by the JSON document ``job_file`` and publish its outcome."""
+    job = read_job(job_file)
+    ctx = context_from_job(job)
     filename = job["source_path"]
     try:
         try:
             run = load_run(Path(filename).read_text(encoding="utf-8"), filename)
         except InvalidAnalysisError as exc:
-            outcome, result = _failure(exc, None), None
+            outcome, result = failure(exc, None), None
         except BaseException as exc:
             err = AnalysisError(f"The analysis failed while loading: {_describe(exc)}")
-            outcome, result = _failure(err, _user_traceback(exc, filename)), None
+            outcome, result = failure(err, user_traceback(exc, filename)), None
         else:
             outcome, result = run_analysis(
                 run,
@@ -223,4 +262,4 @@ def run_job(job_file: str) -> None:
             )
     finally:
         ctx.close()
-    _publish(outcome, result, path.with_name("outcome.json"))
+    publish(outcome, result, Path(job_file).with_name("outcome.json"))

@@ -42,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="analysis", description="Run and check analyses headless.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = commands.add_parser("run", help="run a .py analysis in a fresh kernel and print its envelope")
-    run.add_argument("path", type=Path, help="the analysis: a .py file defining run(ctx, parameters)")
+    run = commands.add_parser(
+        "run", help="run a .py or .ipynb analysis in a fresh kernel and print its envelope"
+    )
+    run.add_argument("path", type=Path, help="a .py file defining run(ctx, parameters), or a notebook")
     run.add_argument(
         "-p",
         "--param",
@@ -96,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="datasources file to use instead of the project's",
     )
+    run.add_argument(
+        "--output-notebook",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="for a notebook: write the executed notebook here (after every cell)",
+    )
+    run.add_argument(
+        "--progress", action="store_true", help="for a notebook: a per-cell progress bar on stderr"
+    )
     run.set_defaults(handler=_cmd_run)
 
     validate = commands.add_parser("validate", help="check an analysis without running it")
@@ -122,8 +134,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         check_id(args.project, "Project id")
     except ValueError as exc:
         raise _usage(str(exc)) from None
-    if args.path.suffix != ".py":
-        raise _usage(f"{args.path} is not a .py analysis (notebook analyses are not supported yet)")
+    if args.path.suffix not in (".py", ".ipynb"):
+        raise _usage(f"{args.path} is neither a .py nor an .ipynb analysis")
+    if args.output_notebook is not None and args.path.suffix != ".ipynb":
+        raise _usage("--output-notebook is for .ipynb analyses")
     if not args.path.is_file():
         raise _usage(f"{args.path} does not exist")
     if args.datasources is not None and not args.datasources.is_file():
@@ -145,6 +159,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         max_memory_bytes=args.max_memory_bytes,
         max_cpu_s=args.max_cpu_s,
         datasources_file=args.datasources,
+        output_notebook=args.output_notebook,
+        progress=args.progress,
     )
     result = run_job(spec)
     sys.stdout.write(result.to_json() + "\n")

@@ -14,9 +14,12 @@ import os
 import queue
 import shutil
 import signal
+import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from analysis.results import DEFAULT_MAX_RESULT_BYTES, to_json_fragment
 from analysis.runner.envelope import JobResult
 from analysis.runner.kernels import KernelProcess, launch_kernel
 from analysis.runner.logbuffer import DEFAULT_MAX_LOG_BYTES, LogBuffer
+from analysis.runner.notebooks import NotebookRun, error_stack, load_notebook
 
 __all__ = ["DEFAULT_TIMEOUT_S", "JobSpec", "run_job", "run_job_async"]
 
@@ -79,6 +83,10 @@ class JobSpec:
         Id of the job (default: a new UUID).
     trigger
         What started the job (``manual``, ``schedule``, ...), kept on the result.
+    output_notebook
+        For a notebook analysis: where to write the executed notebook (after every cell).
+    progress
+        For a notebook analysis: show a per-cell progress bar on stderr.
     """
 
     source_path: Path
@@ -96,6 +104,8 @@ class JobSpec:
     cwd: Path | None = None
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     trigger: str = "manual"
+    output_notebook: Path | None = None
+    progress: bool = False
 
 
 class _Job:
@@ -212,13 +222,35 @@ async def _wait_ready(job: _Job, client: Any) -> None:
                 pass
 
 
-async def _execute(job: _Job, client: Any, job_file: Path) -> tuple[dict[str, Any], str]:
-    """Run the job in the ready kernel; return the outcome and the result's JSON text."""
-    assert job.kernel is not None
-    code = f"__import__('analysis.execute').execute.run_job({str(job_file)!r})"
-    msg_id = client.execute(code, silent=False, store_history=False, allow_stdin=False, stop_on_error=True)
+@dataclass
+class CodeRun:
+    """What one execute request produced."""
+
     outcome_text: str | None = None
-    error_reply: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    interrupted: bool = False
+
+
+async def run_code(
+    job: _Job,
+    client: Any,
+    code: str,
+    *,
+    store_history: bool = False,
+    on_output: Callable[[str, dict[str, Any]], None] | None = None,
+) -> CodeRun:
+    """Execute ``code`` in the job's kernel until it is idle, enforcing the deadline.
+
+    Stream text goes to the job's logs; every output message is also passed to ``on_output``.
+    At the deadline the kernel is interrupted (``interrupted`` is then set); a kernel that does
+    not answer within the grace period is killed (``JobTimeoutError``); a kernel that dies
+    raises ``KernelDiedError`` (or ``ResourceLimitError``).
+    """
+    assert job.kernel is not None
+    msg_id = client.execute(
+        code, silent=False, store_history=store_history, allow_stdin=False, stop_on_error=True
+    )
+    run = CodeRun()
     interrupted_at: float | None = None
     while True:
         if not job.kernel.is_alive():
@@ -228,6 +260,7 @@ async def _execute(job: _Job, client: Any, job_file: Path) -> tuple[dict[str, An
         if interrupted_at is None and job.remaining() <= 0:
             job.kernel.interrupt()
             interrupted_at = time.monotonic()
+            run.interrupted = True
         if interrupted_at is not None and time.monotonic() - interrupted_at > job.spec.interrupt_grace_s:
             job.kernel.kill()
             raise job.timeout_error(killed=True)
@@ -238,20 +271,90 @@ async def _execute(job: _Job, client: Any, job_file: Path) -> tuple[dict[str, An
         if msg["parent_header"].get("msg_id") != msg_id:
             continue
         kind, content = msg["msg_type"], msg["content"]
+        if kind == "status":
+            if content.get("execution_state") == "idle":
+                return run
+            continue
+        if kind in ("display_data", "execute_result") and _RESULT_MIME in content.get("data", {}):
+            run.outcome_text = content["data"][_RESULT_MIME]
+            continue
         if kind == "stream":
             job.logs.write(content.get("name", "stdout"), content.get("text", ""))
-        elif kind in ("display_data", "execute_result") and _RESULT_MIME in content.get("data", {}):
-            outcome_text = content["data"][_RESULT_MIME]
         elif kind == "error":
-            error_reply = content
-        elif kind == "status" and content.get("execution_state") == "idle":
-            break
-    if interrupted_at is not None:
+            run.error = content
+        if on_output is not None:
+            on_output(kind, content)
+
+
+async def _execute(job: _Job, client: Any, job_file: Path) -> tuple[dict[str, Any], str]:
+    """Run a script job in the ready kernel; return the outcome and the result's JSON text."""
+    code = f"__import__('analysis.execute').execute.run_job({str(job_file)!r})"
+    return outcome_of(job, await run_code(job, client, code), job_file.parent)
+
+
+def outcome_of(job: _Job, run: CodeRun, job_dir: Path) -> tuple[dict[str, Any], str]:
+    """The outcome a finished code run published (timeouts and internal failures raise)."""
+    if run.interrupted:
         raise job.timeout_error(killed=False)
-    if outcome_text is None:
-        detail = f"{error_reply.get('ename')}: {error_reply.get('evalue')}" if error_reply else "no outcome"
+    if run.outcome_text is None:
+        error = run.error
+        detail = f"{error.get('ename')}: {error.get('evalue')}" if error else "no outcome"
         raise AnalysisError(f"The kernel could not run the job ({detail}); is analysis installed in it?")
-    return _parse_outcome(outcome_text, job_file.parent)
+    return _parse_outcome(run.outcome_text, job_dir)
+
+
+async def _execute_notebook(
+    job: _Job, client: Any, job_file: Path, run: NotebookRun
+) -> tuple[dict[str, Any], str]:
+    """Run a notebook job cell by cell, writing the output notebook after every cell."""
+    job_dir = job_file.parent
+    started = await run_code(
+        job, client, f"__import__('analysis.notebook_job').notebook_job.start({str(job_file)!r})"
+    )
+    if started.error or started.interrupted:
+        return outcome_of(job, started, job_dir)
+    cells = run.code_cells()
+    bar = _progress_bar(len(cells)) if job.spec.progress else None
+    try:
+        for index, source in cells:
+            try:
+                done = await run_code(
+                    job, client, source, store_history=True, on_output=partial(run.add_output, index)
+                )
+            except AnalysisError as exc:  # killed at the deadline, or the kernel died
+                run.mark(index, exc.error_type, error=exc.message)
+                run.save()
+                raise
+            if done.interrupted:
+                timeout = job.timeout_error(killed=False)
+                run.mark(index, "timeout", error=timeout.message)
+                run.save()
+                raise timeout
+            if done.error is not None:
+                run.mark(index, "failed")
+                run.save()
+                described = await run_code(
+                    job, client, "__import__('analysis.notebook_job').notebook_job.describe_error()"
+                )
+                outcome, _ = outcome_of(job, described, job_dir)
+                outcome["error"] = f"{outcome['error'].rstrip('.')} (in {run.describe_cell(index)})."
+                outcome["stack"] = outcome.get("stack") or error_stack(done.error)
+                return outcome, "null"
+            run.mark(index, "ok")
+            run.save()
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    finished = await run_code(job, client, "__import__('analysis.notebook_job').notebook_job.finish()")
+    return outcome_of(job, finished, job_dir)
+
+
+def _progress_bar(total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="cell", file=sys.stderr, desc="analysis", leave=True)
 
 
 def _parse_outcome(text: str, job_dir: Path) -> tuple[dict[str, Any], str]:
@@ -276,6 +379,9 @@ async def run_job_async(spec: JobSpec) -> JobResult:
     client: Any = None
     try:
         _check_parameters(spec.parameters)
+        notebook = None
+        if source.suffix == ".ipynb":
+            notebook = NotebookRun(load_notebook(source), spec.parameters, spec.output_notebook)
         job_dir.mkdir(mode=0o700, parents=True)
         os.chmod(job_dir, 0o700)
         job_file = _write_job_document(spec, job_dir, source)
@@ -288,7 +394,10 @@ async def run_job_async(spec: JobSpec) -> JobResult:
         client.load_connection_info(job.kernel.connection_info)
         client.start_channels()
         await _wait_ready(job, client)
-        outcome, result_json = await _execute(job, client, job_file)
+        if notebook is not None:
+            outcome, result_json = await _execute_notebook(job, client, job_file, notebook)
+        else:
+            outcome, result_json = await _execute(job, client, job_file)
         return job.envelope(outcome, result_json)
     except AnalysisError as exc:
         return job.envelope({"success": False, **exc.to_dict(), "stack": None})
