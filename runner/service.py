@@ -17,7 +17,7 @@ __all__ = ["AnalysisService"]
 
 
 class AnalysisService:
-    """Runs saved analyses ``{root}/{project_id}/analysis/scripts/{analysis_id}.py``.
+    """Runs saved analyses ``{root}/{project_id}/analysis/scripts/{analysis_id}.py`` (or ``.ipynb``).
 
     Parameters
     ----------
@@ -33,10 +33,13 @@ class AnalysisService:
         self.job_options = job_options
 
     def script_path(self, analysis_id: str, *, project_id: str = "default") -> Path:
-        """Where the saved analysis lives (ids are checked first)."""
+        """Where the saved analysis lives: ``{id}.py``, else ``{id}.ipynb`` (ids are checked first)."""
         check_id(project_id, "Project id")
         check_id(analysis_id, "Analysis id")
-        return self.root / project_id / "analysis" / "scripts" / f"{analysis_id}.py"
+        scripts = self.root / project_id / "analysis" / "scripts"
+        script = scripts / f"{analysis_id}.py"
+        notebook = scripts / f"{analysis_id}.ipynb"
+        return notebook if notebook.is_file() and not script.is_file() else script
 
     async def submit_analysis_job_async(
         self,
