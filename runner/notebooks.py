@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import re
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,12 @@ class NotebookRun:
                         f"Unknown parameter{'s' if len(unknown) > 1 else ''} {names}: "
                         f"the notebook's parameters cell defines {', '.join(sorted(known)) or 'none'}."
                     )
+                injected: dict[str, Any] = {"id": f"injected-{uuid.uuid4().hex[:8]}"}
+                if self.notebook.get("nbformat_minor", 0) < 5:  # cell ids came with nbformat 4.5
+                    injected = {}
                 self.cells.append(
                     {
+                        **injected,
                         "cell_type": "code",
                         "execution_count": None,
                         "metadata": {"tags": ["injected-parameters"]},
