@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from analysis.duck import QueryResult
 
-__all__ = ["html_table", "text_table"]
+__all__ = ["html_table", "json_summary", "text_table"]
 
 
 def _cell(value: Any) -> str:
@@ -64,3 +64,20 @@ def text_table(result: QueryResult, max_rows: int | None = None) -> str:
     lines.insert(1, "-+-".join("-" * w for w in widths))
     lines.append(_footer(result, min(limit, table.num_rows)))
     return "\n".join(lines)
+
+
+def json_summary(result: QueryResult, max_rows: int | None = None) -> dict[str, Any]:
+    """For front ends that take JSON: columns with types, the row count, the first rows."""
+    import json
+
+    from analysis.results import to_json_fragment
+
+    limit = result.display_rows if max_rows is None else max_rows
+    table = result.arrow()
+    head = json.loads(to_json_fragment(table.slice(0, limit)))
+    return {
+        "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],
+        "row_count": result.row_count,
+        "rows": head,
+        "truncated": result.row_count > len(head),
+    }

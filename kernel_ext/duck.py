@@ -101,6 +101,42 @@ class QueryResult:
 
         return pl.from_arrow(self._table)
 
+    def plot(
+        self,
+        kind: str,
+        *,
+        x: str,
+        y: str | None = None,
+        color: str | None = None,
+        agg: str = "sum",
+        bins: int = 30,
+        title: str | None = None,
+        max_points: int = 2000,
+    ) -> Any:
+        """A chart of this result, aggregated in DuckDB, shown with Vega-Lite (SVG fallback).
+
+        Parameters
+        ----------
+        kind
+            ``"bar"`` and ``"line"`` (``agg(y)`` grouped by ``x`` and ``color``; count when no
+            ``y``), ``"scatter"`` (``x`` against ``y``, sampled down to ``max_points``) or
+            ``"histogram"`` (``x`` in ``bins`` equal bins).
+        x, y, color
+            Column names.
+        agg
+            ``sum``, ``avg``/``mean``, ``count``, ``min``, ``max`` or ``median``.
+        """
+        from analysis.charts import plot
+
+        return plot(
+            self._table, kind, x=x, y=y, color=color, agg=agg, bins=bins, title=title, max_points=max_points
+        )
+
+    def _repr_json_(self) -> dict[str, Any]:
+        from analysis.display import json_summary
+
+        return json_summary(self)
+
     def __repr__(self) -> str:
         return (
             f"<QueryResult {self._row_count} rows x {len(self.columns)} columns: {', '.join(self.columns)}>"

@@ -2,7 +2,9 @@
 
 ``%%analysis`` runs a cell that defines ``run(ctx, parameters)`` the way the headless runner
 will: a fresh ``Context`` (its own DuckDB), parameters as data, the deadline, the same JSON
-encoding and result-size limit, and the same error types. Settings are traitlets::
+encoding and result-size limit, and the same error types. ``%%analysis --sql`` runs the cell as
+SQL on the notebook's ``ctx`` (DuckDB or a datasource) with bound parameters. ``%analysis run``,
+``validate`` and ``jobs`` work with saved analyses. Settings are traitlets::
 
     %config AnalysisMagics.timeout_s = 60
     %config AnalysisMagics.max_result_bytes = 1_000_000
@@ -22,13 +24,14 @@ from analysis.context import Context
 from analysis.deadline import Deadline
 from analysis.duck import QueryResult
 from analysis.errors import InvalidAnalysisError, InvalidParametersError
-from analysis.execute import load_run, run_analysis
+from analysis.execute import Watchdog, describe_failure, load_run, run_analysis
 from analysis.params import check_id, parse_assignments
 from analysis.results import DEFAULT_MAX_RESULT_BYTES
+from analysis.saved_runs import run_saved, validate_saved
 from analysis.validate import validate_source
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
 from IPython.display import display
 from traitlets import Float, Int, Unicode, observe
 
@@ -70,6 +73,8 @@ class AnalysisMagics(Magics):
             self.project_id = self.settings.project_id
         QueryResult.display_rows = self.display_rows
         self.ctx = Context(project_id=self.project_id, settings=self.settings)
+        #: Saved analyses run from this kernel with ``%analysis run``: (name, JobResult).
+        self.jobs: list[tuple[str, Any]] = []
 
     @observe("display_rows")
     def _display_rows_changed(self, change: dict[str, Any]) -> None:
@@ -84,23 +89,42 @@ class AnalysisMagics(Magics):
         metavar="KEY=VALUE",
         help="A parameter; VALUE is JSON where valid, else a string (repeatable).",
     )
-    @argument("-o", "--output", metavar="VAR", help="Store the result (as JSON data) in VAR.")
+    @argument(
+        "-o", "--output", metavar="VAR", help="Store the result in VAR (JSON data; for --sql see --as)."
+    )
     @argument("--timeout", type=float, default=None, metavar="SECONDS", help="Deadline of this run.")
     @argument("--max-result-bytes", type=int, default=None, metavar="N", help="Result size limit.")
     @argument("--save", metavar="NAME", help="Also save the cell as saved analysis NAME of the project.")
-    @cell_magic
-    def analysis(self, line: str, cell: str) -> None:
-        """Run the cell's ``run(ctx, parameters)`` as an analysis job would run."""
+    @argument("--sql", action="store_true", help="The cell is SQL, run on ctx (DuckDB, or --datasource).")
+    @argument("--datasource", metavar="NAME", help="With --sql: run on this datasource.")
+    @argument("--into", metavar="TABLE", help="With --sql: load the rows into this DuckDB table.")
+    @argument(
+        "--as",
+        dest="as_",
+        choices=("df", "pl", "arrow", "result"),
+        default="df",
+        help="With --sql -o: store a pandas DataFrame (default), polars, Arrow, or the QueryResult.",
+    )
+    @line_cell_magic
+    def analysis(self, line: str, cell: str | None = None) -> Any:
+        """``%%analysis``: run the cell as an analysis (or, with ``--sql``, as SQL).
+
+        ``%analysis run NAME [-p KEY=VALUE]...``, ``%analysis validate NAME`` and
+        ``%analysis jobs`` work with the project's saved analyses.
+        """
+        if cell is None:
+            return self._line(line)
         args = parse_argstring(self.analysis, line)
-        try:
-            parameters = parse_assignments(args.param)
-        except InvalidParametersError as exc:
-            raise UsageError(exc.message) from None
-        if args.save:
-            self._save(args.save, cell)
+        parameters = _parameters(args.param)
         timeout_s = args.timeout if args.timeout is not None else self.timeout_s
         if timeout_s is not None and timeout_s <= 0:
             raise UsageError(f"--timeout must be a positive number of seconds, not {timeout_s:g}.")
+        if args.sql:
+            return self._sql(args, cell, parameters, timeout_s)
+        if args.datasource or args.into:
+            raise UsageError("--datasource and --into are for SQL cells: add --sql.")
+        if args.save:
+            self._save(args.save, cell)
         max_bytes = args.max_result_bytes if args.max_result_bytes is not None else self.max_result_bytes
         outcome, result = self._run(cell, parameters, timeout_s, max_bytes)
         assert self.shell is not None
@@ -116,6 +140,62 @@ class AnalysisMagics(Magics):
             display({"application/json": value, "text/plain": pformat(value)}, raw=True)
         else:
             display(value)
+        return None
+
+    def notebook_ctx(self) -> Context:
+        """The ``ctx`` of the notebook: the job's in a headless run, else this session's."""
+        assert self.shell is not None
+        ctx = self.shell.user_ns.get("ctx")
+        return ctx if isinstance(ctx, Context) else self.ctx
+
+    def _sql(self, args: Any, cell: str, parameters: dict[str, Any], timeout_s: float | None) -> QueryResult:
+        if args.save:
+            raise UsageError("--save is for analysis cells, not --sql cells.")
+        ctx = self.notebook_ctx()
+        params = parameters or None
+        with Watchdog(ctx, Deadline.after(timeout_s), interrupt_main=True) as watchdog:
+            try:
+                if args.datasource:
+                    result = ctx.query_datasource(args.datasource, cell, params, into=args.into)
+                else:
+                    result = ctx.query(cell, params)
+                    if args.into:
+                        result = QueryResult(None, row_count=ctx.load_data(args.into, result))
+            except BaseException as exc:
+                if isinstance(exc, Exception | KeyboardInterrupt) and not isinstance(exc, UsageError):
+                    outcome = describe_failure(exc, ctx, None, timed_out=watchdog.fired)
+                    raise AnalysisCellError({**outcome, "stack": None}) from None
+                raise
+        if args.output:
+            assert self.shell is not None
+            converters = {"df": QueryResult.df, "pl": QueryResult.pl, "arrow": QueryResult.arrow}
+            self.shell.user_ns[args.output] = (
+                converters[args.as_](result) if args.as_ in converters else result
+            )
+        return result
+
+    def _line(self, line: str) -> Any:
+        args = _line_parser().parse_argstring(line)
+        root, project = self.settings.root, self.project_id
+        if args.command == "validate":
+            try:
+                path = validate_saved(root, project, args.name)
+            except InvalidAnalysisError as exc:
+                raise UsageError(exc.message) from None
+            print(f"ok: {path}")
+            return None
+        if args.command == "jobs":
+            display(_jobs_bundle(self.jobs), raw=True)
+            return None
+        parameters = _parameters(args.param)
+        options: dict[str, Any] = {"timeout_s": args.timeout if args.timeout is not None else self.timeout_s}
+        if self.max_result_bytes is not None:
+            options["max_result_bytes"] = self.max_result_bytes
+        result = run_saved(root, project, args.name, parameters, **options)
+        self.jobs.append((args.name, result))
+        envelope = result.to_dict()
+        display({"application/json": envelope, "text/plain": pformat(envelope)}, raw=True)
+        return None
 
     def _run(
         self, cell: str, parameters: dict[str, Any], timeout_s: float | None, max_bytes: int | None
@@ -152,6 +232,57 @@ class AnalysisMagics(Magics):
         print(f"Saved analysis {name!r} of project {self.project_id!r} to {Path(path)}")
 
 
+def _parameters(items: list[str]) -> dict[str, Any]:
+    """``-p`` values of a magic line; IPython keeps the quotes around ``-p "k=v w"``: drop them."""
+    unquoted = []
+    for item in items:
+        text = item[1:-1] if len(item) >= 2 and item[0] == item[-1] and item[0] in "\"'" else item
+        key, sep, value = text.partition("=")
+        if sep and len(value) >= 2 and value[0] == value[-1] == "'":
+            text = f"{key}={value[1:-1]}"
+        unquoted.append(text)
+    try:
+        return parse_assignments(unquoted)
+    except InvalidParametersError as exc:
+        raise UsageError(exc.message) from None
+
+
+def _line_parser() -> MagicArgumentParser:
+    parser = MagicArgumentParser(prog="%analysis", description="Saved analyses of this project.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a saved analysis in a fresh kernel and show its envelope")
+    run.add_argument("name")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
+    validate = commands.add_parser("validate", help="check a saved analysis without running it")
+    validate.add_argument("name")
+    commands.add_parser("jobs", help="the jobs this kernel ran with %%analysis run")
+    return parser
+
+
+def _jobs_bundle(jobs: list[tuple[str, Any]]) -> dict[str, Any]:
+    rows = [
+        {
+            "analysis": name,
+            "job_id": r.job_id,
+            "success": r.success,
+            "error_type": r.error_type,
+            "duration_ms": r.duration_ms,
+            "trigger": r.trigger,
+        }
+        for name, r in reversed(jobs)
+    ]
+    lines = [
+        f"{row['analysis']:24} {row['job_id']}  {'ok' if row['success'] else row['error_type']:20} "
+        f"{row['duration_ms']:>7} ms"
+        for row in rows
+    ]
+    return {
+        "application/json": {"jobs": rows},
+        "text/plain": "\n".join(lines) or "no jobs yet in this kernel",
+    }
+
+
 def _registered(ipython: Any) -> AnalysisMagics | None:
     magics = ipython.magics_manager.registry.get("AnalysisMagics")
     return magics if isinstance(magics, AnalysisMagics) else None
@@ -175,4 +306,5 @@ def unload(ipython: Any) -> None:
     if ipython.user_ns.get("ctx") is magics.ctx:
         del ipython.user_ns["ctx"]
     ipython.magics_manager.magics["cell"].pop("analysis", None)
+    ipython.magics_manager.magics["line"].pop("analysis", None)
     ipython.magics_manager.registry.pop("AnalysisMagics", None)

@@ -136,3 +136,89 @@ def test_save_stores_the_cell_as_a_saved_analysis(shell: RaisingShell, tmp_path:
 def test_user_mistakes_are_usage_errors(shell: RaisingShell, line: str, cell: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         shell.run_cell_magic("analysis", line, cell)
+
+
+def test_sql_cells_bind_parameters_and_store_frames(shell: RaisingShell) -> None:
+    shell.run_cell(
+        "ctx.load_data('orders', [{'sku': 'a', 'qty': 2}, {'sku': 'b', 'qty': 5}, {'sku': 'a', 'qty': 1}])"
+    )
+    result = shell.run_cell_magic(
+        "analysis",
+        "--sql -p min=2 -o df",
+        "SELECT sku, sum(qty) AS units FROM orders WHERE qty >= $min GROUP BY sku ORDER BY sku",
+    )
+    assert result.rows == [{"sku": "a", "units": 2}, {"sku": "b", "units": 5}]
+    frame = shell.user_ns["df"]
+    assert type(frame).__name__ == "DataFrame" and sorted(frame["units"].tolist()) == [2, 5]
+    evil = "x'; DROP TABLE orders; --"
+    shell.run_cell_magic("analysis", f'--sql -p "s={evil}" -o r --as result', "SELECT $s AS s")
+    assert shell.user_ns["r"].rows == [{"s": evil}]
+    assert shell.run_cell("ctx.query('SELECT count(*) AS n FROM orders').rows").result == [{"n": 3}]
+    shell.run_cell_magic("analysis", "--sql --into big -o n --as result", "SELECT * FROM range(10)")
+    assert shell.user_ns["n"].row_count == 10
+    assert shell.run_cell("ctx.query('SELECT count(*) AS n FROM big').rows").result == [{"n": 10}]
+
+
+def test_sql_cells_on_a_datasource(
+    shell: RaisingShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "shop.db").executescript(
+        "CREATE TABLE t (a INTEGER); INSERT INTO t VALUES (1), (2);"
+    )
+    config = tmp_path / "ds.toml"
+    config.write_text('[shop]\nkind = "sqlite"\npath = "shop.db"\n')
+    ctx = shell.user_ns["ctx"]
+    from analysis.sources import Datasources
+
+    ctx._sources = Datasources(config)
+    shell.run_cell_magic(
+        "analysis", "--sql --datasource shop -p lo=1 -o rows --as result", "SELECT a FROM t WHERE a > :lo"
+    )
+    assert shell.user_ns["rows"].rows == [{"a": 2}]
+    shell.run_cell_magic("analysis", "--sql --datasource shop --into t_copy", "SELECT * FROM t")
+    assert shell.run_cell("ctx.query('SELECT sum(a) AS s FROM t_copy').rows").result == [{"s": 3}]
+    with pytest.raises(AnalysisCellError) as info:
+        shell.run_cell_magic("analysis", "--sql --datasource nope", "SELECT 1")
+    assert info.value.outcome["error_type"] == "datasource_not_found"
+
+
+def test_sql_errors_are_short_and_timeouts_stop_the_query(shell: RaisingShell) -> None:
+    with pytest.raises(AnalysisCellError) as info:
+        shell.run_cell_magic("analysis", "--sql", "SELEC 1")
+    assert "syntax error" in info.value.outcome["error"].lower()
+    assert info.value._render_traceback_()[0].startswith("\x1b[31manalysis_error")
+    started = time.monotonic()
+    with pytest.raises(AnalysisCellError) as info:
+        shell.run_cell_magic("analysis", "--sql --timeout 1", "SELECT count(*) FROM range(10000000000000)")
+    assert info.value.outcome["error_type"] == "timeout"
+    assert time.monotonic() - started < 5
+    with pytest.raises(UsageError, match="add --sql"):
+        shell.run_cell_magic("analysis", "--into t", CELL)
+
+
+def test_saved_analyses_from_the_notebook(shell: RaisingShell, tmp_path: Path) -> None:
+    shell.run_cell_magic("analysis", "--save doubler -p x=1 -p day=d", CELL)
+    shell.run_line_magic("analysis", "validate doubler")
+    shell.run_line_magic("analysis", "run doubler -p x=4 -p day=mon")
+    shell.run_line_magic("analysis", "run doubler -p x=4")
+    magics = shell.magics_manager.registry["AnalysisMagics"]
+    (_, first), (_, second) = magics.jobs
+    assert first.success and first.result == {"double": 8, "day": "mon"} and first.trigger == "notebook"
+    assert second.error_type == "analysis_error" and "KeyError" in second.error
+    scripts = tmp_path / ".clients" / "acme" / "analysis" / "scripts"
+    (scripts / "broken.py").write_text("def run(ctx):\n    pass\n")
+    with pytest.raises(UsageError, match="two positional arguments"):
+        shell.run_line_magic("analysis", "validate broken")
+    with pytest.raises(UsageError, match="no saved analysis 'ghost'"):
+        shell.run_line_magic("analysis", "validate ghost")
+    with pytest.raises(UsageError):
+        shell.run_line_magic("analysis", "frobnicate")
+
+
+def test_query_results_have_a_json_representation(shell: RaisingShell) -> None:
+    summary = shell.user_ns["ctx"].query("SELECT range AS i, 'x' AS s FROM range(30)")._repr_json_()
+    assert summary["row_count"] == 30 and summary["truncated"] is True
+    assert summary["columns"] == [{"name": "i", "type": "int64"}, {"name": "s", "type": "string"}]
+    assert summary["rows"][:2] == [{"i": 0, "s": "x"}, {"i": 1, "s": "x"}]
