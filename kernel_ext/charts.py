@@ -44,7 +44,9 @@ class Chart:
 
     def __repr__(self) -> str:
         enc = self.spec.get("encoding", {})
-        fields = ", ".join(f"{k}={v['field']}" for k, v in enc.items() if "field" in v)
+        fields = ", ".join(
+            f"{k}={v.get('title', v['field'])}" for k, v in enc.items() if "field" in v and k != "x2"
+        )
         points = len(self.spec["data"]["values"])
         return f"<Chart {self.spec.get('mark', {}).get('type')} {fields} ({points} points)>"
 

@@ -87,7 +87,7 @@ class AnalysisMagics(Magics):
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="A parameter; VALUE is JSON where valid, else a string (repeatable).",
+        help="A parameter; VALUE is JSON where valid, else a string; -p NAME binds variable NAME.",
     )
     @argument(
         "-o", "--output", metavar="VAR", help="Store the result in VAR (JSON data; for --sql see --as)."
@@ -115,7 +115,7 @@ class AnalysisMagics(Magics):
         if cell is None:
             return self._line(line)
         args = parse_argstring(self.analysis, line)
-        parameters = _parameters(args.param)
+        parameters = _parameters(args.param, self.shell.user_ns if self.shell is not None else {})
         timeout_s = args.timeout if args.timeout is not None else self.timeout_s
         if timeout_s is not None and timeout_s <= 0:
             raise UsageError(f"--timeout must be a positive number of seconds, not {timeout_s:g}.")
@@ -187,7 +187,7 @@ class AnalysisMagics(Magics):
         if args.command == "jobs":
             display(_jobs_bundle(self.jobs), raw=True)
             return None
-        parameters = _parameters(args.param)
+        parameters = _parameters(args.param, self.shell.user_ns if self.shell is not None else {})
         options: dict[str, Any] = {"timeout_s": args.timeout if args.timeout is not None else self.timeout_s}
         if self.max_result_bytes is not None:
             options["max_result_bytes"] = self.max_result_bytes
@@ -232,17 +232,26 @@ class AnalysisMagics(Magics):
         print(f"Saved analysis {name!r} of project {self.project_id!r} to {Path(path)}")
 
 
-def _parameters(items: list[str]) -> dict[str, Any]:
-    """``-p`` values of a magic line; IPython keeps the quotes around ``-p "k=v w"``: drop them."""
+def _parameters(items: list[str], namespace: dict[str, Any]) -> dict[str, Any]:
+    """``-p`` values of a magic line: ``KEY=VALUE``, or ``NAME`` for the notebook variable NAME.
+
+    IPython keeps the quotes around ``-p "k=v w"``: they are dropped.
+    """
     unquoted = []
+    variables: dict[str, Any] = {}
     for item in items:
+        if "=" not in item and item.isidentifier():
+            if item not in namespace:
+                raise UsageError(f"-p {item}: there is no variable {item!r} in the notebook.")
+            variables[item] = namespace[item]
+            continue
         text = item[1:-1] if len(item) >= 2 and item[0] == item[-1] and item[0] in "\"'" else item
         key, sep, value = text.partition("=")
         if sep and len(value) >= 2 and value[0] == value[-1] == "'":
             text = f"{key}={value[1:-1]}"
         unquoted.append(text)
     try:
-        return parse_assignments(unquoted)
+        return {**variables, **parse_assignments(unquoted)}
     except InvalidParametersError as exc:
         raise UsageError(exc.message) from None
 

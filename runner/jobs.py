@@ -330,7 +330,9 @@ async def _execute_notebook(
                 run.mark(index, "timeout", error=timeout.message)
                 run.save()
                 raise timeout
-            if done.error is not None:
+            if done.error is not None and run.may_raise(index):
+                run.mark(index, "raised")
+            elif done.error is not None:
                 run.mark(index, "failed")
                 run.save()
                 described = await run_code(
@@ -340,7 +342,8 @@ async def _execute_notebook(
                 outcome["error"] = f"{outcome['error'].rstrip('.')} (in {run.describe_cell(index)})."
                 outcome["stack"] = outcome.get("stack") or error_stack(done.error)
                 return outcome, "null"
-            run.mark(index, "ok")
+            else:
+                run.mark(index, "ok")
             run.save()
             if bar is not None:
                 bar.update(1)

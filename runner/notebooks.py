@@ -128,6 +128,10 @@ class NotebookRun:
         """``(index, source)`` of every code cell to run, in order (indexes into :attr:`cells`)."""
         return [(i, _source(c)) for i, c in enumerate(self.cells) if c.get("cell_type") == "code"]
 
+    def may_raise(self, index: int) -> bool:
+        """Whether the cell is tagged ``raises-exception`` (its error is expected; the run goes on)."""
+        return "raises-exception" in self.cells[index].get("metadata", {}).get("tags", [])
+
     def describe_cell(self, index: int) -> str:
         """``cell 3 (first lines...)``, for error messages."""
         return f"cell {index} ({_first_lines(_source(self.cells[index]))})"

@@ -190,3 +190,15 @@ def test_not_a_notebook(tmp_path: Path, root: Path) -> None:
     path.write_text("{not json")
     result = run_notebook(path, root)
     assert result.error_type == "invalid_analysis" and "cannot be read as JSON" in (result.error or "")
+
+
+def test_cells_tagged_raises_exception_may_fail(tmp_path: Path, root: Path) -> None:
+    expected = new_code_cell("1 / 0")
+    expected.metadata["tags"] = ["raises-exception"]
+    nb = new_notebook(cells=[expected, new_code_cell("ctx.set_result('went on')")])
+    path = tmp_path / "expected.ipynb"
+    out = tmp_path / "out.ipynb"
+    nbformat.write(nb, path)
+    result = run_notebook(path, root, output_notebook=out)
+    assert result.success and result.result == "went on"
+    assert cells_of(out)[0]["metadata"]["analysis"]["status"] == "raised"

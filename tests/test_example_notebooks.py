@@ -1,0 +1,117 @@
+"""The example notebooks also run headless through ``analysis run``, with parameters."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def analysis_run(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "analysis.runner.cli", "run", *args],
+        cwd=NOTEBOOKS,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    envelope: dict[str, Any] = json.loads(done.stdout)
+    assert done.returncode == 0, envelope
+    return envelope
+
+
+@pytest.fixture
+def file_backend() -> Iterator[str]:
+    """The reference file server over notebooks/sample_files on a free loopback port."""
+    import uvicorn
+    from analysis.runner.fileserver import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(NOTEBOOKS / "sample_files"),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_quickstart(tmp_path: Path) -> None:
+    envelope = analysis_run(
+        "quickstart.ipynb",
+        "--datasources",
+        "../examples/datasources.toml",
+        "--root",
+        str(tmp_path),
+        "--output-notebook",
+        str(tmp_path / "out.ipynb"),
+    )
+    assert envelope["result"] is None  # it never calls ctx.set_result
+    assert any("Loaded 229 rows into paid" in line for line in envelope["logs"])
+
+
+def test_datasources_with_another_month(tmp_path: Path) -> None:
+    envelope = analysis_run(
+        "datasources.ipynb",
+        "--datasources",
+        "../examples/datasources.toml",
+        "-p",
+        "month=2024-04",
+        "--root",
+        str(tmp_path),
+    )
+    result = envelope["result"]
+    assert result["month"] == "2024-04"
+    assert len(result["top_customers"]) == 5
+    spent = [c["spent"] for c in result["top_customers"]]
+    assert spent == sorted(spent, reverse=True)
+
+
+def test_files_against_a_backend(tmp_path: Path, file_backend: str) -> None:
+    envelope = analysis_run(
+        "files.ipynb",
+        "-p",
+        "region=north",
+        "--root",
+        str(tmp_path),
+        env={"ANALYSIS_BACKEND_URL": file_backend},
+    )
+    result = envelope["result"]
+    assert result["region"] == "north"
+    assert [row["manager"] for row in result["first_days"]] == ["Ada"] * len(result["first_days"])
+    assert "[files] GET /api/files/orders.csv/content" in envelope["logs"]
+
+
+def test_charts_with_fewer_rows_and_svg_in_the_output_notebook(tmp_path: Path) -> None:
+    out = tmp_path / "charts-out.ipynb"
+    envelope = analysis_run(
+        "charts.ipynb", "-p", "rows=30000", "--root", str(tmp_path), "--output-notebook", str(out)
+    )
+    assert sum(row["orders"] for row in envelope["result"]) == 30000
+    outputs = [o for cell in json.loads(out.read_text())["cells"] for o in cell.get("outputs", [])]
+    charts = [o for o in outputs if "application/vnd.vegalite.v5+json" in o.get("data", {})]
+    assert len(charts) == 4
+    assert all(o["data"]["image/svg+xml"].startswith("<svg") for o in charts)
