@@ -92,8 +92,22 @@ class QueryResult:
         return self._table
 
     def df(self) -> Any:
-        """The result as a pandas DataFrame."""
-        return self._table.to_pandas()
+        """The result as a pandas DataFrame, typed as DuckDB's own ``.df()`` types it.
+
+        DECIMAL columns become float64 and DATE columns datetime64 (not Python objects), which
+        is also what keeps the conversion columnar and fast.
+        """
+        import pyarrow as pa
+        from pyarrow import types
+
+        table = self._table
+        if any(types.is_decimal(field.type) for field in table.schema):
+            columns = [
+                column.cast(pa.float64()) if types.is_decimal(field.type) else column
+                for field, column in zip(table.schema, table.columns, strict=True)
+            ]
+            table = pa.Table.from_arrays(columns, names=table.column_names)
+        return table.to_pandas(date_as_object=False)
 
     def pl(self) -> Any:
         """The result as a polars DataFrame (needs polars)."""

@@ -118,3 +118,10 @@ def test_context_close_is_idempotent() -> None:
     context.query("SELECT 1")
     context.close()
     context.close()
+
+
+def test_df_types_decimals_and_dates_as_duckdb_does(ctx: Context) -> None:
+    frame = ctx.query("SELECT 1.25::DECIMAL(10, 2) AS amount, DATE '2024-03-01' AS day, 'x' AS s").df()
+    assert str(frame["amount"].dtype) == "float64" and frame["amount"][0] == 1.25
+    assert str(frame["day"].dtype).startswith("datetime64")
+    assert frame["s"][0] == "x"
