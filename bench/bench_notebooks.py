@@ -52,8 +52,8 @@ def notebook_runs(repeat: int) -> list[tuple[str, float]]:
             params,
             nbformat.v4.new_code_cell(
                 "import duckdb\n"
-                "totals = duckdb.sql(f'SELECT range % 100 AS k, sum(range) AS s FROM range({rows}) GROUP BY 1')"
-                ".fetchall()"
+                "sql = f'SELECT range % 100 AS k, sum(range) AS s FROM range({rows}) GROUP BY 1'\n"
+                "totals = duckdb.sql(sql).fetchall()"
             ),
             nbformat.v4.new_code_cell(
                 "result = len(totals)\ntry:\n    ctx.set_result(result)\nexcept NameError:\n    pass"
