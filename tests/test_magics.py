@@ -126,7 +126,8 @@ def test_save_stores_the_cell_as_a_saved_analysis(shell: RaisingShell, tmp_path:
 @pytest.mark.parametrize(
     ("line", "cell", "message"),
     [
-        ("-p novalue", CELL, "KEY=VALUE"),
+        ("-p novalue", CELL, "no variable .novalue."),
+        ("-p 1x", CELL, "KEY=VALUE"),
         ("--save ../evil", CELL, "invalid"),
         ("--save ok", "def run(ctx, p)\n", "syntax error"),
         ("--timeout 0", CELL, "positive"),
