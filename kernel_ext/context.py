@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from analysis.config import Settings
 from analysis.deadline import Deadline
 from analysis.duck import Duck, QueryResult
-from analysis.errors import JobTimeoutError
+from analysis.errors import DatasourceError, JobTimeoutError
 from analysis.logs import emit, one_line
 from analysis.sources import Datasources
 
@@ -52,7 +52,9 @@ class Context:
         self.settings = settings if settings is not None else Settings.from_env()
         self.deadline = deadline if deadline is not None else Deadline(None)
         self._duck = Duck()
-        self._sources = Datasources(self.settings.datasources_path(project_id))
+        self._sources = Datasources(
+            self.settings.datasources_path(project_id), secret_key=self.settings.secret_key
+        )
         self._files: Files | None = None
         self._result: Any = _UNSET
         #: The job's memory limit, if the runner set one (for error messages).
@@ -121,10 +123,17 @@ class Context:
         timeout_s = self.deadline.remaining_s()
         if timeout_s is not None and timeout_s <= 0:
             raise JobTimeoutError(f"The job ran past {self.deadline.describe()} before querying {name!r}.")
-        if into is not None:
-            count = source.query_into(self._duck, into, sql, params, timeout_s=timeout_s)
-            return QueryResult(None, row_count=count)
-        return QueryResult(source.query(sql, params, timeout_s=timeout_s))
+        try:
+            if into is not None:
+                count = source.query_into(self._duck, into, sql, params, timeout_s=timeout_s)
+                return QueryResult(None, row_count=count)
+            return QueryResult(source.query(sql, params, timeout_s=timeout_s))
+        except DatasourceError as exc:
+            if self.deadline.expired():  # the statement was cancelled because the job ran out of time
+                raise JobTimeoutError(
+                    f"The job ran past {self.deadline.describe()} while querying {name!r}."
+                ) from exc
+            raise
 
     def datasource_names(self) -> list[str]:
         """Names of the project's configured datasources."""

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from analysis.config import Settings
 from analysis.context import Context
-from analysis.errors import DatasourceError, DatasourceNotFoundError
+from analysis.errors import DatasourceError, DatasourceNotFoundError, JobTimeoutError
 
 
 @pytest.fixture
@@ -74,10 +75,12 @@ def test_unknown_kind(tmp_path: Path) -> None:
     context.close()
 
 
-def test_statement_time_limit_interrupts(tmp_path: Path, ctx: Context) -> None:
+def test_statement_time_limit_is_the_jobs_deadline(tmp_path: Path, ctx: Context) -> None:
     from analysis.deadline import Deadline
 
     ctx.deadline = Deadline.after(0.5)
     slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
-    with pytest.raises(DatasourceError, match="cancelled at its time limit"):
+    with pytest.raises(JobTimeoutError, match=r"0.5 s deadline while querying 'shop'") as info:
         ctx.query_datasource("shop", slow)
+    assert isinstance(info.value.__cause__, DatasourceError)
+    assert "cancelled at its time limit" in str(info.value.__cause__)

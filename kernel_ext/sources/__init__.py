@@ -7,6 +7,18 @@ unless ``ANALYSIS_DATASOURCES_FILE`` names another), one table per datasource::
     kind = "sqlite"
     path = "shop.db"
 
+    [warehouse]
+    kind = "postgres"                 # or "mysql" (MySQL and MariaDB)
+    host = "db.internal"
+    port = 5432
+    database = "dw"
+    user = "analyst"
+    password_encrypted = "gAAAA..."   # `analysis datasource add`; or password_env = "DW_PASSWORD"
+    read_only = true                  # default
+    connect_timeout_s = 10            # default
+    statement_timeout_s = 60          # optional; the job's deadline always applies
+
+Passwords are resolved (:mod:`analysis.sources.secrets`) only when a datasource is first used.
 ``KINDS`` maps each ``kind`` to the class implementing it (imported only when used), so a
 new kind is one module and one line here.
 """
@@ -14,6 +26,7 @@ new kind is one module and one line here.
 from __future__ import annotations
 
 import importlib
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +40,8 @@ __all__ = ["KINDS", "Datasource", "Datasources", "Params", "load_config"]
 #: kind -> "module:Class" of its implementation.
 KINDS: dict[str, str] = {
     "sqlite": "analysis.sources.sqlite:SQLiteDatasource",
+    "postgres": "analysis.sources.postgres:PostgresDatasource",
+    "mysql": "analysis.sources.mysql:MySQLDatasource",
 }
 
 _PATH_KEYS = ("path",)
@@ -62,10 +77,23 @@ class Datasources:
     ----------
     config_path
         The project's datasources file (it may not exist).
+    secret_key
+        ``ANALYSIS_SECRET_KEY`` (``Settings.secret_key``), which decrypts ``password_encrypted``;
+        ``None`` reads it from the environment.
+    environ
+        Where ``password_env`` variables are looked up (default: ``os.environ``).
     """
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        secret_key: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.config_path = config_path
+        self._secret_key = secret_key
+        self._environ = environ
         self._config: dict[str, dict[str, Any]] | None = None
         self._open: dict[str, Datasource] = {}
 
@@ -88,7 +116,8 @@ class Datasources:
         if entry is None:
             known = ", ".join(self.names()) or "none"
             raise DatasourceNotFoundError(
-                f"Datasource {name!r} is not configured (configured: {known}; file {str(self.config_path)!r})."
+                f"Datasource {name!r} is not configured "
+                f"(configured: {known}; file {str(self.config_path)!r})."
             )
         kind = entry.get("kind")
         target = KINDS.get(kind) if isinstance(kind, str) else None
@@ -98,9 +127,24 @@ class Datasources:
             )
         module_name, _, class_name = target.partition(":")
         cls: type[Datasource] = getattr(importlib.import_module(module_name), class_name)
-        source = cls(name, entry)
+        source = cls(name, self._with_password(name, entry))
         self._open[name] = source
         return source
+
+    def _with_password(self, name: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """``entry`` with ``password_env``/``password_encrypted`` resolved into a ``Secret`` ``password``."""
+        if not {"password", "password_env", "password_encrypted"} & set(entry):
+            return dict(entry)
+        from analysis.config import Settings
+        from analysis.sources.secrets import resolve_password
+
+        secret_key = self._secret_key if self._secret_key is not None else Settings.from_env().secret_key
+        environ = self._environ if self._environ is not None else os.environ
+        secret = resolve_password(name, entry, secret_key=secret_key, environ=environ)
+        resolved = {k: v for k, v in entry.items() if k not in ("password_env", "password_encrypted")}
+        if secret is not None:
+            resolved["password"] = secret
+        return resolved
 
     def interrupt(self) -> None:
         """Cancel whatever statement any open datasource is running."""

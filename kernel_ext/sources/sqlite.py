@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
 from analysis.errors import DatasourceError
 from analysis.sources.base import Datasource, Params
 

@@ -1,0 +1,597 @@
+"""The ``mysql`` datasource kind (MySQL and MariaDB): mysql-connector-python, columnar readers for ``into=``.
+
+Ordinary queries go through mysql-connector-python (pure Python here), one statement per
+call (multi-statements are switched off). A statement with parameters is a server-side
+prepared statement (values bound, never put into the text). A read-only datasource runs each
+statement with the session and the transaction read-only, and rolls it back.
+
+Every statement gets a server-side limit (``max_statement_time`` on MariaDB,
+``max_execution_time`` on MySQL, which covers only SELECT), and a timer sends ``KILL QUERY``
+shortly after the limit as a backstop. ``interrupt()`` (another thread) sends ``KILL QUERY``
+over a second connection.
+
+``query_into`` reads columnar, choosing by the result's columns (from a server-side PREPARE,
+which runs nothing): arrow-odbc over MariaDB Connector/ODBC when every column is a plain type
+(parameters bound as text), else connectorx (no parameters), else the ordinary path. Either
+reader builds Arrow in Rust and DuckDB scans it in place; the statement carries a unique
+comment so that ``interrupt()`` can find it in the process list. (connectorx's streaming mode
+holds the GIL while it waits for the server, so its whole-table mode is used.)
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Iterator, Sequence
+from struct import error as struct_error
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from analysis.errors import DatasourceError
+from analysis.sources.base import Params, ServerDatasource
+from analysis.sources.placeholders import PlaceholderError, to_native
+
+if TYPE_CHECKING:
+    from analysis.duck import Duck
+
+__all__ = ["MySQLDatasource"]
+
+# MySQL field type codes (mysql.connector.constants.FieldType) -> Arrow types.
+_ARROW_TYPES: dict[int, pa.DataType] = {
+    1: pa.int8(),  # TINY
+    2: pa.int16(),  # SHORT
+    3: pa.int32(),  # LONG
+    4: pa.float32(),  # FLOAT
+    5: pa.float64(),  # DOUBLE
+    8: pa.int64(),  # LONGLONG
+    9: pa.int32(),  # INT24
+    10: pa.date32(),  # DATE
+    11: pa.time64("us"),  # TIME
+    12: pa.timestamp("us"),  # DATETIME
+    7: pa.timestamp("us", tz="UTC"),  # TIMESTAMP (the session runs in UTC)
+    13: pa.int16(),  # YEAR
+    245: pa.json_(),  # JSON (MySQL; MariaDB sends LONGTEXT)
+}
+_BINARY_CHARSET = 63
+_UNSIGNED_FLAG = 32
+_BLOB_TYPES = {15, 249, 250, 251, 252, 253, 254}  # VARCHAR, TINY/MEDIUM/LONG BLOB, BLOB, VAR_STRING, STRING
+
+
+def _decimal_precision(col: Sequence[Any]) -> int | None:
+    """DECIMAL precision from a column description made by :func:`_describing_protocol`."""
+    length, scale, flags = col[3], col[5], col[7] if len(col) > 7 else 0
+    if col[1] not in (0, 246) or length is None:
+        return None
+    return int(length) - (1 if scale else 0) - (0 if flags & _UNSIGNED_FLAG else 1)
+
+
+def _describing_protocol() -> type[Any]:
+    """mysql-connector's protocol, keeping each column's length and decimals in its description.
+
+    It also decodes YEAR in binary (prepared-statement) results, which the driver reads as a
+    length-prefixed string and so loses its place in the row, and negative TIME values.
+    """
+    import datetime as dt
+    import struct
+
+    from mysql.connector import utils
+    from mysql.connector.protocol import MySQLProtocol
+
+    class _Protocol(MySQLProtocol):
+        def _parse_binary_values(self, fields: Any, packet: bytes, charset: str = "utf-8") -> Any:
+            # YEAR travels as a 2-byte integer, which the pure-Python decoder does not know
+            fields = [(f[0], 2, *f[2:]) if f[1] == 13 else f for f in fields]
+            return super()._parse_binary_values(fields, packet, charset)
+
+        @staticmethod
+        def _parse_binary_time(packet: bytes) -> Any:
+            # the driver applies a negative sign to the days only, so -01:00 comes back as 01:00
+            length = packet[0]
+            if not length:
+                return packet[1:], dt.timedelta()
+            data = packet[1 : length + 1]
+            value = dt.timedelta(
+                days=int.from_bytes(data[1:5], "little"), hours=data[5], minutes=data[6], seconds=data[7],
+                microseconds=int.from_bytes(data[8:12], "little") if length > 8 else 0,
+            )  # fmt: skip
+            return packet[length + 1 :], -value if data[0] == 1 else value
+
+        @staticmethod
+        def parse_column(packet: bytes, encoding: str = "utf-8") -> Any:
+            desc = MySQLProtocol.parse_column(packet, encoding)
+            rest = bytes(packet[4:])
+            for _ in range(6):  # catalog, db, table, org_table, name, org_name
+                rest, _value = utils.read_lc_string(rest)
+            _, length, _, _, decimals = struct.unpack("<xHIBHBxx", rest)
+            return (desc[0], desc[1], None, length, None, decimals, *desc[6:])
+
+    return _Protocol
+
+
+def _column(values: list[Any], type_code: int, flags: int, charset: int, col: Sequence[Any] = ()) -> pa.Array:
+    typ = _ARROW_TYPES.get(type_code)
+    if type_code in (0, 246) and col:
+        precision = _decimal_precision(col)
+        if precision is not None and 0 < precision <= 38:
+            typ = pa.decimal128(precision, int(col[5] or 0))
+    if type_code == 8 and flags & _UNSIGNED_FLAG:
+        typ = pa.uint64()
+    if type_code in _BLOB_TYPES:
+        typ = pa.binary() if charset == _BINARY_CHARSET else pa.string()
+        if typ == pa.string():
+            try:
+                values = [v.decode("utf-8") if isinstance(v, bytes | bytearray) else v for v in values]
+            except UnicodeDecodeError:  # bytes bound to a text column: keep them as bytes
+                typ = pa.binary()
+    if type_code == 16:  # BIT: an int from the text protocol, bytes from the binary one
+        values = [int.from_bytes(v, "big") if isinstance(v, bytes | bytearray) else v for v in values]
+        typ = pa.int64()
+    if type_code == 11:  # TIME comes back as a timedelta; TIME outside a day stays a duration
+        if all(v is None or 0 <= v.total_seconds() < 86400 for v in values):
+            values = [None if v is None else (v.seconds * 1_000_000 + v.microseconds) for v in values]
+            return pa.array(values, type=pa.int64()).cast(pa.time64("us"))
+        typ = pa.duration("us")
+    if type_code == 7:
+        import datetime as dt
+
+        values = [v.replace(tzinfo=dt.UTC) if v is not None and v.tzinfo is None else v for v in values]
+    try:
+        return pa.array(values, type=typ)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        try:
+            return pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
+def _bulk_target(col: Sequence[Any], array_type: pa.DataType) -> pa.DataType | None:
+    """The Arrow type a connectorx column is cast to, from the server's column description."""
+    precision = _decimal_precision(col)
+    if precision is not None and 0 < precision <= 38:
+        return pa.decimal128(precision, int(col[5] or 0))
+    if col[1] == 7 and pa.types.is_timestamp(array_type):  # TIMESTAMP, read in a UTC session
+        return pa.timestamp(array_type.unit, tz="UTC")
+    if col[1] == 245 and pa.types.is_string(array_type):  # MySQL's JSON
+        return pa.json_()
+    return None
+
+
+def _typed(table: pa.Table, columns: list[Any]) -> pa.Table:
+    """connectorx's ``table`` with the server's DECIMAL(p, s), TIMESTAMP (UTC) and JSON types."""
+    if len(columns) != table.num_columns:
+        return table
+    arrays = []
+    for col, array in zip(columns, table.columns, strict=True):
+        target = _bulk_target(col, array.type)
+        arrays.append(array if target is None or target == array.type else array.cast(target))
+    return pa.Table.from_arrays(arrays, names=table.column_names)
+
+
+def _typed_stream(reader: pa.RecordBatchReader, columns: list[Any]) -> pa.RecordBatchReader:
+    """``reader``'s batches with the server's TIMESTAMP (UTC) and JSON types, as they arrive."""
+    if len(columns) != len(reader.schema):
+        return reader
+    targets = [_bulk_target(col, field.type) for col, field in zip(columns, reader.schema, strict=True)]
+    targets = [None if t == f.type else t for t, f in zip(targets, reader.schema, strict=True)]
+    if not any(targets):
+        return reader
+    schema = pa.schema(
+        f if t is None else pa.field(f.name, t, f.nullable)
+        for f, t in zip(reader.schema, targets, strict=True)
+    )
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in reader:
+            arrays = [a if t is None else a.cast(t) for a, t in zip(batch.columns, targets, strict=True)]
+            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+#: Column types arrow-odbc reads exactly (signed integers, floats, DECIMAL, dates and times
+#: of day, bounded text); anything else goes through connectorx. Unsigned BIGINT would wrap,
+#: TIME may lie outside a day, unbounded text and binary need buffers sized by guesswork.
+_ODBC_TYPES = {1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 7, 13, 246, 253, 254, 15}  # 6: a bare ? column
+_ODBC_MAX_TEXT_BYTES = 16384
+_INTEGER_TYPES = {1, 2, 3, 8, 9}
+
+
+def _odbc_safe(columns: list[Any]) -> bool:
+    """Whether every result column can go through arrow-odbc unchanged."""
+    for col in columns:
+        type_code, length, flags, charset = col[1], col[3] or 0, col[7], col[8]
+        if type_code not in _ODBC_TYPES or (type_code in _INTEGER_TYPES and flags & _UNSIGNED_FLAG):
+            return False
+        if type_code in (253, 254, 15) and (charset == _BINARY_CHARSET or length > _ODBC_MAX_TEXT_BYTES):
+            return False
+        if type_code == 246 and (_decimal_precision(col) or 99) > 38:
+            return False
+    return True
+
+
+def _odbc_text(value: Any) -> str | None:
+    """A parameter as the text arrow-odbc binds; ``TypeError`` for values text cannot carry."""
+    import datetime as dt
+    import math
+    import uuid as uuid_
+    from decimal import Decimal
+
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TypeError("a non-finite float")
+    if isinstance(value, int | float | Decimal | uuid_.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:  # the session runs in UTC
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        return str(value.isoformat(sep=" "))
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+class MySQLDatasource(ServerDatasource):
+    """A MySQL or MariaDB database reached with mysql-connector-python (and connectorx for bulk reads)."""
+
+    kind = "mysql"
+    default_port = 3306
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        super().__init__(name, config)
+        self._conn: Any = None
+        self._mariadb = True
+        self._lock = threading.Lock()
+        self._marker: str | None = None  # comment tag of the running bulk (ODBC/connectorx) statement
+        self.odbc_driver = str(self.config.get("odbc_driver") or "MariaDB Unicode")
+        self._odbc_missing = False
+        self._running = False
+
+    # -- connections ------------------------------------------------------------------------
+    def _open(self, *, timeout_s: float | None = None) -> Any:
+        import mysql.connector
+        from mysql.connector.constants import ClientFlag
+
+        try:
+            return mysql.connector.connect(
+                host=self.host,
+                port=self.port,
+                user=self.user,
+                password=self.password.reveal() if self.password else "",
+                database=self.database,
+                connection_timeout=max(1, round(timeout_s or self.connect_timeout_s)),
+                autocommit=True,
+                use_pure=True,
+                charset="utf8mb4",
+                client_flags=[-ClientFlag.MULTI_STATEMENTS],
+                raw=False,
+            )
+        except mysql.connector.Error as exc:
+            raise self.error(f"cannot connect to {self.host}:{self.port}: {self._describe(exc)}") from None
+        except OSError as exc:
+            raise self.error(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+
+    @staticmethod
+    def _describe(exc: Exception) -> str:
+        msg = getattr(exc, "msg", None) or str(exc)
+        errno = getattr(exc, "errno", None)
+        return f"{msg} (error {errno})" if errno and errno > 0 else str(msg)
+
+    def _connect(self) -> Any:
+        if self._conn is not None and self._conn.is_connected():
+            return self._conn
+        conn = self._open()
+        try:
+            self._mariadb = "mariadb" in str(conn.server_info).lower()
+            conn._protocol.__class__ = _describing_protocol()  # descriptions with DECIMAL(p, s)
+            with conn.cursor() as cur:
+                cur.execute("SET time_zone = '+00:00'")
+        except Exception:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _limit_statement(self, limit: float | None) -> str:
+        if self._mariadb:
+            return f"SET SESSION max_statement_time = {0 if limit is None else max(0.001, limit):.3f}"
+        return f"SET SESSION max_execution_time = {0 if limit is None else max(1, int(limit * 1000))}"
+
+    # -- queries ----------------------------------------------------------------------------
+    def _native(self, sql: str, params: Params) -> tuple[str, tuple[Any, ...] | None]:
+        try:
+            native = to_native(sql, params, "mysql")
+        except PlaceholderError as exc:
+            raise self.error(exc) from None
+        return native.sql, (tuple(native.params) if isinstance(native.params, Sequence) else None)
+
+    def _translate(self, exc: Exception, limit: float | None) -> DatasourceError:
+        import mysql.connector
+        from mysql.connector import errorcode
+
+        errno = getattr(exc, "errno", None)
+        if errno in (1969, 3024):  # ER_STATEMENT_TIMEOUT (MariaDB), ER_QUERY_TIMEOUT (MySQL)
+            return self.error(f"the statement was cancelled at its time limit of {limit or 0:g} s")
+        if errno == errorcode.ER_QUERY_INTERRUPTED:
+            return self.error("the statement was cancelled")
+        if errno == errorcode.ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION:
+            return self.error(f"it is read-only, so the statement was refused ({self._describe(exc)})")
+        if isinstance(exc, mysql.connector.errors.OperationalError | mysql.connector.errors.InterfaceError):
+            return self.error(f"the connection failed: {self._describe(exc)}")
+        return self.error(f"the query failed: {self._describe(exc)}")
+
+    def query(self, sql: str, params: Params, *, timeout_s: float | None) -> pa.Table:
+        import mysql.connector
+
+        text, values = self._native(sql, params)
+        limit = self.limit_s(timeout_s)
+        with self._lock:
+            conn = self._connect()
+            timer = threading.Timer(limit + 1.0, self.interrupt) if limit is not None else None
+            try:
+                with conn.cursor() as setup:
+                    setup.execute(self._limit_statement(limit))
+                    if self.read_only:  # the session too: DDL commits implicitly and goes on
+                        setup.execute("SET SESSION TRANSACTION READ ONLY")
+                        setup.execute("START TRANSACTION READ ONLY")
+                self._running = True
+                if timer is not None:
+                    timer.start()
+                # with values: a server-side prepared statement (bound, binary protocol)
+                with conn.cursor(prepared=values is not None) as cur:
+                    cur.execute(text, values)
+                    description = cur.description
+                    rows = cur.fetchall() if description is not None else []
+                if self.read_only:
+                    conn.rollback()
+            except mysql.connector.Error as exc:
+                self._reset()
+                raise self._translate(exc, limit) from None
+            except (ValueError, IndexError, TypeError, struct_error) as exc:  # the driver's decoding
+                self._drop()
+                raise self.error(f"the driver could not decode the result: {exc!r}") from None
+            finally:
+                self._running = False
+                if timer is not None:
+                    timer.cancel()
+        if description is None:
+            return pa.table({})
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in description]
+        arrays: dict[str, pa.Array] = {}
+        for col, values_ in zip(description, columns, strict=True):
+            name, n = col[0], 1
+            while name in arrays:
+                n += 1
+                name = f"{col[0]}_{n}"
+            flags, charset = (col[7], col[8]) if len(col) > 8 else (0, 0)
+            arrays[name] = _column(list(values_), col[1], flags, charset, col)
+        return pa.table(arrays)
+
+    def _reset(self) -> None:
+        """Roll back after a failure; drop the connection if it is broken."""
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            conn.rollback()
+        except Exception:  # a broken connection is replaced on next use
+            self._drop()
+
+    def _drop(self) -> None:
+        """Close the connection (its state is unknown); the next query opens a new one."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # closing a broken connection
+                pass
+
+    def query_into(self, duck: Duck, table: str, sql: str, params: Params, *, timeout_s: float | None) -> int:
+        text, values = self._native(sql, params)
+        result = None
+        with self._lock:
+            columns = self._describe_statement(text)
+            texts = self._odbc_parameters(values)
+            if texts is not None and _odbc_safe(columns) and self._odbc_driver() is not None:
+                loaded = self._load_odbc(duck, table, text, texts, columns=columns, timeout_s=timeout_s)
+                if loaded is not None:
+                    return loaded
+            # no ODBC driver after all, or not a plain result: connectorx, which binds no
+            # parameters and reads DECIMAL through a 28-digit type
+            if (
+                result is None
+                and values is None
+                and not any((_decimal_precision(c) or 0) > 28 for c in columns)
+            ):
+                result = self._read_columnar(text, columns, timeout_s)
+        if result is None:  # the exact, bound, slower path
+            result = self.query(sql, params, timeout_s=timeout_s)
+        return duck.load_data(table, result)
+
+    @staticmethod
+    def _odbc_parameters(values: tuple[Any, ...] | None) -> list[str | None] | None:
+        """The parameters as text for arrow-odbc, or ``None`` when one cannot be sent as text."""
+        try:
+            return [_odbc_text(v) for v in values or ()]
+        except TypeError:
+            return None
+
+    def _odbc_driver(self) -> str | None:
+        """The ODBC driver name to use, or ``None`` when arrow-odbc or the driver is missing."""
+        if self._odbc_missing:
+            return None
+        try:
+            import arrow_odbc  # type: ignore[import-untyped]  # noqa: F401
+        except ImportError:
+            self._odbc_missing = True
+            return None
+        return self.odbc_driver
+
+    def _load_odbc(
+        self,
+        duck: Duck,
+        table: str,
+        text: str,
+        params: list[str | None],
+        *,
+        columns: list[Any],
+        timeout_s: float | None,
+    ) -> int | None:
+        """Stream ``text`` through arrow-odbc (MariaDB Connector/ODBC) into ``table``.
+
+        Returns the row count, or ``None`` when the ODBC driver is not installed.
+        """
+        import duckdb
+        from arrow_odbc import Error, read_arrow_batches_from_odbc
+
+        limit = self.limit_s(timeout_s)
+        settings = [self._limit_statement(limit).removeprefix("SET "), "time_zone = '+00:00'"]
+        if self.read_only:
+            settings.append(
+                "SESSION tx_read_only = 1" if self._mariadb else "SESSION transaction_read_only = 1"
+            )
+        driver, host = self.odbc_driver.replace("}", "}}"), self.host.replace("}", "}}")
+        database = (self.database or "").replace("}", "}}")
+        connection = (
+            f"Driver={{{driver}}};Server={{{host}}};Port={self.port};Database={{{database}}};"
+            f"CHARSET=utf8mb4;InitStmt={{SET {', '.join(settings)}}};"
+        )
+        marker = f"analysis:{uuid.uuid4().hex}"
+        self._marker = marker
+        timer = threading.Timer(limit + 1.0, self.interrupt) if limit is not None else None
+        try:
+            if timer is not None:
+                timer.start()
+            reader = read_arrow_batches_from_odbc(
+                query=f"/* {marker} */ {text}", connection_string=connection, user=self.user,
+                password=self.password.reveal() if self.password else None, parameters=params or None,
+                login_timeout_sec=max(1, round(self.connect_timeout_s)), max_text_size=_ODBC_MAX_TEXT_BYTES,
+                max_binary_size=_ODBC_MAX_TEXT_BYTES,
+            )  # fmt: skip
+        except Error as exc:
+            if timer is not None:
+                timer.cancel()
+            self._marker = None
+            if "[Driver Manager]" in str(exc):  # no such driver (or no unixODBC): use connectorx
+                self._odbc_missing = True
+                return None
+            raise self._translate_cx(exc, limit) from None
+        try:  # DuckDB scans the batches as they arrive
+            return duck.load_data(table, _typed_stream(reader.into_pyarrow_record_batch_reader(), columns))
+        except duckdb.Error as exc:  # a failure while reading the stream
+            raise self._translate_cx(exc, limit) from None
+        finally:
+            self._marker = None
+            if timer is not None:
+                timer.cancel()
+
+    def _read_columnar(self, text: str, columns: list[Any], timeout_s: float | None) -> pa.Table:
+        """Run ``text`` through connectorx into an Arrow table typed after ``columns``."""
+        import connectorx
+
+        limit = self.limit_s(timeout_s)
+        marker = f"analysis:{uuid.uuid4().hex}"
+        pre = ["SET time_zone = '+00:00'", self._limit_statement(limit)]
+        if self.read_only:
+            pre.append("SET SESSION TRANSACTION READ ONLY")
+        self._marker = marker
+        timer = threading.Timer(limit + 1.0, self.interrupt) if limit is not None else None
+        try:
+            if timer is not None:
+                timer.start()
+            table = connectorx.read_sql(
+                self._url(), f"/* {marker} */ {text}", return_type="arrow", protocol="text",
+                pre_execution_query=pre,
+            )  # fmt: skip
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # RuntimeError, or pyo3's PanicException (a BaseException)
+            raise self._translate_cx(exc, limit) from None
+        finally:
+            self._marker = None
+            if timer is not None:
+                timer.cancel()
+        return _typed(table, columns)
+
+    def _url(self) -> str:
+        user = urllib.parse.quote(self.user or "", safe="")
+        password = urllib.parse.quote(self.password.reveal(), safe="") if self.password else ""
+        auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        # prefer_socket=false: stay on TCP, as the same account that interrupt() connects with
+        database = urllib.parse.quote(self.database or "", safe="")
+        return f"mysql://{auth}{host}:{self.port}/{database}?prefer_socket=false"
+
+    def _translate_cx(self, exc: BaseException, limit: float | None) -> DatasourceError:
+        """A connectorx or arrow-odbc error as a ``DatasourceError`` (they carry the server's code)."""
+        text = str(exc)
+        if "Message: " in text:  # arrow-odbc: "... Native error: N, Message: [driver][server]text"
+            head, _, message = text.partition("Message: ")
+            code = head.split("Native error: ")[-1].split(",")[0]
+            text = f"{message.rsplit(']', 1)[-1]} (error {code})"
+        if "1969" in text or "max_statement_time" in text or "3024" in text:
+            return self.error(f"the statement was cancelled at its time limit of {limit or 0:g} s")
+        if "1317" in text or "interrupted" in text.lower():
+            return self.error("the statement was cancelled")
+        if "1792" in text or "READ ONLY" in text:
+            return self.error(f"it is read-only, so the statement was refused ({text})")
+        return self.error(f"the query failed: {text}")
+
+    def _describe_statement(self, text: str) -> list[Any]:
+        """The result columns of ``text`` from a server-side PREPARE (nothing is executed)."""
+        import mysql.connector
+
+        conn = self._connect()  # also checks reachability and credentials within the connect timeout
+        try:
+            prepared = conn.cmd_stmt_prepare(text.encode("utf-8"))
+        except mysql.connector.Error as exc:
+            if getattr(exc, "errno", None) in (1295,):  # ER_UNSUPPORTED_PS: describe nothing
+                return []
+            self._reset()
+            raise self._translate(exc, None) from None
+        conn.cmd_stmt_close(prepared["statement_id"])
+        return list(prepared["columns"])
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def interrupt(self) -> None:
+        marker, conn = self._marker, self._conn
+        if marker is None and not (self._running and conn is not None):
+            return
+        try:
+            killer = self._open(timeout_s=min(5.0, self.connect_timeout_s))
+        except DatasourceError:
+            return
+        try:
+            with killer.cursor() as cur:
+                ids: list[int] = []
+                if marker is not None:
+                    cur.execute(
+                        "SELECT ID FROM information_schema.PROCESSLIST "
+                        "WHERE INFO LIKE %s AND ID <> CONNECTION_ID()",
+                        (f"%{marker}%",),
+                    )
+                    ids = [int(row[0]) for row in cur.fetchall()]
+                elif conn is not None:
+                    ids = [int(conn.connection_id)]
+                for thread_id in ids:
+                    try:
+                        cur.execute(f"KILL QUERY {thread_id:d}")
+                    except Exception:
+                        pass
+        except Exception:
+            pass
+        finally:
+            killer.close()
+
+    def close(self) -> None:
+        self._drop()
+
+    def server_version(self) -> str:
+        """The server's version string (``SELECT VERSION()``)."""
+        table = self.query("SELECT VERSION()", None, timeout_s=self.connect_timeout_s)
+        version = str(table.column(0)[0].as_py())
+        return version if "mariadb" in version.lower() else f"MySQL {version}"
