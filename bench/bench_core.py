@@ -109,6 +109,7 @@ def make_rows(n: int) -> list[dict[str, object]]:
 def loading(repeat: int) -> list[tuple[str, float, int]]:
     import duckdb
     import pyarrow as pa
+
     from analysis.context import Context
 
     rows = make_rows(200_000)

@@ -19,6 +19,12 @@ from pathlib import Path
 from pprint import pformat
 from typing import Any
 
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
+from IPython.display import display
+from traitlets import Float, Int, Unicode, observe
+
 from analysis.config import Settings
 from analysis.context import Context
 from analysis.deadline import Deadline
@@ -29,11 +35,6 @@ from analysis.params import check_id, parse_assignments
 from analysis.results import DEFAULT_MAX_RESULT_BYTES
 from analysis.saved_runs import run_saved, validate_saved
 from analysis.validate import validate_source
-from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
-from IPython.display import display
-from traitlets import Float, Int, Unicode, observe
 
 __all__ = ["AnalysisCellError", "AnalysisMagics", "load", "unload"]
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+
 from analysis.errors import ResultNotSerializableError, ResultTooLargeError
 
 __all__ = ["DEFAULT_MAX_RESULT_BYTES", "encode_result", "format_bytes", "to_json_fragment"]

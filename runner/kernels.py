@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
 from analysis.errors import KernelStartError
 
 __all__ = ["KernelProcess", "launch_kernel"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import psutil
 import pytest
+
 from analysis.runner import JobResult, JobSpec, run_job
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from analysis.charts import VEGA_LITE_MIME, ChartError
 from analysis.duck import Duck, QueryResult
 

@@ -9,6 +9,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
+
 from analysis.context import Context
 from analysis.duck import LoadDataError, QueryResult
 

@@ -37,6 +37,7 @@ def analysis_run(*args: str, env: dict[str, str] | None = None) -> dict[str, Any
 def file_backend() -> Iterator[str]:
     """The reference file server over notebooks/sample_files on a free loopback port."""
     import uvicorn
+
     from analysis.runner.fileserver import create_app
 
     with socket.socket() as sock:

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from analysis.magics import AnalysisCellError, AnalysisMagics
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
+
+from analysis.magics import AnalysisCellError, AnalysisMagics
 
 
 class RaisingShell(InteractiveShell):  # type: ignore[misc]

@@ -11,8 +11,9 @@ from typing import Any
 
 import nbformat
 import pytest
-from analysis.runner import AnalysisService, JobResult, JobSpec, run_job
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from analysis.runner import AnalysisService, JobResult, JobSpec, run_job
 
 MakeNotebook = Callable[..., Path]
 

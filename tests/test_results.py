@@ -15,6 +15,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
+
 from analysis.duck import Duck
 from analysis.errors import ResultNotSerializableError, ResultTooLargeError
 from analysis.results import encode_result

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from analysis.runner import AnalysisService
 
 from .conftest import RunScript

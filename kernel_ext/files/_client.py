@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import orjson
+
 from analysis.files._errors import (
     FileApiError,
     FileApiNotConfiguredError,
@@ -22,6 +23,7 @@ from analysis.files._load import FORMATS, FileFormat, SupportsLoadData, detect_f
 
 if TYPE_CHECKING:
     import httpx
+
     from analysis.config import Settings
     from analysis.deadline import Deadline
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlencode
 
 import httpx
+
 from analysis.files._errors import (
     FileApiConnectionError,
     FileApiError,

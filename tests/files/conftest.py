@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from analysis.config import Settings
 from analysis.files import FileApiLimits, Files
 

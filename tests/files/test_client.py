@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from analysis.config import Settings
 from analysis.context import Context
 from analysis.duck import Duck

@@ -15,6 +15,7 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
+
 from analysis.config import Settings
 from analysis.deadline import Deadline
 from analysis.files import (

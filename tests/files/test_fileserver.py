@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from analysis.runner.fileserver import (
     FileStore,
     add_subparser,

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import schemathesis
-from analysis.runner.fileserver import openapi_document
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection
+
+from analysis.runner.fileserver import openapi_document
 
 schema = schemathesis.openapi.from_dict(openapi_document())
 
