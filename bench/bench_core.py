@@ -15,26 +15,18 @@ Figures are medians of ``--repeat`` runs; ratios compare figures from this same 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import io
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from timing import median_s
+
 BIN = Path(sys.executable).parent
-
-
-def median_time(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def run_quiet(argv: list[str], cwd: Path) -> None:
@@ -66,11 +58,11 @@ def latency(repeat: int) -> list[tuple[str, float]]:
     return [
         (
             "analysis run (trivial .py)",
-            median_time(lambda: run_quiet([str(BIN / "analysis"), "run", "trivial.py"], work), repeat),
+            median_s(lambda: run_quiet([str(BIN / "analysis"), "run", "trivial.py"], work), repeat),
         ),
         (
             "papermill (2-cell notebook)",
-            median_time(
+            median_s(
                 lambda: run_quiet(
                     [
                         str(BIN / "papermill"),
@@ -88,7 +80,7 @@ def latency(repeat: int) -> list[tuple[str, float]]:
         ),
         (
             "bare kernel start + execute",
-            median_time(lambda: run_quiet([sys.executable, "bare.py"], work), repeat),
+            median_s(lambda: run_quiet([sys.executable, "bare.py"], work), repeat),
         ),
     ]
 
@@ -114,7 +106,8 @@ def loading(repeat: int) -> list[tuple[str, float, int]]:
 
     rows = make_rows(200_000)
     ctx = Context()
-    ctx.query("SELECT 1")  # open the connection outside the timing
+    with contextlib.redirect_stderr(io.StringIO()):
+        ctx.query("SELECT 1")  # open the connection outside the timing
 
     def ours() -> None:
         ctx.load_data("orders", rows)
@@ -139,14 +132,11 @@ def loading(repeat: int) -> list[tuple[str, float, int]]:
             [(r["id"], r["customer"], r["amount"], r["ordered_at"]) for r in few],
         )
 
-    import contextlib
-    import io
-
     with contextlib.redirect_stderr(io.StringIO()):  # the [load_data] log lines
         results = [
-            ("ctx.load_data", median_time(ours, repeat), len(rows)),
-            ("pyarrow from_pylist + scan", median_time(arrow_baseline, repeat), len(rows)),
-            ("executemany INSERT (seed)", median_time(executemany, 1), len(few)),
+            ("ctx.load_data", median_s(ours, repeat), len(rows)),
+            ("pyarrow from_pylist + scan", median_s(arrow_baseline, repeat), len(rows)),
+            ("executemany INSERT (seed)", median_s(executemany, 1), len(few)),
         ]
     ctx.close()
     return results

@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from timing import median_s
 
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location(
@@ -37,15 +37,6 @@ sys.modules["analysis_bench_servers"] = servers
 _spec.loader.exec_module(servers)
 
 QUERY = "SELECT id, name, amount, ts FROM bench"
-
-
-def _median_s(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def _shell(cmd: list[str], env: dict[str, str]) -> Callable[[], None]:
@@ -99,9 +90,9 @@ def bench_postgres(server: Any, rows: int, repeat: int) -> dict[str, float]:
     try:
         assert source.query_into(duck, "bulk_pg", QUERY, None, timeout_s=600) == rows
         return {
-            "into": _median_s(lambda: source.query_into(duck, "bulk_pg", QUERY, None, timeout_s=600), repeat),
-            "cli": _median_s(_shell(psql, {"PGPASSWORD": servers.PASSWORD}), repeat),
-            "rows": _median_s(row_by_row, 1),
+            "into": median_s(lambda: source.query_into(duck, "bulk_pg", QUERY, None, timeout_s=600), repeat),
+            "cli": median_s(_shell(psql, {"PGPASSWORD": servers.PASSWORD}), repeat),
+            "rows": median_s(row_by_row, 1),
         }
     finally:
         source.close()
@@ -141,9 +132,9 @@ def bench_mysql(server: Any, rows: int, repeat: int) -> dict[str, float]:
     try:
         assert source.query_into(duck, "bulk_my", QUERY, None, timeout_s=600) == rows
         return {
-            "into": _median_s(lambda: source.query_into(duck, "bulk_my", QUERY, None, timeout_s=600), repeat),
-            "cli": _median_s(_shell(cli, {"MYSQL_PWD": servers.PASSWORD}), repeat),
-            "rows": _median_s(row_by_row, 1),
+            "into": median_s(lambda: source.query_into(duck, "bulk_my", QUERY, None, timeout_s=600), repeat),
+            "cli": median_s(_shell(cli, {"MYSQL_PWD": servers.PASSWORD}), repeat),
+            "rows": median_s(row_by_row, 1),
         }
     finally:
         source.close()

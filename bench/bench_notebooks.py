@@ -16,29 +16,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
+
+from timing import median_s
 
 BIN = Path(sys.executable).parent
 QUERY = (
     "SELECT range AS id, range * 1.5 AS amount, 'customer-' || (range % 1000) AS customer, "
     "DATE '2024-01-01' + (range % 365)::INTEGER AS day FROM range(1000000)"
 )
-
-
-def median_time(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def notebook_runs(repeat: int) -> list[tuple[str, float]]:
@@ -90,8 +80,8 @@ def notebook_runs(repeat: int) -> list[tuple[str, float]]:
         )
 
     return [
-        ("analysis run report.ipynb", median_time(ours, repeat)),
-        ("papermill", median_time(papermill, repeat)),
+        ("analysis run report.ipynb", median_s(ours, repeat)),
+        ("papermill", median_s(papermill, repeat)),
     ]
 
 
@@ -117,7 +107,7 @@ def to_pandas(repeat: int) -> list[tuple[str, float]]:
         results = []
         for name, cell in cells.items():
             shell.run_cell(cell)  # warm up
-            results.append((name, median_time(lambda cell=cell: shell.run_cell(cell), repeat)))
+            results.append((name, median_s(lambda cell=cell: shell.run_cell(cell), repeat)))
     return results
 
 
