@@ -133,6 +133,7 @@ def loading(repeat: int) -> list[tuple[str, float, int]]:
         )
 
     with contextlib.redirect_stderr(io.StringIO()):  # the [load_data] log lines
+        ours(), arrow_baseline()  # warm up both paths (imports, first allocations)
         results = [
             ("ctx.load_data", median_s(ours, repeat), len(rows)),
             ("pyarrow from_pylist + scan", median_s(arrow_baseline, repeat), len(rows)),
