@@ -34,11 +34,10 @@ from analysis.errors import (
     OutOfMemoryError,
     ResultError,
 )
-from analysis.results import encode_result, format_bytes
+from analysis.results import OUTCOME_MIME, encode_result, format_bytes
 from analysis.validate import check_run_signature, validate_source
 
 __all__ = [
-    "RESULT_MIME",
     "Watchdog",
     "context_from_job",
     "failure",
@@ -51,8 +50,6 @@ __all__ = [
     "user_traceback",
 ]
 
-#: The MIME type of the one message that carries a headless job's outcome to the runner.
-RESULT_MIME = "application/vnd.analysis.outcome+json"
 
 #: Outcomes larger than this go to a file in the job directory instead of the message.
 INLINE_OUTCOME_BYTES = 1024 * 1024
@@ -206,7 +203,7 @@ def run_analysis(
 
 
 def publish(outcome: dict[str, Any], result: bytes | None, result_path: Path) -> None:
-    """Send the outcome as one display message of ``RESULT_MIME`` (large ones via a file)."""
+    """Send the outcome as one display message of ``OUTCOME_MIME`` (large ones via a file)."""
     from IPython.display import publish_display_data
 
     head = json.dumps(outcome)
@@ -214,7 +211,7 @@ def publish(outcome: dict[str, Any], result: bytes | None, result_path: Path) ->
     if len(text) > INLINE_OUTCOME_BYTES:
         result_path.write_text(text, encoding="utf-8")
         text = json.dumps({"outcome_file": result_path.name})
-    publish_display_data({RESULT_MIME: text})
+    publish_display_data({OUTCOME_MIME: text})
 
 
 def context_from_job(job: Mapping[str, Any]) -> Context:

@@ -18,7 +18,10 @@ import orjson
 
 from analysis.errors import ResultNotSerializableError, ResultTooLargeError
 
-__all__ = ["DEFAULT_MAX_RESULT_BYTES", "encode_result", "format_bytes", "to_json_fragment"]
+__all__ = ["DEFAULT_MAX_RESULT_BYTES", "OUTCOME_MIME", "encode_result", "format_bytes", "to_json_fragment"]
+
+#: The MIME type of the one message that carries a job's outcome from the kernel to the runner.
+OUTCOME_MIME = "application/vnd.analysis.outcome+json"
 
 #: CONTRACT.md 4: encoded results are limited to 10 MiB unless a job says otherwise.
 DEFAULT_MAX_RESULT_BYTES = 10 * 1024 * 1024

@@ -33,7 +33,7 @@ from analysis.errors import (
     ResourceLimitError,
 )
 from analysis.params import check_id
-from analysis.results import DEFAULT_MAX_RESULT_BYTES, to_json_fragment
+from analysis.results import DEFAULT_MAX_RESULT_BYTES, OUTCOME_MIME, to_json_fragment
 from analysis.runner.envelope import JobResult
 from analysis.runner.kernels import KernelProcess, launch_kernel
 from analysis.runner.logbuffer import DEFAULT_MAX_LOG_BYTES, LogBuffer
@@ -43,7 +43,6 @@ __all__ = ["DEFAULT_TIMEOUT_S", "JobSpec", "run_job", "run_job_async"]
 
 #: CONTRACT.md 4: the whole-run deadline.
 DEFAULT_TIMEOUT_S = 300.0
-_RESULT_MIME = "application/vnd.analysis.outcome+json"  # = analysis.execute.RESULT_MIME (no import: light)
 _POLL_S = 0.1
 
 
@@ -275,8 +274,8 @@ async def run_code(
             if content.get("execution_state") == "idle":
                 return run
             continue
-        if kind in ("display_data", "execute_result") and _RESULT_MIME in content.get("data", {}):
-            run.outcome_text = content["data"][_RESULT_MIME]
+        if kind in ("display_data", "execute_result") and OUTCOME_MIME in content.get("data", {}):
+            run.outcome_text = content["data"][OUTCOME_MIME]
             continue
         if kind == "stream":
             job.logs.write(content.get("name", "stdout"), content.get("text", ""))
