@@ -374,8 +374,12 @@ def _parse_outcome(text: str, job_dir: Path) -> tuple[dict[str, Any], str]:
 
 async def run_job_async(spec: JobSpec) -> JobResult:
     """Run one analysis job in a fresh kernel and return its result (never raises for job faults)."""
-    check_id(spec.project_id, "Project id")
     job = _Job(spec)
+    try:  # ids become path components: refuse bad ones before anything is touched
+        check_id(spec.project_id, "Project id")
+        check_id(spec.job_id, "Job id")
+    except ValueError as exc:
+        return job.envelope({"success": False, **InvalidParametersError(str(exc)).to_dict(), "stack": None})
     source = spec.source_path.resolve()
     job_dir = spec.root / spec.project_id / "analysis" / "temp" / spec.job_id
     client: Any = None

@@ -343,3 +343,16 @@ def test_cancelling_the_job_task_stops_the_kernel(tmp_path: Path, root: Path, no
     error_type, took = asyncio.run(scenario())
     assert error_type == "cancelled"
     assert took < 3
+
+
+@pytest.mark.parametrize(("field", "value"), [("job_id", "../../escape"), ("project_id", "a b")])
+def test_job_and_project_ids_are_checked_before_any_file(
+    tmp_path: Path, root: Path, field: str, value: str
+) -> None:
+    from analysis.runner import JobSpec, run_job
+
+    script = tmp_path / "a.py"
+    script.write_text("def run(ctx, parameters):\n    return 1\n")
+    result = run_job(JobSpec(source_path=script, root=root, **{field: value}))
+    assert result.error_type == "invalid_parameters" and "invalid" in (result.error or "")
+    assert not root.exists() and not (tmp_path / "escape").exists()
