@@ -12,8 +12,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from analysis.errors import AnalysisError, InvalidAnalysisError
-from analysis.validate import validate_source
+from analysis.errors import InvalidAnalysisError
 
 if TYPE_CHECKING:
     from analysis.runner.envelope import JobResult
@@ -60,7 +59,7 @@ def run_saved(
 
 def validate_saved(root: Path, project_id: str, analysis_id: str) -> str:
     """Check saved analysis ``analysis_id`` without running it; its path, or ``InvalidAnalysisError``."""
-    from analysis.runner import AnalysisService
+    from analysis.runner.service import AnalysisService, validate_file
 
     try:
         path = AnalysisService(root=root).script_path(analysis_id, project_id=project_id)
@@ -68,13 +67,5 @@ def validate_saved(root: Path, project_id: str, analysis_id: str) -> str:
         raise InvalidAnalysisError(str(exc)) from None
     if not path.is_file():
         raise InvalidAnalysisError(f"Project {project_id!r} has no saved analysis {analysis_id!r} ({path}).")
-    if path.suffix == ".ipynb":
-        from analysis.runner.notebooks import NotebookRun, load_notebook
-
-        try:
-            NotebookRun(load_notebook(path), {})
-        except AnalysisError as exc:
-            raise InvalidAnalysisError(exc.message) from None
-    else:
-        validate_source(path.read_text(encoding="utf-8"), str(path))
+    validate_file(path)
     return str(path)

@@ -169,18 +169,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from analysis.errors import InvalidAnalysisError
-    from analysis.validate import validate_source
+    from analysis.runner.service import validate_file
 
+    if not args.path.is_file():
+        raise _usage(f"{args.path} does not exist")
     try:
-        source = args.path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise _usage(f"cannot read {args.path}: {exc.strerror}") from None
-    try:
-        validate_source(source, str(args.path))
+        what = validate_file(args.path)
     except InvalidAnalysisError as exc:
         sys.stdout.write(f"invalid: {exc.message}\n")
         return EXIT_FAILED
-    sys.stdout.write(f"ok: {args.path} defines run(ctx, parameters)\n")
+    sys.stdout.write(f"ok: {args.path} is {what}\n")
     return EXIT_OK
 
 

@@ -12,8 +12,32 @@ from analysis.errors import InvalidAnalysisError, InvalidParametersError
 from analysis.params import check_id
 from analysis.runner.envelope import JobResult
 from analysis.runner.jobs import JobSpec, run_job_async
+from analysis.validate import validate_source
 
-__all__ = ["AnalysisService"]
+__all__ = ["AnalysisService", "validate_file"]
+
+
+def validate_file(path: Path) -> str:
+    """Check the analysis at ``path`` without running it; what it is, or ``InvalidAnalysisError``.
+
+    A script must parse and define a top-level ``run(ctx, parameters)``; a notebook must be an
+    nbformat 4 notebook whose ``parameters`` cell (if any) parses.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidAnalysisError(f"The analysis {path} cannot be read: {exc.strerror}.") from None
+    except UnicodeDecodeError:
+        raise InvalidAnalysisError(f"The analysis {path} is not UTF-8 text.") from None
+    if path.suffix == ".ipynb":
+        from analysis.runner.notebooks import NotebookRun, load_notebook
+
+        notebook = load_notebook(path)
+        NotebookRun(notebook, {})  # checks the parameters cell
+        cells = sum(cell.get("cell_type") == "code" for cell in notebook["cells"])
+        return f"a notebook of {cells} code cells"
+    validate_source(text, str(path))
+    return "a script defining run(ctx, parameters)"
 
 
 class AnalysisService:

@@ -83,6 +83,24 @@ def test_usage_errors_exit_2(script: Path, tmp_path: Path, args: list[str], mess
     assert not (tmp_path / ".clients").exists()
 
 
+def test_validate_notebooks(tmp_path: Path) -> None:
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell("start = '2024'")
+    cell.metadata["tags"] = ["parameters"]
+    good = tmp_path / "good.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_code_cell("x = 1")]), good)
+    done = cli("validate", str(good), cwd=tmp_path)
+    assert done.returncode == 0 and "a notebook of 2 code cells" in done.stdout
+    cell.source = "start = "
+    bad = tmp_path / "bad.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), bad)
+    done = cli("validate", str(bad), cwd=tmp_path)
+    assert done.returncode == 1 and "parameters cell has a syntax error" in done.stdout
+    (tmp_path / "binary.py").write_bytes(b"\xff\xfe")
+    assert "not UTF-8" in cli("validate", "binary.py", cwd=tmp_path).stdout
+
+
 def test_validate(script: Path, tmp_path: Path) -> None:
     ok = cli("validate", str(script), cwd=tmp_path)
     assert ok.returncode == 0 and "ok:" in ok.stdout
