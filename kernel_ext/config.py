@@ -34,6 +34,8 @@ class Settings:
     backend_url: str | None = None
     backend_token: str | None = field(default=None, repr=False)
     files_max_bytes: int = 100 * 1024 * 1024
+    #: The environment the settings were read from, where ``password_env`` variables are looked up.
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -48,6 +50,7 @@ class Settings:
             backend_url=env.get("ANALYSIS_BACKEND_URL") or env.get("BACKEND_URL") or None,
             backend_token=env.get("ANALYSIS_BACKEND_TOKEN") or None,
             files_max_bytes=_positive_int(env, "ANALYSIS_FILES_MAX_BYTES", 100 * 1024 * 1024),
+            environ=dict(env),
         )
 
     def project_dir(self, project_id: str) -> Path:

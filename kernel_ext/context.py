@@ -53,7 +53,9 @@ class Context:
         self.deadline = deadline if deadline is not None else Deadline(None)
         self._duck = Duck()
         self._sources = Datasources(
-            self.settings.datasources_path(project_id), secret_key=self.settings.secret_key
+            self.settings.datasources_path(project_id),
+            secret_key=self.settings.secret_key,
+            environ=self.settings.environ or None,
         )
         self._files: Files | None = None
         self._result: Any = _UNSET

@@ -50,7 +50,11 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     test = commands.add_parser("test", help="connect and report the server version and latency")
     test.add_argument("name")
     rotate = commands.add_parser("rotate-key", help="re-encrypt every password under a new key")
-    rotate.add_argument("--new-key", default=None, help="the new Fernet key (default: stdin, else generated)")
+    rotate.add_argument(
+        "--new-key",
+        default=None,
+        help="the new Fernet key; write --new-key=KEY, as a key may start with '-' (default: stdin, else generated)",
+    )
     commands.add_parser("genkey", help="print a new Fernet key")
     parser.set_defaults(handler=run_datasource_command)
     return parser

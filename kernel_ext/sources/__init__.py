@@ -26,7 +26,6 @@ new kind is one module and one line here.
 from __future__ import annotations
 
 import importlib
-import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,7 +80,8 @@ class Datasources:
         ``ANALYSIS_SECRET_KEY`` (``Settings.secret_key``), which decrypts ``password_encrypted``;
         ``None`` reads it from the environment.
     environ
-        Where ``password_env`` variables are looked up (default: ``os.environ``).
+        Where ``password_env`` variables are looked up (default: the environment, read by
+        :class:`~analysis.config.Settings`).
     """
 
     def __init__(
@@ -138,8 +138,9 @@ class Datasources:
         from analysis.config import Settings
         from analysis.sources.secrets import resolve_password
 
-        secret_key = self._secret_key if self._secret_key is not None else Settings.from_env().secret_key
-        environ = self._environ if self._environ is not None else os.environ
+        settings = Settings.from_env()  # read only when a password has to be resolved
+        secret_key = self._secret_key if self._secret_key is not None else settings.secret_key
+        environ = self._environ if self._environ is not None else settings.environ
         secret = resolve_password(name, entry, secret_key=secret_key, environ=environ)
         resolved = {k: v for k, v in entry.items() if k not in ("password_env", "password_encrypted")}
         if secret is not None:

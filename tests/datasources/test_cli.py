@@ -87,7 +87,9 @@ def test_rotate_key_changes_nothing_when_a_token_does_not_decrypt(
     before = config.read_bytes()
     monkeypatch.setenv("ANALYSIS_SECRET_KEY", key)
     code, _, err = _run(
-        ["--file", str(config), "rotate-key", "--new-key", Fernet.generate_key().decode()], capsys
+        # --new-key=KEY: a Fernet key may start with "-", which argparse would take for an option
+        ["--file", str(config), "rotate-key", f"--new-key={Fernet.generate_key().decode()}"],
+        capsys,
     )
     assert code == 1
     assert "nothing changed" in err and "bad" in err and "good" not in err.split("decrypt:")[1]
