@@ -53,7 +53,8 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     rotate.add_argument(
         "--new-key",
         default=None,
-        help="the new Fernet key; write --new-key=KEY, as a key may start with '-' (default: stdin, else generated)",
+        help="the new Fernet key, as --new-key=KEY since a key may start with '-' "
+        "(default: stdin, else generated)",
     )
     commands.add_parser("genkey", help="print a new Fernet key")
     parser.set_defaults(handler=run_datasource_command)
