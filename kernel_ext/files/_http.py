@@ -340,15 +340,18 @@ class HttpSession:
             pool=clamp(lim.pool_timeout_s),
         )
 
+    def _deadline_error(self, path: str) -> FileApiTimeoutError:
+        return FileApiTimeoutError(
+            f"GET {path} was stopped by {self._deadline_text()}.",
+            path=path,
+            limit="deadline",
+            limit_s=None if self._deadline is None else self._deadline.timeout_s,
+        )
+
     def _check_time(self, path: str, started: float) -> None:
         remaining = self._remaining_s()
         if remaining is not None and remaining <= 0:
-            raise FileApiTimeoutError(
-                f"GET {path} was stopped by {self._deadline_text()}.",
-                path=path,
-                limit="deadline",
-                limit_s=None if self._deadline is None else self._deadline.timeout_s,
-            )
+            raise self._deadline_error(path)
         limit = self._limits.request_timeout_s
         if limit is not None and time.monotonic() - started > limit:
             raise FileApiTimeoutError(
@@ -361,12 +364,7 @@ class HttpSession:
     def _timeout_error(self, path: str, exc: httpx.TimeoutException) -> FileApiTimeoutError:
         remaining = self._remaining_s()
         if remaining is not None and remaining <= 0.05:
-            return FileApiTimeoutError(
-                f"GET {path} was stopped by {self._deadline_text()}.",
-                path=path,
-                limit="deadline",
-                limit_s=None if self._deadline is None else self._deadline.timeout_s,
-            )
+            return self._deadline_error(path)
         kinds = {
             httpx.ConnectTimeout: ("connect", self._limits.connect_timeout_s),
             httpx.ReadTimeout: ("read", self._limits.read_timeout_s),
