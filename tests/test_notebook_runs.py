@@ -360,3 +360,24 @@ def test_a_saved_notebook_may_only_name_its_own_projects_datasources(root: Path)
     result = AnalysisService(root=root).submit_analysis_job("weekly", {}, project_id="acme")
     assert result.error_type == "invalid_analysis"
     assert "outside the folder of project 'acme'" in (result.error or "")
+
+
+def test_analysis_cells_of_a_headless_notebook_use_the_jobs_project_and_datasources(
+    tmp_path: Path, root: Path
+) -> None:
+    (tmp_path / "config.toml").write_text(DATASOURCES)
+    cell = (
+        "%%analysis -o seen\ndef run(ctx, parameters):\n    return [ctx.project_id, ctx.datasource_names()]"
+    )
+    nb = new_notebook(
+        cells=[
+            new_code_cell("%load_ext analysis"),
+            new_code_cell(cell),
+            new_code_cell("ctx.set_result(seen)"),
+        ]
+    )
+    nbformat.write(nb, tmp_path / "report.ipynb")
+    spec = {"project_id": "acme", "datasources_file": tmp_path / "config.toml"}
+    result = run_notebook(tmp_path / "report.ipynb", root, **spec)
+    assert result.success, result.to_dict()
+    assert result.result == ["acme", ["shop"]]  # what ctx itself sees in this job
