@@ -128,6 +128,7 @@ class NotebookRun:
     cells: list[dict[str, Any]] = field(init=False)
 
     def __post_init__(self) -> None:
+        self._check_language()
         own = [
             _clean(cell)
             for cell in self.notebook["cells"]
@@ -149,6 +150,18 @@ class NotebookRun:
                 self._injected.add(len(self.cells))
                 self.cells.append(self._injected_cell())
         self.outputs = OutputRecorder(self.cells)
+
+    def _check_language(self) -> None:
+        """Refuse a notebook written for another language's kernel (R, Julia...)."""
+        metadata = self.notebook.get("metadata") or {}
+        kernelspec, language_info = metadata.get("kernelspec") or {}, metadata.get("language_info") or {}
+        language = kernelspec.get("language") or language_info.get("name")
+        if isinstance(language, str) and language.lower() != "python":
+            name = kernelspec.get("display_name") or kernelspec.get("name") or language
+            raise InvalidAnalysisError(
+                f"The notebook is for the {name} kernel (language {language}); "
+                "analysis runs notebooks in a Python kernel."
+            )
 
     def _check_parameters(self, cells: list[dict[str, Any]]) -> None:
         declared = [_assigned_names(_source(cell)) for cell in cells if _is_parameters_cell(cell)]

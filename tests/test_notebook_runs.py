@@ -312,8 +312,12 @@ def test_a_notebook_runs_in_its_own_folder_as_in_jupyter(tmp_path: Path, root: P
     folder = tmp_path / "reports"
     folder.mkdir()
     (folder / "targets.csv").write_text("category,target\ncoffee,2500\n")
-    nb = new_notebook(cells=[new_code_cell("ctx.set_result(open('targets.csv').read().splitlines())")])
-    nbformat.write(nb, folder / "report.ipynb")
+    (folder / "report_helpers.py").write_text("def lines(path):\n    return open(path).read().splitlines()\n")
+    cells = [
+        new_code_cell("from report_helpers import lines"),
+        new_code_cell("ctx.set_result(lines('targets.csv'))"),
+    ]
+    nbformat.write(new_notebook(cells=cells), folder / "report.ipynb")
     result = run_notebook(folder / "report.ipynb", root)  # pytest's working folder is elsewhere
     assert result.success, result.to_dict()
     assert result.result == ["category,target", "coffee,2500"]
@@ -381,3 +385,16 @@ def test_analysis_cells_of_a_headless_notebook_use_the_jobs_project_and_datasour
     result = run_notebook(tmp_path / "report.ipynb", root, **spec)
     assert result.success, result.to_dict()
     assert result.result == ["acme", ["shop"]]  # what ctx itself sees in this job
+
+
+def test_a_notebook_for_another_language_is_refused(tmp_path: Path, root: Path) -> None:
+    nb = new_notebook(cells=[new_code_cell("x <- 1")])
+    nb.metadata["kernelspec"] = {"name": "ir", "display_name": "R", "language": "R"}
+    nbformat.write(nb, tmp_path / "report.ipynb")
+    result = run_notebook(tmp_path / "report.ipynb", root)
+    assert result.error_type == "invalid_analysis"
+    assert (
+        result.error
+        == "The notebook is for the R kernel (language R); analysis runs notebooks in a Python kernel."
+    )
+    assert not root.exists()
