@@ -401,7 +401,9 @@ async def run_job_async(spec: JobSpec) -> JobResult:
     try:
         _check_parameters(spec.parameters)
         if source.suffix == ".ipynb":
-            notebook = NotebookRun(load_notebook(source), spec.parameters, spec.output_notebook)
+            notebook = NotebookRun(
+                load_notebook(source), spec.parameters, spec.output_notebook, spec.max_log_bytes
+            )
             cwd, datasources = notebook.job_settings(
                 source,
                 datasources_file=spec.datasources_file,

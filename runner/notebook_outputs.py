@@ -6,12 +6,15 @@ every earlier output with that display id, in any cell; a new display with a kno
 the earlier ones too; ``clear_output(wait=True)`` clears only when the next output arrives; and
 consecutive stream messages of one stream are one output whose text has what ``\r`` and
 backspace overwrote removed, as nbconvert and JupyterLab do (a progress bar is kept as its last
-state, not as every update).
+state, not as every update). A stream output keeps at most ``max_stream_chars`` characters, its
+first and last ones, with a note where the middle was dropped: a cell printing 200 MB costs the
+runner a bounded amount (Jupyter's server drops such output too, past its data rate limit).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["OutputRecorder"]
@@ -28,10 +31,15 @@ class OutputRecorder:
     ----------
     cells
         The notebook's cells (nbformat dicts); code cells get their outputs appended.
+    max_stream_chars
+        Characters kept of one stream output (first and last halves); ``None`` keeps everything.
     """
 
-    def __init__(self, cells: list[dict[str, Any]]) -> None:
+    def __init__(self, cells: list[dict[str, Any]], max_stream_chars: int | None = None) -> None:
         self.cells = cells
+        self.max_stream_chars = max_stream_chars
+        #: ``id`` of a stream output -> its text, capped
+        self._streams: dict[int, _CappedText] = {}
         #: display id -> {cell index -> indexes of that cell's outputs showing it}
         self._display_ids: dict[str, dict[int, list[int]]] = {}
         #: cells whose outputs a ``clear_output(wait=True)`` clears at their next output
@@ -65,12 +73,13 @@ class OutputRecorder:
             and last.get("output_type") == "stream"
             and last.get("name") == output["name"]
         ):
-            last["text"] = _overwrite(last["text"] + output["text"])
+            last["text"] = self._streams[id(last)].add(output["text"])
             return
         if display_id:
             self._display_ids.setdefault(display_id, {}).setdefault(index, []).append(len(outputs))
         if output["output_type"] == "stream":
-            output["text"] = _overwrite(output["text"])
+            text = self._streams[id(output)] = _CappedText(self.max_stream_chars)
+            output["text"] = text.add(output["text"])
         outputs.append(output)
 
     def _update(self, display_id: str, content: dict[str, Any]) -> None:
@@ -81,10 +90,38 @@ class OutputRecorder:
                 outputs[position]["metadata"] = content.get("metadata", {})
 
     def _clear(self, index: int) -> None:
+        for output in self.cells[index]["outputs"]:
+            self._streams.pop(id(output), None)
         self.cells[index]["outputs"].clear()
         self._clear_next.discard(index)
         for cells in self._display_ids.values():
             cells.pop(index, None)
+
+
+@dataclass
+class _CappedText:
+    """The text of one stream output: whole up to ``max_chars``, then its first and last halves."""
+
+    max_chars: int | None
+    head: str = ""
+    tail: str = ""
+    dropped: int = 0
+
+    def add(self, text: str) -> str:
+        """Append ``text``; the output's text as it is now kept."""
+        self.tail = _overwrite(self.tail + text)
+        if self.max_chars is None or len(self.head) + len(self.tail) <= self.max_chars:
+            return self.head + self.tail
+        half = self.max_chars // 2
+        if not self.head:
+            self.head, self.tail = self.tail[:half], self.tail[half:]
+        self.dropped += len(self.tail) - half
+        self.tail = self.tail[-half:] if half else ""
+        note = (
+            f"\n[output] {self.dropped:,} characters dropped here: a stream output keeps "
+            f"{self.max_chars:,} characters (the job's max_log_bytes), its first and last ones\n"
+        )
+        return self.head + note + self.tail
 
 
 def _overwrite(text: str) -> str:

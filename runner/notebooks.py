@@ -120,11 +120,14 @@ class NotebookRun:
         The job's parameters.
     output_path
         Where to write the executed notebook (``None``: nowhere).
+    max_stream_chars
+        Characters kept of one stream output (first and last halves); ``None``: all of them.
     """
 
     notebook: dict[str, Any]
     parameters: dict[str, Any]
     output_path: Path | None = None
+    max_stream_chars: int | None = None
     cells: list[dict[str, Any]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -149,7 +152,7 @@ class NotebookRun:
             if _is_parameters_cell(cell):
                 self._injected.add(len(self.cells))
                 self.cells.append(self._injected_cell())
-        self.outputs = OutputRecorder(self.cells)
+        self.outputs = OutputRecorder(self.cells, self.max_stream_chars)
 
     def _check_language(self) -> None:
         """Refuse a notebook written for another language's kernel (R, Julia...)."""

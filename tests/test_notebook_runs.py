@@ -398,3 +398,18 @@ def test_a_notebook_for_another_language_is_refused(tmp_path: Path, root: Path) 
         == "The notebook is for the R kernel (language R); analysis runs notebooks in a Python kernel."
     )
     assert not root.exists()
+
+
+def test_a_cell_printing_megabytes_keeps_a_bounded_output(
+    make_notebook: MakeNotebook, root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.ipynb"
+    path = make_notebook(
+        "for i in range(200_000):\n    print(f'row {i:07d}')\nprint('the end')", parameters=None
+    )
+    result = run_notebook(path, root, output_notebook=out, max_log_bytes=20_000)
+    assert result.success, result.to_dict()
+    text = cells_of(out)[1]["outputs"][0]["text"]
+    assert out.stat().st_size < 30_000
+    assert text.startswith("row 0000000\n") and text.endswith("row 0199999\nthe end\n")
+    assert "characters dropped here: a stream output keeps 20,000 characters" in text
