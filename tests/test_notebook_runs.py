@@ -230,6 +230,7 @@ def test_a_notebook_papermill_ran_takes_the_new_parameters(
     assert not [c for c in nb["cells"] if "papermill-error-cell-tag" in c["metadata"].get("tags", [])]
     assert "papermill" not in nb["metadata"]
     assert not [c for c in nb["cells"] if {"papermill", "execution"} & set(c["metadata"])]
+    nbformat.validate(nbformat.reads(out.read_text(), as_version=4))
 
 
 def test_display_updates_and_clear_output_are_kept_as_jupyter_shows_them(
