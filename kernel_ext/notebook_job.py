@@ -6,10 +6,15 @@ injected-parameters cell, ``globals().update(ctx.parameters)``, after the cell t
 ``ctx.set_result`` (``null`` if it never did), encoded and size-checked like a script's result.
 When a cell fails, the runner calls ``describe_error()`` instead, which publishes the failure
 with the error type of the exception the cell raised.
+
+In Jupyter, ``%load_ext analysis`` takes its project and datasources from the kernel's
+environment; ``start`` sets them there from the job document, so the notebook's own
+``%%analysis`` cells run in the job's project with the job's datasources, as ``ctx`` does.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,8 @@ def start(job_file: str) -> None:
     """Create the job's ``ctx`` in the notebook namespace and arm the deadline watchdog."""
     job = read_job(job_file)
     ctx = context_from_job(job)
+    os.environ["ANALYSIS_PROJECT_ID"] = ctx.project_id
+    os.environ["ANALYSIS_DATASOURCES_FILE"] = str(ctx.settings.datasources_path(ctx.project_id))
     watchdog = Watchdog(ctx, ctx.deadline, interrupt_main=False)
     watchdog.__enter__()
     shell = _shell()

@@ -9,6 +9,7 @@ killed and the job directory removed before ``run_job`` returns.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import queue
@@ -318,28 +319,30 @@ async def _execute_notebook(
         for index, source in cells:
             try:
                 done = await run_code(
-                    job, client, source, store_history=True, on_output=partial(run.add_output, index)
+                    job,
+                    client,
+                    source,
+                    store_history=not run.is_injected(index),  # numbered as in the user's notebook
+                    on_output=partial(run.add_output, index),
                 )
             except AnalysisError as exc:  # killed at the deadline, or the kernel died
                 run.mark(index, exc.error_type, error=exc.message)
-                run.save()
-                raise
+                raise type(exc)(f"{exc.message.rstrip('.')} (in {run.describe_cell(index)}).") from None
             if done.interrupted:
                 timeout = job.timeout_error(killed=False)
                 run.mark(index, "timeout", error=timeout.message)
-                run.save()
-                raise timeout
+                raise type(timeout)(f"{timeout.message.rstrip('.')} (in {run.describe_cell(index)}).")
             if done.error is not None and run.may_raise(index):
                 run.mark(index, "raised")
             elif done.error is not None:
                 run.mark(index, "failed")
-                run.save()
                 described = await run_code(
                     job, client, "__import__('analysis.notebook_job').notebook_job.describe_error()"
                 )
                 outcome, _ = outcome_of(job, described, job_dir)
                 outcome["error"] = f"{outcome['error'].rstrip('.')} (in {run.describe_cell(index)})."
                 outcome["stack"] = outcome.get("stack") or error_stack(done.error)
+                run.finish(outcome)
                 return outcome, "null"
             else:
                 run.mark(index, "ok")
@@ -350,7 +353,18 @@ async def _execute_notebook(
         if bar is not None:
             bar.close()
     finished = await run_code(job, client, "__import__('analysis.notebook_job').notebook_job.finish()")
-    return outcome_of(job, finished, job_dir)
+    outcome, result_json = outcome_of(job, finished, job_dir)
+    run.finish(outcome)
+    return outcome, result_json
+
+
+def _finish_notebook(notebook: NotebookRun | None, outcome: dict[str, Any]) -> None:
+    """Record a failed job's outcome in its output notebook, if it can still be written."""
+    if notebook is not None:
+        try:
+            notebook.finish(outcome)
+        except AnalysisError:  # the output notebook cannot be written: the envelope says why
+            pass
 
 
 def _progress_bar(total: int) -> Any:
@@ -383,11 +397,22 @@ async def run_job_async(spec: JobSpec) -> JobResult:
     source = spec.source_path.resolve()
     job_dir = spec.root / spec.project_id / "analysis" / "temp" / spec.job_id
     client: Any = None
+    notebook: NotebookRun | None = None
     try:
         _check_parameters(spec.parameters)
-        notebook = None
         if source.suffix == ".ipynb":
-            notebook = NotebookRun(load_notebook(source), spec.parameters, spec.output_notebook)
+            notebook = NotebookRun(
+                load_notebook(source), spec.parameters, spec.output_notebook, spec.max_log_bytes
+            )
+            cwd, datasources = notebook.job_settings(
+                source,
+                datasources_file=spec.datasources_file,
+                cwd=spec.cwd,
+                root=spec.root,
+                project_id=spec.project_id,
+            )
+            spec = dataclasses.replace(spec, cwd=cwd, datasources_file=datasources)
+            notebook.save()  # the output notebook exists whatever happens next
         job_dir.mkdir(mode=0o700, parents=True)
         os.chmod(job_dir, 0o700)
         job_file = _write_job_document(spec, job_dir, source)
@@ -406,12 +431,15 @@ async def run_job_async(spec: JobSpec) -> JobResult:
             outcome, result_json = await _execute(job, client, job_file)
         return job.envelope(outcome, result_json)
     except AnalysisError as exc:
-        return job.envelope({"success": False, **exc.to_dict(), "stack": None})
+        failed = {"success": False, **exc.to_dict(), "stack": None}
+        _finish_notebook(notebook, failed)
+        return job.envelope(failed)
     except asyncio.CancelledError:  # the caller cancelled the job (Ctrl-C on the CLI, task.cancel())
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
         cancelled = JobCancelledError("The job was cancelled before it finished; its kernel was stopped.")
+        _finish_notebook(notebook, {"success": False, **cancelled.to_dict()})
         return job.envelope({"success": False, **cancelled.to_dict(), "stack": None})
     finally:
         if client is not None:

@@ -18,10 +18,10 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def analysis_run(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+def analysis_run(*args: str, env: dict[str, str] | None = None, cwd: Path = NOTEBOOKS) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "analysis.runner.cli", "run", *args],
-        cwd=NOTEBOOKS,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=180,
@@ -60,15 +60,15 @@ def file_backend() -> Iterator[str]:
     thread.join(10)
 
 
-def test_quickstart(tmp_path: Path) -> None:
+def test_quickstart_finds_its_datasources_as_in_jupyter(tmp_path: Path) -> None:
+    # No --datasources, and run from another folder: the notebook's own `%env` line names them.
     envelope = analysis_run(
-        "quickstart.ipynb",
-        "--datasources",
-        "../examples/datasources.toml",
+        str(NOTEBOOKS / "quickstart.ipynb"),
         "--root",
         str(tmp_path),
         "--output-notebook",
         str(tmp_path / "out.ipynb"),
+        cwd=tmp_path,
     )
     assert envelope["result"] is None  # it never calls ctx.set_result
     assert any("Loaded 229 rows into paid" in line for line in envelope["logs"])
