@@ -1,0 +1,148 @@
+"""The environment a job's kernel runs from: resolve, build once, and hold it while the job runs.
+
+:func:`lease_environment` is what the runner calls before launching a kernel. An analysis that
+declares no dependencies gets the runtime's own interpreter at no cost. Otherwise its requirements
+are resolved (or the stored lock is read), the environment is built unless it is already cached
+(one build for concurrent first runs: the others wait on its build lock), and a shared lock on it
+is held until :meth:`EnvironmentLease.release`, so pruning never removes it from under a job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from analysis.errors import DependencyError, JobTimeoutError
+from analysis.runner.deps.build import build_environment, environment_python, remove_stale_builds
+from analysis.runner.deps.cache import META_FILE, DepsSettings, FileLock, prune
+from analysis.runner.deps.metadata import Requirements, read_requirements
+from analysis.runner.deps.resolve import env_key, resolve
+
+__all__ = ["EnvironmentLease", "lease_environment", "prepare"]
+
+
+@dataclass
+class EnvironmentLease:
+    """The interpreter a kernel runs from, and the hold on its cached environment.
+
+    Attributes
+    ----------
+    python
+        The Python executable to launch the kernel with.
+    path
+        The cached environment (``None``: the runtime's own); a sandbox binds it read-only.
+    built
+        Whether this call built the environment (rather than finding it cached).
+    """
+
+    python: str
+    path: Path | None = None
+    built: bool = False
+    _lock: FileLock | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        """Let the environment be pruned again; safe to call twice."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+async def prepare(
+    requirements: Requirements,
+    settings: DepsSettings,
+    *,
+    timeout_s: float | None = None,
+    log: Callable[[str], object] | None = None,
+) -> EnvironmentLease:
+    """Resolve and build (or find) the environment of ``requirements``; a lease the caller releases.
+
+    ``timeout_s`` bounds this call (waits included); the build's own timeout,
+    ``settings.build_timeout_s``, applies too. Raises ``DependencyError``; past ``timeout_s``
+    (when it is the tighter limit) ``TimeoutError``.
+    """
+    requirements.check_python()
+    if not requirements:
+        return EnvironmentLease(sys.executable)
+    limit = settings.build_timeout_s if timeout_s is None else min(timeout_s, settings.build_timeout_s)
+    deadline = time.monotonic() + limit
+    own_limit = limit == settings.build_timeout_s
+    try:
+        lock = await resolve(requirements, settings, timeout_s=limit)
+        key = env_key(lock)
+        env = settings.env_dir(key)
+        use = FileLock(settings.folder("locks") / f"{key}.use", shared=True)
+        if not await use.acquire(deadline):
+            raise TimeoutError
+        built = False
+        try:
+            if not env.is_dir():
+                builder = FileLock(settings.folder("locks") / f"{key}.build")
+                if not await builder.acquire(deadline):
+                    raise TimeoutError
+                try:
+                    if not env.is_dir():  # nobody built it while we waited
+                        remove_stale_builds(settings, key)
+                        if log is not None:
+                            log(f"[deps] building environment {key} for {', '.join(requirements.dependencies)}\n")
+                        started = time.monotonic()
+                        await build_environment(
+                            key, lock, requirements, settings, timeout_s=deadline - time.monotonic()
+                        )
+                        built = True
+                        if log is not None:
+                            log(f"[deps] built environment {key} in {time.monotonic() - started:.1f} s\n")
+                finally:
+                    builder.release()
+            os.utime(env / META_FILE)  # last use, for LRU pruning
+        except BaseException:
+            use.release()
+            raise
+    except TimeoutError:
+        if own_limit:
+            raise DependencyError(
+                f"Installing the analysis's dependencies took longer than {settings.build_timeout_s:g} s "
+                "(ANALYSIS_DEPS_BUILD_TIMEOUT_S) and was stopped."
+            ) from None
+        raise
+    if built:
+        prune(settings)
+    return EnvironmentLease(str(environment_python(env)), env, built, use)
+
+
+async def lease_environment(
+    source: Path,
+    *,
+    project_dir: Path | None,
+    timeout_s: float | None,
+    log: Callable[[str], object] | None = None,
+    settings: DepsSettings | None = None,
+) -> EnvironmentLease:
+    """The environment to run the analysis at ``source`` in (the runner's hook before a kernel starts).
+
+    Parameters
+    ----------
+    source
+        The analysis (``.py`` or ``.ipynb``).
+    project_dir
+        The project's ``{root}/{project}/analysis`` folder (its ``dependencies.toml`` adds defaults).
+    timeout_s
+        What is left of the job's deadline: waiting for a build counts towards it.
+    log
+        Receives a line when the environment is built (the job's logs).
+    settings
+        Cache settings (default: from the environment variables).
+    """
+    requirements = read_requirements(source, project_dir=project_dir)
+    try:
+        return await prepare(
+            requirements, settings or DepsSettings.from_env(), timeout_s=timeout_s, log=log
+        )
+    except TimeoutError:
+        raise JobTimeoutError(
+            f"The job's deadline ({timeout_s:g} s left at the start) passed while its dependencies "
+            "were being installed; build them ahead with `analysis deps build`."
+        ) from None
