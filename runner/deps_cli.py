@@ -67,7 +67,8 @@ def check_dependencies(path: Path) -> str:
         return ""
     settings = DepsSettings.from_env()
     lock = asyncio.run(resolve(requirements, settings, timeout_s=settings.build_timeout_s))
-    return f"; its dependencies resolve ({len(packages_to_install(lock))} packages to add to the runtime's)"
+    added = len(packages_to_install(lock))
+    return f"; its dependencies resolve ({added} package{'s' if added != 1 else ''} added to the runtime's)"
 
 
 def _human(size: int) -> str:

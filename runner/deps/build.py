@@ -23,7 +23,7 @@ from analysis.errors import DependencyError
 from analysis.runner.deps.cache import LOCK_FILE, META_FILE, DepsSettings
 from analysis.runner.deps.metadata import Requirements
 from analysis.runner.deps.resolve import packages_to_install
-from analysis.runner.deps.uv import UvFailed, index_options, run_uv
+from analysis.runner.deps.uv import UvError, index_options, run_uv
 
 __all__ = ["build_environment", "environment_python"]
 
@@ -90,7 +90,7 @@ async def build_environment(
         }
         (work / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         os.rename(work, settings.env_dir(key))
-    except UvFailed as exc:
+    except UvError as exc:
         raise DependencyError(f"uv could not install the analysis's packages: {exc.reason}") from None
     finally:
         if work.exists():

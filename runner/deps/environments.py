@@ -51,6 +51,34 @@ class EnvironmentLease:
             self._lock = None
 
 
+async def _build_once(
+    key: str,
+    *,
+    lock: str,
+    requirements: Requirements,
+    settings: DepsSettings,
+    deadline: float,
+    log: Callable[[str], object] | None,
+) -> bool:
+    """Build environment ``key`` unless another process does (then wait for it); whether we built it."""
+    builder = FileLock(settings.folder("locks") / f"{key}.build")
+    if not await builder.acquire(deadline):
+        raise TimeoutError
+    try:
+        if settings.env_dir(key).is_dir():  # built by another job while we waited
+            return False
+        remove_stale_builds(settings, key)
+        if log is not None:
+            log(f"[deps] building environment {key} for {', '.join(requirements.dependencies)}\n")
+        started = time.monotonic()
+        await build_environment(key, lock, requirements, settings, timeout_s=deadline - time.monotonic())
+        if log is not None:
+            log(f"[deps] built environment {key} in {time.monotonic() - started:.1f} s\n")
+        return True
+    finally:
+        builder.release()
+
+
 async def prepare(
     requirements: Requirements,
     settings: DepsSettings,
@@ -69,40 +97,21 @@ async def prepare(
         return EnvironmentLease(sys.executable)
     limit = settings.build_timeout_s if timeout_s is None else min(timeout_s, settings.build_timeout_s)
     deadline = time.monotonic() + limit
-    own_limit = limit == settings.build_timeout_s
+    use: FileLock | None = None
     try:
         lock = await resolve(requirements, settings, timeout_s=limit)
         key = env_key(lock)
-        env = settings.env_dir(key)
         use = FileLock(settings.folder("locks") / f"{key}.use", shared=True)
-        if not await use.acquire(deadline):
+        if not await use.acquire(deadline):  # held from here on: pruning cannot remove it under us
             raise TimeoutError
-        built = False
-        try:
-            if not env.is_dir():
-                builder = FileLock(settings.folder("locks") / f"{key}.build")
-                if not await builder.acquire(deadline):
-                    raise TimeoutError
-                try:
-                    if not env.is_dir():  # nobody built it while we waited
-                        remove_stale_builds(settings, key)
-                        if log is not None:
-                            log(f"[deps] building environment {key} for {', '.join(requirements.dependencies)}\n")
-                        started = time.monotonic()
-                        await build_environment(
-                            key, lock, requirements, settings, timeout_s=deadline - time.monotonic()
-                        )
-                        built = True
-                        if log is not None:
-                            log(f"[deps] built environment {key} in {time.monotonic() - started:.1f} s\n")
-                finally:
-                    builder.release()
-            os.utime(env / META_FILE)  # last use, for LRU pruning
-        except BaseException:
+        built = not settings.env_dir(key).is_dir() and await _build_once(
+            key, lock=lock, requirements=requirements, settings=settings, deadline=deadline, log=log
+        )
+        os.utime(settings.env_dir(key) / META_FILE)  # the last use, for LRU pruning
+    except BaseException as exc:
+        if use is not None:
             use.release()
-            raise
-    except TimeoutError:
-        if own_limit:
+        if isinstance(exc, TimeoutError) and limit == settings.build_timeout_s:
             raise DependencyError(
                 f"Installing the analysis's dependencies took longer than {settings.build_timeout_s:g} s "
                 "(ANALYSIS_DEPS_BUILD_TIMEOUT_S) and was stopped."
@@ -110,7 +119,7 @@ async def prepare(
         raise
     if built:
         prune(settings)
-    return EnvironmentLease(str(environment_python(env)), env, built, use)
+    return EnvironmentLease(str(environment_python(settings.env_dir(key))), settings.env_dir(key), built, use)
 
 
 async def lease_environment(
@@ -138,9 +147,7 @@ async def lease_environment(
     """
     requirements = read_requirements(source, project_dir=project_dir)
     try:
-        return await prepare(
-            requirements, settings or DepsSettings.from_env(), timeout_s=timeout_s, log=log
-        )
+        return await prepare(requirements, settings or DepsSettings.from_env(), timeout_s=timeout_s, log=log)
     except TimeoutError:
         raise JobTimeoutError(
             f"The job's deadline ({timeout_s:g} s left at the start) passed while its dependencies "

@@ -148,6 +148,8 @@ def read_requirements(source: Path, *, project_dir: Path | None = None) -> Requi
             try:
                 data = tomllib.loads(defaults.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-                raise InvalidAnalysisError(f"The project defaults {defaults} cannot be read: {exc}.") from None
+                raise InvalidAnalysisError(
+                    f"The project defaults {defaults} cannot be read: {exc}."
+                ) from None
             found = found.merged(_table(data, str(defaults)))
     return found

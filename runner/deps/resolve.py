@@ -24,7 +24,7 @@ from packaging.utils import canonicalize_name
 from analysis.errors import DependencyError
 from analysis.runner.deps.cache import DepsSettings
 from analysis.runner.deps.metadata import Requirements
-from analysis.runner.deps.uv import UvFailed, index_options, run_uv
+from analysis.runner.deps.uv import UvError, index_options, run_uv
 
 __all__ = ["env_key", "packages_to_install", "resolve", "runtime_packages"]
 
@@ -103,12 +103,10 @@ async def resolve(requirements: Requirements, settings: DepsSettings, *, timeout
         args += ["--no-header", "--no-annotate", "--quiet", *index_options(settings.environ)]
         try:
             lock = await run_uv(args, environ=settings.environ, timeout_s=timeout_s)
-        except UvFailed as exc:
+        except UvError as exc:
             package = _culprit(exc.reason, requirements)
             subject = f"the package {package!r}" if package else "the analysis's dependencies"
-            raise DependencyError(
-                f"uv could not resolve {subject}: {exc.reason}", package=package
-            ) from None
+            raise DependencyError(f"uv could not resolve {subject}: {exc.reason}", package=package) from None
     partial = stored.with_name(f"{stored.name}.{os.getpid()}.part")
     partial.write_text(lock, encoding="utf-8")
     os.replace(partial, stored)

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 from analysis.errors import DependencyError
 
-__all__ = ["UvFailed", "index_options", "run_uv", "uv_binary"]
+__all__ = ["UvError", "index_options", "run_uv", "uv_binary"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LABEL = re.compile(r"^(error|caused by|cause):\s*", re.IGNORECASE)
 # pip variable -> (uv variables that win over it, uv option)
 _PIP_VARIABLES = (
     ("PIP_INDEX_URL", ("UV_INDEX_URL", "UV_DEFAULT_INDEX"), "--index-url"),
@@ -30,7 +31,7 @@ _PIP_VARIABLES = (
 
 
 @dataclass
-class UvFailed(Exception):
+class UvError(Exception):
     """uv ended with an error; ``reason`` is its message, cleaned up to a few lines."""
 
     reason: str
@@ -68,14 +69,14 @@ def clean_reason(stderr: str) -> str:
         line = raw.strip().lstrip("×╰─▶│├ ").strip()
         if not line or line.startswith(("hint:", "help:", "warning:")):
             continue
-        lines.append(line)
-    return " ".join(lines) or "uv failed without saying why"
+        lines.append(_LABEL.sub("", line))
+    if not lines:
+        return "uv failed without saying why"
+    return f"{lines[0].rstrip(':.')}: {' '.join(lines[1:])}" if len(lines) > 1 else lines[0]
 
 
-async def run_uv(
-    args: Sequence[str], *, environ: Mapping[str, str], timeout_s: float | None
-) -> str:
-    """Run ``uv ARGS`` and return its stdout; ``UvFailed`` on failure, ``TimeoutError`` past ``timeout_s``.
+async def run_uv(args: Sequence[str], *, environ: Mapping[str, str], timeout_s: float | None) -> str:
+    """Run ``uv ARGS`` and return its stdout; ``UvError`` on failure, ``TimeoutError`` past ``timeout_s``.
 
     uv runs in a process group of its own, killed whole on timeout or cancellation.
     """
@@ -97,5 +98,5 @@ async def run_uv(
         await proc.wait()
         raise
     if proc.returncode != 0:
-        raise UvFailed(clean_reason(err.decode("utf-8", "replace")))
+        raise UvError(clean_reason(err.decode("utf-8", "replace")))
     return out.decode("utf-8", "replace")

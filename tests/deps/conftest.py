@@ -12,7 +12,7 @@ import pytest
 from analysis.runner.deps import DepsSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from wheels import write_wheel  # noqa: E402
+from wheels import write_wheel
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,9 @@ def wheelhouse(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def deps_env(tmp_path: Path, wheelhouse: Path, uv_cache: Path, monkeypatch: pytest.MonkeyPatch) -> DepsSettings:
+def deps_env(
+    tmp_path: Path, wheelhouse: Path, uv_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> DepsSettings:
     """uv offline with only the wheelhouse, and a private environment cache; the settings in use."""
     for name in list(os.environ):
         if name.startswith(("PIP_", "UV_")) or name.startswith("ANALYSIS_DEPS_"):

@@ -30,7 +30,7 @@ def test_a_script_without_block_needs_nothing(tmp_path: Path) -> None:
     [
         ('# /// script\n# dependencies = ["ok"\n# ///\n', "not valid TOML"),
         ('# /// script\n# dependencies = ["not a requirement!"]\n# ///\n', "is not valid"),
-        ("# /// script\n# dependencies = \"one\"\n# ///\n", "must be a list of strings"),
+        ('# /// script\n# dependencies = "one"\n# ///\n', "must be a list of strings"),
         ('# /// script\n# requires-python = "three"\n# ///\n', "'requires-python'"),
         (BLOCK + "x = 1\n" + BLOCK, "more than one"),
     ],

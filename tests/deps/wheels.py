@@ -13,8 +13,13 @@ def _record_line(name: str, data: bytes) -> str:
     return f"{name},sha256={digest},{len(data)}"
 
 
-def write_wheel(folder: Path, name: str, version: str, *, requires: tuple[str, ...] = (), code: str = "") -> Path:
-    """A wheel of module ``name`` whose ``__version__`` is ``version`` (plus ``code``), requiring ``requires``."""
+def write_wheel(
+    folder: Path, name: str, version: str, *, requires: tuple[str, ...] = (), code: str = ""
+) -> Path:
+    """A wheel of module ``name`` whose ``__version__`` is ``version`` (plus ``code``).
+
+    Its metadata requires ``requires``.
+    """
     module = name.replace("-", "_")
     dist = f"{module}-{version}.dist-info"
     metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
