@@ -125,7 +125,7 @@ class EnvironmentInfo:
     in_use: bool
 
 
-def _size(path: Path) -> int:
+def tree_size(path: Path) -> int:
     """Bytes a tree takes on disk, each inode counted once."""
     seen: set[tuple[int, int]] = set()
     total = 0
@@ -161,7 +161,7 @@ def list_environments(settings: DepsSettings) -> list[EnvironmentInfo]:
             EnvironmentInfo(
                 path.name,
                 path,
-                _size(path),
+                tree_size(path),
                 last_used,
                 tuple(data.get("requirements", [])),
                 _in_use(settings, path.name),
