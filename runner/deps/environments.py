@@ -116,6 +116,11 @@ async def prepare(
                 f"Installing the analysis's dependencies took longer than {settings.build_timeout_s:g} s "
                 "(ANALYSIS_DEPS_BUILD_TIMEOUT_S) and was stopped."
             ) from None
+        if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
+            raise DependencyError(
+                f"The environment cache {settings.cache_dir} (ANALYSIS_DEPS_CACHE) or uv cannot be used: "
+                f"{exc}."
+            ) from None
         raise
     if built:
         prune(settings)
@@ -146,8 +151,15 @@ async def lease_environment(
         Cache settings (default: from the environment variables).
     """
     requirements = read_requirements(source, project_dir=project_dir)
+    if not requirements:
+        requirements.check_python()
+        return EnvironmentLease(sys.executable)
     try:
-        return await prepare(requirements, settings or DepsSettings.from_env(), timeout_s=timeout_s, log=log)
+        settings = settings or DepsSettings.from_env()
+    except ValueError as exc:
+        raise DependencyError(str(exc)) from None
+    try:
+        return await prepare(requirements, settings, timeout_s=timeout_s, log=log)
     except TimeoutError:
         raise JobTimeoutError(
             f"The job's deadline ({timeout_s:g} s left at the start) passed while its dependencies "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ from analysis.errors import DependencyError
 
 __all__ = ["UvError", "index_options", "run_uv", "uv_binary"]
 
+_PR_SET_PDEATHSIG = 1
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LABEL = re.compile(r"^(error|caused by|cause):\s*", re.IGNORECASE)
 # pip variable -> (uv variables that win over it, uv option)
@@ -35,6 +37,12 @@ class UvError(Exception):
     """uv ended with an error; ``reason`` is its message, cleaned up to a few lines."""
 
     reason: str
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the runner dies, however the runner ends."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def uv_binary(environ: Mapping[str, str]) -> str:
@@ -89,6 +97,7 @@ async def run_uv(args: Sequence[str], *, environ: Mapping[str, str], timeout_s: 
         stderr=asyncio.subprocess.PIPE,
         env=env,
         start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)

@@ -62,8 +62,9 @@ def slow_uv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "#!/bin/sh\n"
         f'echo "$1 $2" >> {folder}/calls.txt\n'
         'if [ "$1" = pip ] && [ "$2" = install ]; then\n'
-        f"  touch {folder}/installing\n"
-        '  sleep "${SLOW_UV_SLEEP:-0}"\n'
+        '  sleep "${SLOW_UV_SLEEP:-0}" &\n'
+        f"  touch {folder}/installing\n"  # after the sleep started: a test sees both
+        "  wait $!\n"
         "fi\n"
         f'exec {find_uv_bin()} "$@"\n'
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -48,11 +49,17 @@ def test_a_build_killed_halfway_leaves_nothing_and_the_next_builds_cleanly(
         assert builder.poll() is None and time.monotonic() < give_up, builder.communicate()
         time.sleep(0.05)
     victims = psutil.Process(builder.pid).children(recursive=True)
-    builder.send_signal(signal.SIGKILL)  # the runner dies; so does the uv it started
-    for proc in victims:
-        proc.kill()
-    builder.communicate()
-    psutil.wait_procs(victims, timeout=5)
+    uv = psutil.Process(builder.pid).children()
+    try:
+        builder.send_signal(signal.SIGKILL)  # the runner dies...
+        builder.communicate()
+        _, alive = psutil.wait_procs(uv, timeout=10)
+        assert alive == [], "the uv the runner started outlived it"  # ...and so does the uv it started
+    finally:
+        for proc in victims:  # the wrapper's own `sleep`
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(victims, timeout=5)
     assert list_environments(deps_env) == []
     assert [p.name for p in (deps_env.cache_dir / "envs").iterdir()] == []
     assert list((deps_env.cache_dir / "tmp").iterdir()) != []  # what the killed build left aside

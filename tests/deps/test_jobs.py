@@ -142,3 +142,20 @@ def test_the_build_timeout_is_a_dependency_error(
     assert result.error_type == "dependency_error", result.to_dict()
     assert "ANALYSIS_DEPS_BUILD_TIMEOUT_S" in (result.error or "")
     assert list((deps_env.cache_dir / "tmp").iterdir()) == []
+
+
+def test_an_unusable_cache_is_a_dependency_error_and_spares_analyses_without_dependencies(
+    tmp_path: Path, root: Path, deps_env: DepsSettings, no_leftovers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("ANALYSIS_DEPS_CACHE", str(blocker / "cache"))
+    result = run_job(JobSpec(source_path=script(tmp_path, "a", ["tinypkg"]), root=root))
+    assert result.error_type == "dependency_error", result.to_dict()
+    assert "ANALYSIS_DEPS_CACHE" in (result.error or "")
+    monkeypatch.setenv("ANALYSIS_DEPS_MAX_BYTES", "lots")
+    plain = tmp_path / "plain.py"
+    plain.write_text("def run(ctx, parameters):\n    return 7\n")
+    assert run_job(JobSpec(source_path=plain, root=root)).result == 7
+    bad = run_job(JobSpec(source_path=script(tmp_path, "b", ["tinypkg"]), root=root))
+    assert bad.error_type == "dependency_error" and "ANALYSIS_DEPS" in (bad.error or ""), bad.to_dict()
