@@ -22,7 +22,7 @@ from pathlib import Path
 from analysis.errors import DependencyError
 from analysis.runner.deps.cache import LOCK_FILE, META_FILE, DepsSettings
 from analysis.runner.deps.metadata import Requirements
-from analysis.runner.deps.resolve import packages_to_install
+from analysis.runner.deps.resolve import culprit, packages_to_install
 from analysis.runner.deps.uv import UvError, index_options, run_uv
 
 __all__ = ["build_environment", "environment_python"]
@@ -91,7 +91,9 @@ async def build_environment(
         (work / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         os.rename(work, settings.env_dir(key))
     except UvError as exc:
-        raise DependencyError(f"uv could not install the analysis's packages: {exc.reason}") from None
+        package = culprit(exc.reason, requirements)
+        subject = f"the package {package!r}" if package else "the analysis's packages"
+        raise DependencyError(f"uv could not install {subject}: {exc.reason}", package=package) from None
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)

@@ -184,6 +184,8 @@ def prune(settings: DepsSettings, *, max_bytes: int | None = None) -> list[Envir
     the cache over budget.
     """
     budget = settings.max_bytes if max_bytes is None else max_bytes
+    for leftover in settings.folder("tmp").glob("removing-*"):  # of a prune killed halfway
+        shutil.rmtree(leftover, ignore_errors=True)
     envs = list_environments(settings)
     total = sum(e.size_bytes for e in envs)
     removed = []

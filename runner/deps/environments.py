@@ -9,6 +9,7 @@ is held until :meth:`EnvironmentLease.release`, so pruning never removes it from
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -123,7 +124,8 @@ async def prepare(
             ) from None
         raise
     if built:
-        prune(settings)
+        with contextlib.suppress(OSError):  # best effort: the job has its environment either way
+            prune(settings)
     return EnvironmentLease(str(environment_python(settings.env_dir(key))), settings.env_dir(key), built, use)
 
 

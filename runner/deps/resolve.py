@@ -26,7 +26,7 @@ from analysis.runner.deps.cache import DepsSettings
 from analysis.runner.deps.metadata import Requirements
 from analysis.runner.deps.uv import UvError, index_options, run_uv
 
-__all__ = ["env_key", "packages_to_install", "resolve", "runtime_packages"]
+__all__ = ["culprit", "env_key", "packages_to_install", "resolve", "runtime_packages"]
 
 _PINNED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;]+)")
 _NAMED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
@@ -73,7 +73,7 @@ def packages_to_install(lock: str) -> list[str]:
     return wanted
 
 
-def _culprit(reason: str, requirements: Requirements) -> str | None:
+def culprit(reason: str, requirements: Requirements) -> str | None:
     """The first of the analysis's packages uv's reason names."""
     words = {canonicalize_name(w) for w in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", reason)}
     for dep in requirements.dependencies:
@@ -104,7 +104,7 @@ async def resolve(requirements: Requirements, settings: DepsSettings, *, timeout
         try:
             lock = await run_uv(args, environ=settings.environ, timeout_s=timeout_s)
         except UvError as exc:
-            package = _culprit(exc.reason, requirements)
+            package = culprit(exc.reason, requirements)
             subject = f"the package {package!r}" if package else "the analysis's dependencies"
             raise DependencyError(f"uv could not resolve {subject}: {exc.reason}", package=package) from None
     partial = stored.with_name(f"{stored.name}.{os.getpid()}.part")

@@ -155,3 +155,13 @@ def test_deps_list_and_prune_show_the_cache(
     assert main(["deps", "prune", "--max-bytes", "0"]) == 0
     assert capsys.readouterr().out.startswith("removed ")
     assert list_environments(deps_env) == []
+
+
+def test_pip_find_links_is_enough_to_resolve_offline(
+    tmp_path: Path, wheelhouse: Path, deps_env: DepsSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("UV_FIND_LINKS")
+    path = _script(tmp_path, "a", "tinypkg==2.0")
+    assert main(["validate", str(path)]) == 1  # offline, with nowhere to find it
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheelhouse))
+    assert main(["validate", str(path)]) == 0

@@ -77,3 +77,18 @@ def test_an_incompatible_requires_python_names_both_versions() -> None:
     with pytest.raises(DependencyError, match=r"requires Python >=4.*runs Python 3\.11\.3") as info:
         Requirements(("x",), (">=4",)).check_python("3.11.3")
     assert info.value.package == "python"
+
+
+def test_pip_index_settings_are_passed_on_unless_uv_has_its_own() -> None:
+    from analysis.runner.deps.uv import index_options
+
+    pip = {"PIP_INDEX_URL": "https://mirror/simple", "PIP_FIND_LINKS": "/w1 /w2"}
+    assert index_options(pip) == [
+        "--index-url",
+        "https://mirror/simple",
+        "--find-links",
+        "/w1",
+        "--find-links",
+        "/w2",
+    ]
+    assert index_options({**pip, "UV_INDEX_URL": "https://uv/simple", "UV_FIND_LINKS": "/w"}) == []
