@@ -1,7 +1,8 @@
 """``analysis deps build|list|prune``: manage the cache of per-analysis environments.
 
-* ``build PATH [--project ID] [--root DIR]``: resolve and build the environment of an analysis
-  ahead of its first job (prints the environment's path and whether it was built or cached).
+* ``build PATH [--project ID] [--root DIR] [--upgrade]``: resolve and build the environment of an
+  analysis ahead of its first job (prints the environment's path and whether it was built or
+  cached); ``--upgrade`` resolves again, replacing the stored lock, so later jobs get newer packages.
 * ``list``: every cached environment, most recently used first, with its size and requirements.
 * ``prune [--max-bytes N]``: evict least recently used environments not in use until the cache
   fits its budget (default ``ANALYSIS_DEPS_MAX_BYTES``; ``--max-bytes 0`` empties what is idle).
@@ -33,6 +34,9 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     build.add_argument("path", type=Path, help="a .py or .ipynb analysis")
     build.add_argument("--project", default=None, metavar="ID", help="project whose defaults apply")
     build.add_argument("--root", type=Path, default=None, metavar="DIR", help="projects root")
+    build.add_argument(
+        "--upgrade", action="store_true", help="resolve again instead of reusing the stored lock"
+    )
     commands.add_parser("list", help="list cached environments, most recently used first")
     prune = commands.add_parser("prune", help="evict least recently used environments not in use")
     prune.add_argument("--max-bytes", type=int, default=None, metavar="N", help="budget to prune down to")
@@ -112,7 +116,7 @@ def run_deps_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         requirements = read_requirements(args.path, project_dir=project_dir)
-        lease = asyncio.run(prepare(requirements, settings))
+        lease = asyncio.run(prepare(requirements, settings, upgrade=args.upgrade))
     except AnalysisError as exc:
         sys.stdout.write(f"failed ({exc.error_type}): {exc.message}\n")
         return EXIT_FAILED

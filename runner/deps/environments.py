@@ -86,8 +86,11 @@ async def prepare(
     *,
     timeout_s: float | None = None,
     log: Callable[[str], object] | None = None,
+    upgrade: bool = False,
 ) -> EnvironmentLease:
     """Resolve and build (or find) the environment of ``requirements``; a lease the caller releases.
+
+    ``upgrade`` resolves again instead of reusing the stored lock (``analysis deps build --upgrade``).
 
     ``timeout_s`` bounds this call (waits included); the build's own timeout,
     ``settings.build_timeout_s``, applies too. Raises ``DependencyError``; past ``timeout_s``
@@ -100,7 +103,7 @@ async def prepare(
     deadline = time.monotonic() + limit
     use: FileLock | None = None
     try:
-        lock = await resolve(requirements, settings, timeout_s=limit)
+        lock = await resolve(requirements, settings, timeout_s=limit, upgrade=upgrade)
         key = env_key(lock)
         use = FileLock(settings.folder("locks") / f"{key}.use", shared=True)
         if not await use.acquire(deadline):  # held from here on: pruning cannot remove it under us

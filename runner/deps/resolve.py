@@ -83,15 +83,19 @@ def culprit(reason: str, requirements: Requirements) -> str | None:
     return None
 
 
-async def resolve(requirements: Requirements, settings: DepsSettings, *, timeout_s: float | None) -> str:
+async def resolve(
+    requirements: Requirements, settings: DepsSettings, *, timeout_s: float | None, upgrade: bool = False
+) -> str:
     """The lock of ``requirements`` on this runtime: stored earlier, else resolved now with uv.
+
+    With ``upgrade`` the stored lock is ignored and replaced by a fresh resolution.
 
     Raises ``DependencyError`` (naming the package and uv's reason) when they cannot be
     resolved, ``TimeoutError`` past ``timeout_s``.
     """
     requirements.check_python()
     stored = settings.folder("resolutions") / f"{_input_key(requirements)}.txt"
-    if stored.is_file():
+    if stored.is_file() and not upgrade:
         return stored.read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory(dir=settings.folder("tmp"), prefix="resolve-") as work:
         wanted, constraints = Path(work) / "requirements.in", Path(work) / "runtime.txt"

@@ -89,6 +89,10 @@ def test_the_same_analysis_keeps_its_locked_versions_when_newer_ones_appear(
     assert not any("[deps]" in line for line in again.logs)  # cached: nothing built
     (env,) = list_environments(deps_env)
     assert "tinypkg==1.0" in (env.path / "analysis-lock.txt").read_text()
+    from analysis.runner.cli import main
+
+    assert main(["deps", "build", "--upgrade", str(path)]) == 0  # asked for: resolve again
+    assert run_job(JobSpec(source_path=path, root=root)).result["version"] == "2.0"  # type: ignore[index]
 
 
 def test_notebooks_and_project_defaults_declare_dependencies(
