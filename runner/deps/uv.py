@@ -14,7 +14,7 @@ import ctypes
 import os
 import re
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from analysis.errors import DependencyError
@@ -39,10 +39,17 @@ class UvError(Exception):
     reason: str
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when the runner dies, however the runner ends."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _die_with_parent_hook() -> Callable[[], None]:
+    """What the child runs before exec: ask for SIGKILL when the runner dies, however it ends.
+
+    ``prctl`` is looked up here, in the parent: the child of a threaded process only calls it.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return hook
 
 
 def uv_binary(environ: Mapping[str, str]) -> str:
@@ -97,7 +104,7 @@ async def run_uv(args: Sequence[str], *, environ: Mapping[str, str], timeout_s: 
         stderr=asyncio.subprocess.PIPE,
         env=env,
         start_new_session=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=_die_with_parent_hook(),
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
