@@ -14,6 +14,7 @@ Hierarchy::
     │   └── ResultNotSerializableError  result_not_serializable  (also TypeError)
     ├── DatasourceNotFoundError         datasource_not_found (also LookupError)
     ├── DatasourceError                 datasource_error
+    ├── DependencyError                 dependency_error
     ├── FileApiError                    file_api_error
     ├── JobTimeoutError                 timeout              (also TimeoutError)
     ├── JobCancelledError               cancelled
@@ -34,6 +35,7 @@ __all__ = [
     "AnalysisError",
     "DatasourceError",
     "DatasourceNotFoundError",
+    "DependencyError",
     "FileApiError",
     "InvalidAnalysisError",
     "InvalidParametersError",
@@ -65,6 +67,7 @@ ERROR_TYPES: frozenset[str] = frozenset(
         "datasource_error",
         "file_api_error",
         "cancelled",
+        "dependency_error",
     }
 )
 
@@ -127,6 +130,24 @@ class DatasourceError(AnalysisError):
     """A datasource failed: connection, authentication, query or server error."""
 
     error_type = "datasource_error"
+
+
+class DependencyError(AnalysisError):
+    """The analysis's declared packages could not be resolved or installed.
+
+    Parameters
+    ----------
+    message
+        One sentence naming the package and the resolver's reason.
+    package
+        The package (or ``python``) the failure is about, when known.
+    """
+
+    error_type = "dependency_error"
+
+    def __init__(self, message: str, *, package: str | None = None) -> None:
+        super().__init__(message)
+        self.package = package
 
 
 class FileApiError(AnalysisError):

@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis.runner import datasource_cli
 
     datasource_cli.add_subparser(commands)
+
+    from analysis.runner import deps_cli
+
+    deps_cli.add_subparser(commands)
     return parser
 
 
@@ -168,14 +172,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from analysis.errors import InvalidAnalysisError
+    from analysis.errors import AnalysisError
+    from analysis.runner.deps_cli import check_dependencies
     from analysis.runner.service import validate_file
 
     if not args.path.is_file():
         raise _usage(f"{args.path} does not exist")
     try:
-        what = validate_file(args.path)
-    except InvalidAnalysisError as exc:
+        what = validate_file(args.path) + check_dependencies(args.path)
+    except AnalysisError as exc:
         sys.stdout.write(f"invalid: {exc.message}\n")
         return EXIT_FAILED
     sys.stdout.write(f"ok: {args.path} is {what}\n")

@@ -35,6 +35,7 @@ from analysis.errors import (
 )
 from analysis.params import check_id
 from analysis.results import DEFAULT_MAX_RESULT_BYTES, OUTCOME_MIME, to_json_fragment
+from analysis.runner.deps import EnvironmentLease, lease_environment
 from analysis.runner.envelope import JobResult
 from analysis.runner.kernels import KernelProcess, launch_kernel
 from analysis.runner.logbuffer import DEFAULT_MAX_LOG_BYTES, LogBuffer
@@ -398,6 +399,7 @@ async def run_job_async(spec: JobSpec) -> JobResult:
     job_dir = spec.root / spec.project_id / "analysis" / "temp" / spec.job_id
     client: Any = None
     notebook: NotebookRun | None = None
+    lease: EnvironmentLease | None = None
     try:
         _check_parameters(spec.parameters)
         if source.suffix == ".ipynb":
@@ -418,8 +420,14 @@ async def run_job_async(spec: JobSpec) -> JobResult:
         job_file = _write_job_document(spec, job_dir, source)
         from jupyter_client.asynchronous.client import AsyncKernelClient
 
+        project_dir, log = spec.root / spec.project_id / "analysis", partial(job.logs.write, "stderr")
+        lease = await lease_environment(source, project_dir=project_dir, timeout_s=job.remaining(), log=log)
         job.kernel = launch_kernel(
-            job_dir, cwd=spec.cwd, max_memory_bytes=spec.max_memory_bytes, max_cpu_s=spec.max_cpu_s
+            job_dir,
+            cwd=spec.cwd,
+            max_memory_bytes=spec.max_memory_bytes,
+            max_cpu_s=spec.max_cpu_s,
+            python=lease.python,
         )
         client = AsyncKernelClient()
         client.load_connection_info(job.kernel.connection_info)
@@ -447,6 +455,8 @@ async def run_job_async(spec: JobSpec) -> JobResult:
         if job.kernel is not None:
             job.kernel.kill()
             job.kernel.cleanup()
+        if lease is not None:
+            lease.release()
         shutil.rmtree(job_dir, ignore_errors=True)
 
 

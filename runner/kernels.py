@@ -123,6 +123,7 @@ def launch_kernel(
     env: dict[str, str] | None = None,
     max_memory_bytes: int | None = None,
     max_cpu_s: int | None = None,
+    python: str | None = None,
 ) -> KernelProcess:
     """Start an ipykernel for one job, with its sockets and files in ``job_dir``.
 
@@ -138,6 +139,8 @@ def launch_kernel(
         Address-space limit of the kernel (``RLIMIT_AS``): allocations past it raise MemoryError.
     max_cpu_s
         CPU-time limit of the kernel (``RLIMIT_CPU``): past it the kernel gets SIGXCPU.
+    python
+        The interpreter to run the kernel with (an analysis's own environment); default the runner's.
     """
     socket_dir, owns = _socket_dir(job_dir)
     info: dict[str, Any] = {name: i + 1 for i, name in enumerate(_PORTS)}
@@ -160,7 +163,7 @@ def launch_kernel(
         **(env or {}),
     }
     argv = [
-        sys.executable,
+        python or sys.executable,
         "-m",
         "ipykernel_launcher",
         "-f",
