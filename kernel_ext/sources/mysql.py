@@ -240,6 +240,7 @@ class MySQLDatasource(ServerDatasource):
 
     kind = "mysql"
     default_port = 3306
+    requires = ("mysql.connector", "connectorx")  # arrow_odbc too, when installed
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)

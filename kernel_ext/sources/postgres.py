@@ -144,6 +144,7 @@ class PostgresDatasource(ServerDatasource):
 
     kind = "postgres"
     default_port = 5432
+    requires = ("psycopg", "adbc_driver_manager", "adbc_driver_postgresql")
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
