@@ -118,3 +118,50 @@ def test_core_install_runs_the_quickstart_and_names_the_extra_a_datasource_needs
             f"Datasource {name!r} ({kind}) needs {module.split('.')[0]}, which is not installed: "
             f"pip install 'analysis-kernel[{kind}]'"
         )
+
+
+def test_gitignore_covers_notebook_checkpoints() -> None:
+    done = subprocess.run(
+        ["git", "check-ignore", "-q", "notebooks/.ipynb_checkpoints/quickstart-checkpoint.ipynb"],
+        cwd=REPO,
+        check=False,
+        timeout=30,
+    )
+    assert done.returncode == 0, "notebooks/.ipynb_checkpoints/ is not ignored"
+
+
+def _shim(folder: Path, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text(f"#!/usr/bin/env bash\n{body}\n")
+    path.chmod(0o755)
+
+
+def test_ci_setup_shows_apt_and_pip_progress(tmp_path: Path) -> None:
+    """``.ci/setup`` on a fresh machine, with apt, dpkg and python3 replaced by recording stand-ins."""
+    repo, shims = tmp_path / "repo", tmp_path / "shims"
+    (repo / ".ci").mkdir(parents=True)
+    shims.mkdir()
+    (repo / ".ci" / "setup").write_text((REPO / ".ci" / "setup").read_text())
+    _shim(shims, "dpkg", "exit 1")  # nothing installed yet
+    _shim(shims, "service", "exit 0")
+    _shim(shims, "sudo", '"$@"')
+    _shim(
+        shims, "apt-get", 'echo "[apt-get $*]"; echo "Get:1 http://deb.debian.org/debian bookworm InRelease"'
+    )
+    pip = '#!/usr/bin/env bash\\necho "[pip $*]"; echo "Collecting duckdb>=1.1"'
+    _shim(
+        shims,
+        "python3",
+        f"mkdir -p .venv/bin && printf '{pip}\\n' > .venv/bin/python && chmod +x .venv/bin/python",
+    )
+    env = {"PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        ["bash", str(repo / ".ci" / "setup")], env=env, capture_output=True, text=True, check=True, timeout=60
+    )
+    log = done.stdout + done.stderr
+    commands = [line for line in log.splitlines() if line.startswith("[")]
+    assert any(c.startswith("[apt-get install") for c in commands), log
+    assert any(c.startswith("[pip -m pip install -e") for c in commands), log
+    assert not [c for c in commands if " -q" in c], f"silenced: {commands}"
+    assert "Get:1 http://deb.debian.org" in log and "Collecting duckdb" in log  # their output is shown
+    assert "==> pip: installing the project" in log
