@@ -104,14 +104,18 @@ def _bulk_target(field: pa.Field) -> pa.DataType | None:
         return _numeric_type(int(meta.get(b"POSTGRESQL:typmod", b"-1"))) or pa.float64()
     if pg_type == b"_numeric":
         return pa.list_(pa.decimal128(38, 10))
+    if pg_type == b"oid":  # unsigned 32 bits, which the driver reads as a signed int32
+        return pa.int64()
     if isinstance(field.type, pa.ExtensionType) and field.type.extension_name == "arrow.opaque":
         return field.type.storage_type  # other types without an Arrow equivalent: their bytes
     return None
 
 
 def _cast(column: pa.Array, target: pa.DataType) -> pa.Array:
-    """``column`` (an opaque extension, or a list of one) cast to ``target``."""
-    if isinstance(column.type, pa.ExtensionType):
+    """``column`` (an opaque extension, a list of one, or an oid) cast to ``target``."""
+    if column.type == pa.int32():  # an oid: its bits are unsigned
+        column = column.view(pa.uint32())
+    elif isinstance(column.type, pa.ExtensionType):
         column = column.storage
     elif pa.types.is_list(column.type) and isinstance(column.type.value_type, pa.ExtensionType):
         column = pa.ListArray.from_arrays(column.offsets, column.values.storage, mask=column.is_null())
@@ -119,7 +123,7 @@ def _cast(column: pa.Array, target: pa.DataType) -> pa.Array:
 
 
 def _typed(reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
-    """``reader`` with NUMERIC(p, s) text cast to DECIMAL(p, s) (DOUBLE when unconstrained)."""
+    """``reader`` with NUMERIC(p, s) text cast to DECIMAL(p, s) (DOUBLE when unconstrained), oid to BIGINT."""
     targets = [_bulk_target(field) for field in reader.schema]
     if not any(targets):
         return reader
@@ -149,8 +153,8 @@ class PostgresDatasource(ServerDatasource):
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
         self._conn: psycopg.Connection[Any] | None = None
-        self._adbc: Any = None
-        self._adbc_cursor: Any = None
+        self._adbc: tuple[Any, Any] | None = None  # (AdbcConnection, AdbcDatabase) of the bulk path
+        self._adbc_statement: Any = None
         self._lock = threading.Lock()
         self._running: str | None = None  # "psycopg" / "adbc" while a statement runs
 
@@ -198,10 +202,15 @@ class PostgresDatasource(ServerDatasource):
         return conn
 
     def _adbc_connect(self) -> Any:
+        """The ADBC connection of the bulk path, opened on first use.
+
+        The driver manager's own classes, not its DB-API module: that one imports pandas and
+        pyarrow.dataset, about 0.4 s that the first ``into=`` of every job would pay.
+        """
         if self._adbc is not None:
             return self._adbc
         import adbc_driver_manager
-        import adbc_driver_postgresql.dbapi as adbc  # type: ignore[import-untyped]
+        import adbc_driver_postgresql  # type: ignore[import-untyped]
 
         user = urllib.parse.quote(self.user or "", safe="")
         password = urllib.parse.quote(self.password.reveal(), safe="") if self.password else ""
@@ -213,7 +222,12 @@ class PostgresDatasource(ServerDatasource):
         database = urllib.parse.quote(self.database or "", safe="")
         uri = f"postgresql://{auth}{host}:{self.port}/{database}?{query}"
         try:
-            self._adbc = adbc.connect(uri, autocommit=True)
+            db = adbc_driver_postgresql.connect(uri)
+            try:
+                self._adbc = (adbc_driver_manager.AdbcConnection(db), db)  # autocommit, ADBC's default
+            except BaseException:
+                db.close()
+                raise
         except adbc_driver_manager.Error as exc:
             raise self.error(f"cannot connect to {self.host}:{self.port}: {exc}") from None
         return self._adbc
@@ -314,30 +328,36 @@ class PostgresDatasource(ServerDatasource):
 
         text, values = self._native(sql, params)
         with self._lock:
-            conn = self._adbc_connect()
+            conn, _ = self._adbc_connect()
             settings = (
                 f"SET statement_timeout = {self._timeout_ms(timeout_s)}",
                 "SET default_transaction_read_only = " + ("on" if self.read_only else "off"),
             )
             try:
-                cur = conn.cursor()
+                stmt = adbc_driver_manager.AdbcStatement(conn)
             except adbc_driver_manager.Error as exc:
                 raise self.error(f"the connection failed: {exc}") from None
-            self._adbc_cursor = cur
+            self._adbc_statement = stmt
             try:
                 self._running = "adbc"
                 for statement in settings:
-                    cur.execute(statement)
-                cur.execute(text, values or None)
-                reader = cur.fetch_record_batch()
+                    stmt.set_sql_query(statement)
+                    stmt.execute_update()
+                stmt.set_sql_query(text)
+                if values:
+                    stmt.bind(
+                        pa.record_batch([[v] for v in values], names=[str(i) for i in range(len(values))])
+                    )
+                handle, _ = stmt.execute_query()
+                reader = pa.RecordBatchReader._import_from_c(handle.address)
                 return duck.load_data(table, _typed(reader))
             except (adbc_driver_manager.Error, duckdb.Error) as exc:
                 raise self._translate_adbc(exc, timeout_s) from None
             finally:
                 self._running = None
-                self._adbc_cursor = None
+                self._adbc_statement = None
                 try:
-                    cur.close()
+                    stmt.close()
                 except adbc_driver_manager.Error:
                     self._drop_adbc()
 
@@ -360,17 +380,20 @@ class PostgresDatasource(ServerDatasource):
         if self._adbc is None:
             return
         try:
-            with self._adbc.cursor() as cur:
-                cur.execute("SELECT 1")
-                cur.fetchall()
+            stmt = adbc_driver_manager.AdbcStatement(self._adbc[0])
+            try:
+                stmt.set_sql_query("SELECT 1")
+                stmt.execute_update()
+            finally:
+                stmt.close()
         except adbc_driver_manager.Error:
             self._drop_adbc()
 
     def _drop_adbc(self) -> None:
-        conn, self._adbc = self._adbc, None
-        if conn is not None:
+        handles, self._adbc = self._adbc, None
+        for handle in handles or ():  # the connection, then its database
             try:
-                conn.close()
+                handle.close()
             except Exception:
                 pass
 
@@ -380,8 +403,8 @@ class PostgresDatasource(ServerDatasource):
         try:
             if running == "psycopg" and self._conn is not None:
                 self._conn.cancel_safe(timeout=min(5.0, self.connect_timeout_s))
-            elif running == "adbc" and self._adbc_cursor is not None:
-                self._adbc_cursor.adbc_cancel()
+            elif running == "adbc" and self._adbc_statement is not None:
+                self._adbc_statement.cancel()
         except Exception:
             pass
 
