@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from analysis.errors import AnalysisError
@@ -180,14 +181,14 @@ def _table_from_dicts(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     first = rows[0]
     if not isinstance(first, Mapping):
         raise LoadDataError(f"load_data expects a list of dicts; row 0 is {type(first).__name__}.")
-    keys = first.keys()
+    keys = list(first)
     try:
-        # Every row has exactly the first row's keys iff no row brings another key and every
-        # row has as many keys: two C-speed passes, cheaper than comparing each row's keys.
-        same_keys = set().union(*rows) == keys and set(map(len, rows)) == {len(keys)}
-        if same_keys:  # the fast path: one C call
-            return pa.Table.from_pylist(rows)
-    except (TypeError, pa.ArrowInvalid, pa.ArrowTypeError):  # not all dicts, or mixed types: go slow
+        # The fast path, when every row has exactly the first row's keys: one C-level pass per
+        # column (a missing key raises KeyError), and the rows' sizes prove that no row has more.
+        values = [list(map(itemgetter(key), rows)) for key in keys]
+        if sum(map(len, rows)) == len(keys) * len(rows):
+            return pa.Table.from_arrays([pa.array(column) for column in values], names=keys)
+    except (KeyError, TypeError, pa.ArrowInvalid, pa.ArrowTypeError):  # not all dicts, or mixed types
         pass
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
