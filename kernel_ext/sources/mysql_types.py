@@ -116,7 +116,7 @@ def converter() -> type[Any]:
 
     class _Converter(MySQLConverter):
         def _set_to_python(self, value: bytes, dsc: Any = None) -> Any:
-            return value.decode(self.charset)
+            return value.decode(self.charset or "utf-8")
 
     return _Converter
 

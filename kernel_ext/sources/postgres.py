@@ -338,6 +338,7 @@ class PostgresDatasource(ServerDatasource):
             except adbc_driver_manager.Error as exc:
                 raise self.error(f"the connection failed: {exc}") from None
             self._adbc_statement = stmt
+            reader: pa.RecordBatchReader | None = None
             try:
                 self._running = "adbc"
                 for statement in settings:
@@ -349,7 +350,7 @@ class PostgresDatasource(ServerDatasource):
                         pa.record_batch([[v] for v in values], names=[str(i) for i in range(len(values))])
                     )
                 handle, _ = stmt.execute_query()
-                reader = pa.RecordBatchReader._import_from_c(handle.address)
+                reader = pa.RecordBatchReader.from_stream(handle)
                 return duck.load_data(table, _typed(reader))
             except (adbc_driver_manager.Error, duckdb.Error) as exc:
                 raise self._translate_adbc(exc, timeout_s) from None
@@ -357,6 +358,8 @@ class PostgresDatasource(ServerDatasource):
                 self._running = None
                 self._adbc_statement = None
                 try:
+                    if reader is not None:
+                        reader.close()  # the result stream, before its statement
                     stmt.close()
                 except adbc_driver_manager.Error:
                     self._drop_adbc()
