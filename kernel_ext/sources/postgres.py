@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -201,14 +201,41 @@ class PostgresDatasource(ServerDatasource):
         self._conn = conn
         return conn
 
-    def _adbc_connect(self) -> Any:
-        """The ADBC connection of the bulk path, opened on first use.
+    def _adbc_connect(self, meanwhile: Callable[[], object]) -> tuple[Any, Any]:
+        """The ADBC connection of the bulk path, opened on first use while ``meanwhile()`` runs.
+
+        The connection is mostly waiting on the network (the driver releases the GIL), so the
+        first ``into=`` of a job opens it while ``meanwhile`` opens the job's DuckDB.
+        """
+        if self._adbc is not None:
+            meanwhile()
+            return self._adbc
+        outcome: list[tuple[Any, Any] | BaseException] = []
+
+        def connect() -> None:
+            try:
+                outcome.append(self._adbc_open())
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=connect, name=f"analysis-connect-{self.name}", daemon=True)
+        worker.start()
+        try:
+            meanwhile()
+        finally:
+            worker.join()
+            if outcome and not isinstance(outcome[0], BaseException):
+                self._adbc = outcome[0]
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
+
+    def _adbc_open(self) -> tuple[Any, Any]:
+        """A new ADBC connection and its database.
 
         The driver manager's own classes, not its DB-API module: that one imports pandas and
         pyarrow.dataset, about 0.4 s that the first ``into=`` of every job would pay.
         """
-        if self._adbc is not None:
-            return self._adbc
         import adbc_driver_manager
         import adbc_driver_postgresql  # type: ignore[import-untyped]
 
@@ -224,13 +251,12 @@ class PostgresDatasource(ServerDatasource):
         try:
             db = adbc_driver_postgresql.connect(uri)
             try:
-                self._adbc = (adbc_driver_manager.AdbcConnection(db), db)  # autocommit, ADBC's default
+                return adbc_driver_manager.AdbcConnection(db), db  # autocommit, ADBC's default
             except BaseException:
                 db.close()
                 raise
         except adbc_driver_manager.Error as exc:
             raise self.error(f"cannot connect to {self.host}:{self.port}: {exc}") from None
-        return self._adbc
 
     # -- queries ----------------------------------------------------------------------------
     def _native(self, sql: str, params: Params) -> tuple[str, list[Any] | None]:
@@ -328,7 +354,7 @@ class PostgresDatasource(ServerDatasource):
 
         text, values = self._native(sql, params)
         with self._lock:
-            conn, _ = self._adbc_connect()
+            conn, _ = self._adbc_connect(lambda: duck.connection)
             settings = (
                 f"SET statement_timeout = {self._timeout_ms(timeout_s)}",
                 "SET default_transaction_read_only = " + ("on" if self.read_only else "off"),
