@@ -15,7 +15,8 @@ which runs nothing): arrow-odbc over MariaDB Connector/ODBC when every column is
 (parameters bound as text), else connectorx (no parameters), else the ordinary path. Either
 reader builds Arrow in Rust and DuckDB scans it in place; the statement carries a unique
 comment so that ``interrupt()`` can find it in the process list. (connectorx's streaming mode
-holds the GIL while it waits for the server, so its whole-table mode is used.)
+holds the GIL while it waits for the server, so its whole-table mode is used.) Whichever path
+reads a column, :mod:`analysis.sources.mysql_types` gives it the same type.
 """
 
 from __future__ import annotations
