@@ -231,8 +231,15 @@ class Duck:
             return QueryResult(None, row_count=0)
         return QueryResult(rel.to_arrow_table())
 
-    def load_data(self, table: str, data: Any, *, mode: str = "replace") -> int:
-        """Load ``data`` into ``table``; see ``Context.load_data``."""
+    def load_data(
+        self, table: str, data: Any, *, mode: str = "replace", casts: Sequence[str | None] | None = None
+    ) -> int:
+        """Load ``data`` into ``table``; see ``Context.load_data``.
+
+        ``casts`` (for the datasources' bulk paths) holds one SQL expression per column of
+        ``data``, ``{}`` standing for the column, or ``None`` to keep it as it is: DuckDB
+        converts while it loads (``"CAST({} AS DECIMAL(10,2))"``), no Python per batch.
+        """
         target = quote_identifier(table)
         if mode not in _MODES:
             raise LoadDataError(f"load_data mode {mode!r} is not one of {', '.join(map(repr, _MODES))}.")
@@ -241,10 +248,18 @@ class Duck:
         view = "__analysis_load_data"
         con.register(view, source)
         try:
+            columns = "*"
+            if casts is not None and any(casts):
+                # DuckDB's names for the columns (duplicates made unique); reads no rows
+                names = [quote_identifier(row[0]) for row in con.execute(f"DESCRIBE {view}").fetchall()]
+                columns = ", ".join(
+                    name if cast is None else f"{cast.format(name)} AS {name}"
+                    for name, cast in zip(names, casts, strict=True)
+                )
             if mode == "append" and self._exists(table):
-                sql = f"INSERT INTO {target} BY NAME SELECT * FROM {view}"
+                sql = f"INSERT INTO {target} BY NAME SELECT {columns} FROM {view}"
             else:
-                sql = f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM {view}"
+                sql = f"CREATE OR REPLACE TABLE {target} AS SELECT {columns} FROM {view}"
             count = int(con.execute(sql).fetchall()[0][0])
         finally:
             con.unregister(view)

@@ -6,8 +6,9 @@ deadline, so the server stops it even if this process is gone. Statements go ove
 extended protocol (one statement per call, values bound server-side as ``$n``).
 
 ``query_into`` reads with the ADBC PostgreSQL driver, which runs ``COPY (query) TO STDOUT
-(FORMAT binary)`` and decodes it into Arrow in C++; the batches stream into DuckDB.
-NUMERIC(p, s) arrives as text and is cast to DECIMAL(p, s) (unconstrained NUMERIC to DOUBLE).
+(FORMAT binary)`` and decodes it into Arrow in C++; the batches stream into DuckDB, which
+casts NUMERIC(p, s) (text from the driver) to DECIMAL(p, s) as it loads (unconstrained
+NUMERIC to DOUBLE).
 
 ``interrupt()`` (another thread) cancels the running statement with the libpq cancel request.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -96,51 +97,27 @@ def _to_arrow_column(values: list[Any], typ: pa.DataType | None) -> pa.Array:
         return pa.array([None if v is None else str(v) for v in values], type=pa.string())
 
 
-def _bulk_target(field: pa.Field) -> pa.DataType | None:
-    """The Arrow type a column from ADBC is cast to, or ``None`` to keep it."""
+def _bulk_cast(field: pa.Field) -> str | None:
+    """The SQL that gives a column from ADBC its DuckDB type (``{}`` is the column), or ``None``.
+
+    NUMERIC(p, s) arrives as text and becomes DECIMAL(p, s) (DOUBLE when unconstrained or wider
+    than DuckDB's 38 digits), an oid (unsigned) as a signed INTEGER; types without an Arrow
+    equivalent arrive as their bytes, which DuckDB reads as BLOB.
+    """
     meta = field.metadata or {}
     pg_type = meta.get(b"POSTGRESQL:type")
     if pg_type == b"numeric":
-        return _numeric_type(int(meta.get(b"POSTGRESQL:typmod", b"-1"))) or pa.float64()
+        decimal = _numeric_type(int(meta.get(b"POSTGRESQL:typmod", b"-1")))
+        return (
+            f"CAST({{}} AS DECIMAL({decimal.precision}, {decimal.scale}))"
+            if decimal
+            else "CAST({} AS DOUBLE)"
+        )
     if pg_type == b"_numeric":
-        return pa.list_(pa.decimal128(38, 10))
-    if pg_type == b"oid":  # unsigned 32 bits, which the driver reads as a signed int32
-        return pa.int64()
-    if isinstance(field.type, pa.ExtensionType) and field.type.extension_name == "arrow.opaque":
-        return field.type.storage_type  # other types without an Arrow equivalent: their bytes
+        return "CAST({} AS DECIMAL(38, 10)[])"
+    if pg_type == b"oid":
+        return "(CAST({} AS BIGINT) & 4294967295)"
     return None
-
-
-def _cast(column: pa.Array, target: pa.DataType) -> pa.Array:
-    """``column`` (an opaque extension, a list of one, or an oid) cast to ``target``."""
-    if column.type == pa.int32():  # an oid: its bits are unsigned
-        column = column.view(pa.uint32())
-    elif isinstance(column.type, pa.ExtensionType):
-        column = column.storage
-    elif pa.types.is_list(column.type) and isinstance(column.type.value_type, pa.ExtensionType):
-        column = pa.ListArray.from_arrays(column.offsets, column.values.storage, mask=column.is_null())
-    return column.cast(target)
-
-
-def _typed(reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
-    """``reader`` with NUMERIC(p, s) text cast to DECIMAL(p, s) (DOUBLE when unconstrained), oid to BIGINT."""
-    targets = [_bulk_target(field) for field in reader.schema]
-    if not any(targets):
-        return reader
-    schema = pa.schema(
-        field if target is None else pa.field(field.name, target, field.nullable, field.metadata)
-        for field, target in zip(reader.schema, targets, strict=True)
-    )
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        for batch in reader:
-            columns = [
-                column if target is None else _cast(column, target)
-                for column, target in zip(batch.columns, targets, strict=True)
-            ]
-            yield pa.RecordBatch.from_arrays(columns, schema=schema)
-
-    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 class PostgresDatasource(ServerDatasource):
@@ -377,7 +354,7 @@ class PostgresDatasource(ServerDatasource):
                     )
                 handle, _ = stmt.execute_query()
                 reader = pa.RecordBatchReader.from_stream(handle)
-                return duck.load_data(table, _typed(reader))
+                return duck.load_data(table, reader, casts=[_bulk_cast(field) for field in reader.schema])
             except (adbc_driver_manager.Error, duckdb.Error) as exc:
                 raise self._translate_adbc(exc, timeout_s) from None
             finally:
