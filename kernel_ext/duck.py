@@ -251,7 +251,8 @@ class Duck:
             columns = "*"
             if casts is not None and any(casts):
                 # DuckDB's names for the columns (duplicates made unique); reads no rows
-                names = [quote_identifier(row[0]) for row in con.execute(f"DESCRIBE {view}").fetchall()]
+                described = con.execute(f"DESCRIBE {view}").fetchall()
+                names = ['"' + str(row[0]).replace('"', '""') + '"' for row in described]
                 columns = ", ".join(
                     name if cast is None else f"{cast.format(name)} AS {name}"
                     for name, cast in zip(names, casts, strict=True)

@@ -195,3 +195,13 @@ def test_postgres_types_are_the_same_through_every_path(pg: Any, pg_server: Any,
 
     paths = {f.__name__: f for f in (rows, rows_bound, into, into_bound)}
     assert _sweep(paths, POSTGRES, duck) == []
+
+
+def test_postgres_into_types_columns_that_share_a_name(pg: Any, duck: Any) -> None:
+    sql = 'SELECT 1.50::numeric(4,2) AS x, 2 AS x, 3.25::numeric(4,2) AS x, \'"q"\'::text AS "a""b"'
+    assert pg.query_into(duck, "dup", sql, None, timeout_s=10) == 1
+    rel = duck.connection.sql("SELECT * FROM dup")
+    assert [(c, str(t)) for c, t in zip(rel.columns, rel.types, strict=True)] == [
+        ("x", "DECIMAL(4,2)"), ("x_1", "INTEGER"), ("x_2", "DECIMAL(4,2)"), ('a"b', "VARCHAR"),
+    ]  # fmt: skip
+    assert [str(v) for v in rel.fetchall()[0]] == ["1.50", "2", "3.25", '"q"']
