@@ -44,9 +44,14 @@ km.shutdown_kernel(now=True)
 
 
 def latency(repeat: int) -> list[tuple[str, float]]:
+    """Median seconds of each whole-process path, in a temporary folder removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+        return _latency(Path(tmp), repeat)
+
+
+def _latency(work: Path, repeat: int) -> list[tuple[str, float]]:
     import nbformat
 
-    work = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     (work / "trivial.py").write_text("def run(ctx, parameters):\n    return 1 + 1\n")
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("x = 1")
@@ -142,10 +147,14 @@ def run(ctx, parameters):
 
 def loading(repeat: int) -> tuple[dict[str, float], int, int]:
     """Medians over ``repeat`` jobs (each a fresh kernel) of each path's first and second load."""
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        return _loading(Path(tmp), repeat)
+
+
+def _loading(work: Path, repeat: int) -> tuple[dict[str, float], int, int]:
     from analysis.runner import JobSpec, run_job
 
     rows, few = 200_000, 5_000
-    work = Path(tempfile.mkdtemp(prefix="bench-load-"))
     script = work / "load.py"
     script.write_text(LOAD_JOB, encoding="utf-8")
     runs: dict[str, list[float]] = {}
