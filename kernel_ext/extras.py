@@ -8,11 +8,13 @@ import of an optional library goes through :func:`require`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from collections.abc import Iterable
 from types import ModuleType
 
 from analysis.errors import AnalysisError
 
-__all__ = ["EXTRAS", "MissingExtraError", "require"]
+__all__ = ["EXTRAS", "MissingExtraError", "ensure", "require"]
 
 #: Top-level module -> the extra of ``analysis-kernel`` that installs it.
 EXTRAS: dict[str, str] = {
@@ -25,6 +27,8 @@ EXTRAS: dict[str, str] = {
     "connectorx": "mysql",
     "arrow_odbc": "mysql",
     "vl_convert": "charts",
+    "starlette": "server",
+    "uvicorn": "server",
 }
 
 
@@ -57,3 +61,22 @@ def require(module: str, feature: str) -> ModuleType:
         if exc.name is None or exc.name.split(".")[0] != top:
             raise  # the library is there but one of its own dependencies is broken
         raise MissingExtraError(module, EXTRAS.get(top, top), feature) from None
+
+
+def ensure(modules: Iterable[str], feature: str) -> None:
+    """Raise :class:`MissingExtraError` for the first of ``modules`` that is not installed.
+
+    Nothing is imported (only the top-level packages are looked up), so a feature can check its
+    libraries up front and import them later, when and where it needs them.
+
+    Parameters
+    ----------
+    modules
+        Modules the feature imports, e.g. ``("psycopg", "adbc_driver_postgresql")``.
+    feature
+        What needs them, as the user knows it.
+    """
+    for module in modules:
+        top = module.split(".", maxsplit=1)[0]
+        if importlib.util.find_spec(top) is None:
+            raise MissingExtraError(module, EXTRAS.get(top, top), feature)

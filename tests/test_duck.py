@@ -126,3 +126,19 @@ def test_df_types_decimals_and_dates_as_duckdb_does(ctx: Context) -> None:
     assert str(frame["amount"].dtype) == "float64" and frame["amount"][0] == 1.25
     assert str(frame["day"].dtype).startswith("datetime64")
     assert frame["s"][0] == "x"
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [{"a": 1, "b": "x"}, {"a": 2, "c": 2.5}],  # as many keys as the first row, not the same ones
+        [{"a": 1, "b": "x"}, {"b": "y", "a": 2, "c": 2.5}],  # a key the first row lacks
+        [{"a": 1, "b": "x", "c": None}, {"a": 2, "b": "y"}],  # fewer keys
+    ],
+)
+def test_load_dicts_with_differing_keys_keeps_every_column(
+    ctx: Context, rows: list[dict[str, object]]
+) -> None:
+    assert ctx.load_data("t", rows) == 2
+    loaded = ctx.query("SELECT * FROM t ORDER BY a").rows
+    assert loaded == [{k: r.get(k) for k in ("a", "b", "c")} for r in rows]

@@ -84,3 +84,36 @@ def test_statement_time_limit_is_the_jobs_deadline(tmp_path: Path, ctx: Context)
         ctx.query_datasource("shop", slow)
     assert isinstance(info.value.__cause__, DatasourceError)
     assert "cancelled at its time limit" in str(info.value.__cause__)
+
+
+def test_read_write_commits_each_statement(tmp_path: Path) -> None:
+    db = tmp_path / "rw.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (x INTEGER)")
+    con.commit()
+    con.close()
+    config = tmp_path / "ds.toml"
+    config.write_text('[rw]\nkind = "sqlite"\npath = "rw.db"\nread_only = false\n')
+    context = Context(settings=Settings(datasources_file=config))
+    try:
+        context.query_datasource("rw", "INSERT INTO t VALUES (?), (?)", [1, 2])
+        with pytest.raises(DatasourceError, match="no such table"):
+            context.query_datasource("rw", "INSERT INTO missing VALUES (1)")
+        # another connection sees the rows while the job's connection is still open
+        other = sqlite3.connect(db, timeout=0.5)
+        assert other.execute("SELECT count(*) FROM t").fetchone() == (2,)
+        other.execute("INSERT INTO t VALUES (3)")  # and is not locked out by an open transaction
+        other.commit()
+        other.close()
+    finally:
+        context.close()
+    assert sqlite3.connect(db).execute("SELECT sum(x) FROM t").fetchone() == (6,)
+
+
+def test_read_only_must_be_a_boolean(tmp_path: Path) -> None:
+    config = tmp_path / "ds.toml"
+    config.write_text('[x]\nkind = "sqlite"\npath = "x.db"\nread_only = "false"\n')
+    context = Context(settings=Settings(datasources_file=config))
+    with pytest.raises(DatasourceError, match="read_only must be true or false"):
+        context.query_datasource("x", "SELECT 1")
+    context.close()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.errors import DatasourceError, DatasourceNotFoundError
+from analysis.extras import MissingExtraError, ensure
 from analysis.sources.base import Datasource, Params
 
 __all__ = ["KINDS", "Datasource", "Datasources", "Params", "load_config"]
@@ -127,6 +128,10 @@ class Datasources:
             )
         module_name, _, class_name = target.partition(":")
         cls: type[Datasource] = getattr(importlib.import_module(module_name), class_name)
+        try:
+            ensure(cls.requires, f"Datasource {name!r} ({kind})")
+        except MissingExtraError as exc:
+            raise DatasourceError(str(exc)) from None
         source = cls(name, self._with_password(name, entry))
         self._open[name] = source
         return source

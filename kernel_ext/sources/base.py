@@ -33,6 +33,8 @@ class Datasource(ABC):
 
     #: The ``kind`` value in the configuration that selects this class.
     kind: ClassVar[str]
+    #: Optional libraries the kind imports (checked before it is created; see ``analysis.extras``).
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, config: Mapping[str, Any]) -> None:
         self.name = name

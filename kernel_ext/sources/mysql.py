@@ -15,7 +15,8 @@ which runs nothing): arrow-odbc over MariaDB Connector/ODBC when every column is
 (parameters bound as text), else connectorx (no parameters), else the ordinary path. Either
 reader builds Arrow in Rust and DuckDB scans it in place; the statement carries a unique
 comment so that ``interrupt()`` can find it in the process list. (connectorx's streaming mode
-holds the GIL while it waits for the server, so its whole-table mode is used.)
+holds the GIL while it waits for the server, so its whole-table mode is used.) Whichever path
+reads a column, :mod:`analysis.sources.mysql_types` gives it the same type.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import threading
 import urllib.parse
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from struct import error as struct_error
 from typing import TYPE_CHECKING, Any
 
@@ -31,184 +32,22 @@ import pyarrow as pa
 
 from analysis.errors import DatasourceError
 from analysis.sources.base import Params, ServerDatasource
+from analysis.sources.mysql_types import (
+    ODBC_MAX_TEXT_BYTES,
+    column,
+    converter,
+    decimal_precision,
+    describing_protocol,
+    odbc_safe,
+    typed,
+    typed_stream,
+)
 from analysis.sources.placeholders import PlaceholderError, to_native
 
 if TYPE_CHECKING:
     from analysis.duck import Duck
 
 __all__ = ["MySQLDatasource"]
-
-# MySQL field type codes (mysql.connector.constants.FieldType) -> Arrow types.
-_ARROW_TYPES: dict[int, pa.DataType] = {
-    1: pa.int8(),  # TINY
-    2: pa.int16(),  # SHORT
-    3: pa.int32(),  # LONG
-    4: pa.float32(),  # FLOAT
-    5: pa.float64(),  # DOUBLE
-    8: pa.int64(),  # LONGLONG
-    9: pa.int32(),  # INT24
-    10: pa.date32(),  # DATE
-    11: pa.time64("us"),  # TIME
-    12: pa.timestamp("us"),  # DATETIME
-    7: pa.timestamp("us", tz="UTC"),  # TIMESTAMP (the session runs in UTC)
-    13: pa.int16(),  # YEAR
-    245: pa.json_(),  # JSON (MySQL; MariaDB sends LONGTEXT)
-}
-_BINARY_CHARSET = 63
-_UNSIGNED_FLAG = 32
-_BLOB_TYPES = {15, 249, 250, 251, 252, 253, 254}  # VARCHAR, TINY/MEDIUM/LONG BLOB, BLOB, VAR_STRING, STRING
-
-
-def _decimal_precision(col: Sequence[Any]) -> int | None:
-    """DECIMAL precision from a column description made by :func:`_describing_protocol`."""
-    length, scale, flags = col[3], col[5], col[7] if len(col) > 7 else 0
-    if col[1] not in (0, 246) or length is None:
-        return None
-    return int(length) - (1 if scale else 0) - (0 if flags & _UNSIGNED_FLAG else 1)
-
-
-def _describing_protocol() -> type[Any]:
-    """mysql-connector's protocol, keeping each column's length and decimals in its description.
-
-    It also decodes YEAR in binary (prepared-statement) results, which the driver reads as a
-    length-prefixed string and so loses its place in the row, and negative TIME values.
-    """
-    import datetime as dt
-    import struct
-
-    from mysql.connector import utils
-    from mysql.connector.protocol import MySQLProtocol
-
-    class _Protocol(MySQLProtocol):
-        def _parse_binary_values(self, fields: Any, packet: bytes, charset: str = "utf-8") -> Any:
-            # YEAR travels as a 2-byte integer, which the pure-Python decoder does not know
-            fields = [(f[0], 2, *f[2:]) if f[1] == 13 else f for f in fields]
-            return super()._parse_binary_values(fields, packet, charset)
-
-        @staticmethod
-        def _parse_binary_time(packet: bytes) -> Any:
-            # the driver applies a negative sign to the days only, so -01:00 comes back as 01:00
-            length = packet[0]
-            if not length:
-                return packet[1:], dt.timedelta()
-            data = packet[1 : length + 1]
-            value = dt.timedelta(
-                days=int.from_bytes(data[1:5], "little"), hours=data[5], minutes=data[6], seconds=data[7],
-                microseconds=int.from_bytes(data[8:12], "little") if length > 8 else 0,
-            )  # fmt: skip
-            return packet[length + 1 :], -value if data[0] == 1 else value
-
-        @staticmethod
-        def parse_column(packet: bytes, encoding: str = "utf-8") -> Any:
-            desc = MySQLProtocol.parse_column(packet, encoding)
-            rest = bytes(packet[4:])
-            for _ in range(6):  # catalog, db, table, org_table, name, org_name
-                rest, _value = utils.read_lc_string(rest)
-            _, length, _, _, decimals = struct.unpack("<xHIBHBxx", rest)
-            return (desc[0], desc[1], None, length, None, decimals, *desc[6:])
-
-    return _Protocol
-
-
-def _column(values: list[Any], type_code: int, flags: int, charset: int, col: Sequence[Any] = ()) -> pa.Array:
-    typ = _ARROW_TYPES.get(type_code)
-    if type_code in (0, 246) and col:
-        precision = _decimal_precision(col)
-        if precision is not None and 0 < precision <= 38:
-            typ = pa.decimal128(precision, int(col[5] or 0))
-    if type_code == 8 and flags & _UNSIGNED_FLAG:
-        typ = pa.uint64()
-    if type_code in _BLOB_TYPES:
-        typ = pa.binary() if charset == _BINARY_CHARSET else pa.string()
-        if typ == pa.string():
-            try:
-                values = [v.decode("utf-8") if isinstance(v, bytes | bytearray) else v for v in values]
-            except UnicodeDecodeError:  # bytes bound to a text column: keep them as bytes
-                typ = pa.binary()
-    if type_code == 16:  # BIT: an int from the text protocol, bytes from the binary one
-        values = [int.from_bytes(v, "big") if isinstance(v, bytes | bytearray) else v for v in values]
-        typ = pa.int64()
-    if type_code == 11:  # TIME comes back as a timedelta; TIME outside a day stays a duration
-        if all(v is None or 0 <= v.total_seconds() < 86400 for v in values):
-            values = [None if v is None else (v.seconds * 1_000_000 + v.microseconds) for v in values]
-            return pa.array(values, type=pa.int64()).cast(pa.time64("us"))
-        typ = pa.duration("us")
-    if type_code == 7:
-        import datetime as dt
-
-        values = [v.replace(tzinfo=dt.UTC) if v is not None and v.tzinfo is None else v for v in values]
-    try:
-        return pa.array(values, type=typ)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        try:
-            return pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            return pa.array([None if v is None else str(v) for v in values], type=pa.string())
-
-
-def _bulk_target(col: Sequence[Any], array_type: pa.DataType) -> pa.DataType | None:
-    """The Arrow type a connectorx column is cast to, from the server's column description."""
-    precision = _decimal_precision(col)
-    if precision is not None and 0 < precision <= 38:
-        return pa.decimal128(precision, int(col[5] or 0))
-    if col[1] == 7 and pa.types.is_timestamp(array_type):  # TIMESTAMP, read in a UTC session
-        return pa.timestamp(array_type.unit, tz="UTC")
-    if col[1] == 245 and pa.types.is_string(array_type):  # MySQL's JSON
-        return pa.json_()
-    return None
-
-
-def _typed(table: pa.Table, columns: list[Any]) -> pa.Table:
-    """connectorx's ``table`` with the server's DECIMAL(p, s), TIMESTAMP (UTC) and JSON types."""
-    if len(columns) != table.num_columns:
-        return table
-    arrays = []
-    for col, array in zip(columns, table.columns, strict=True):
-        target = _bulk_target(col, array.type)
-        arrays.append(array if target is None or target == array.type else array.cast(target))
-    return pa.Table.from_arrays(arrays, names=table.column_names)
-
-
-def _typed_stream(reader: pa.RecordBatchReader, columns: list[Any]) -> pa.RecordBatchReader:
-    """``reader``'s batches with the server's TIMESTAMP (UTC) and JSON types, as they arrive."""
-    if len(columns) != len(reader.schema):
-        return reader
-    targets = [_bulk_target(col, field.type) for col, field in zip(columns, reader.schema, strict=True)]
-    targets = [None if t == f.type else t for t, f in zip(targets, reader.schema, strict=True)]
-    if not any(targets):
-        return reader
-    schema = pa.schema(
-        f if t is None else pa.field(f.name, t, f.nullable)
-        for f, t in zip(reader.schema, targets, strict=True)
-    )
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        for batch in reader:
-            arrays = [a if t is None else a.cast(t) for a, t in zip(batch.columns, targets, strict=True)]
-            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-    return pa.RecordBatchReader.from_batches(schema, batches())
-
-
-#: Column types arrow-odbc reads exactly (signed integers, floats, DECIMAL, dates and times
-#: of day, bounded text); anything else goes through connectorx. Unsigned BIGINT would wrap,
-#: TIME may lie outside a day, unbounded text and binary need buffers sized by guesswork.
-_ODBC_TYPES = {1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 7, 13, 246, 253, 254, 15}  # 6: a bare ? column
-_ODBC_MAX_TEXT_BYTES = 16384
-_INTEGER_TYPES = {1, 2, 3, 8, 9}
-
-
-def _odbc_safe(columns: list[Any]) -> bool:
-    """Whether every result column can go through arrow-odbc unchanged."""
-    for col in columns:
-        type_code, length, flags, charset = col[1], col[3] or 0, col[7], col[8]
-        if type_code not in _ODBC_TYPES or (type_code in _INTEGER_TYPES and flags & _UNSIGNED_FLAG):
-            return False
-        if type_code in (253, 254, 15) and (charset == _BINARY_CHARSET or length > _ODBC_MAX_TEXT_BYTES):
-            return False
-        if type_code == 246 and (_decimal_precision(col) or 99) > 38:
-            return False
-    return True
 
 
 def _odbc_text(value: Any) -> str | None:
@@ -240,6 +79,7 @@ class MySQLDatasource(ServerDatasource):
 
     kind = "mysql"
     default_port = 3306
+    requires = ("mysql.connector", "connectorx")  # arrow_odbc too, when installed
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
@@ -269,6 +109,7 @@ class MySQLDatasource(ServerDatasource):
                 charset="utf8mb4",
                 client_flags=[-ClientFlag.MULTI_STATEMENTS],
                 raw=False,
+                converter_class=converter(),
             )
         except mysql.connector.Error as exc:
             raise self.error(f"cannot connect to {self.host}:{self.port}: {self._describe(exc)}") from None
@@ -287,7 +128,7 @@ class MySQLDatasource(ServerDatasource):
         conn = self._open()
         try:
             self._mariadb = "mariadb" in str(conn.server_info).lower()
-            conn._protocol.__class__ = _describing_protocol()  # descriptions with DECIMAL(p, s)
+            conn._protocol.__class__ = describing_protocol()  # descriptions with DECIMAL(p, s)
             with conn.cursor() as cur:
                 cur.execute("SET time_zone = '+00:00'")
         except Exception:
@@ -367,8 +208,7 @@ class MySQLDatasource(ServerDatasource):
             while name in arrays:
                 n += 1
                 name = f"{col[0]}_{n}"
-            flags, charset = (col[7], col[8]) if len(col) > 8 else (0, 0)
-            arrays[name] = _column(list(values_), col[1], flags, charset, col)
+            arrays[name] = column(list(values_), col)
         return pa.table(arrays)
 
     def _reset(self) -> None:
@@ -396,7 +236,7 @@ class MySQLDatasource(ServerDatasource):
         with self._lock:
             columns = self._describe_statement(text)
             texts = self._odbc_parameters(values)
-            if texts is not None and _odbc_safe(columns) and self._odbc_driver() is not None:
+            if texts is not None and odbc_safe(columns) and self._odbc_driver() is not None:
                 loaded = self._load_odbc(duck, table, text, texts, columns=columns, timeout_s=timeout_s)
                 if loaded is not None:
                     return loaded
@@ -405,7 +245,7 @@ class MySQLDatasource(ServerDatasource):
             if (
                 result is None
                 and values is None
-                and not any((_decimal_precision(c) or 0) > 28 for c in columns)
+                and not any((decimal_precision(c) or 0) > 28 for c in columns)
             ):
                 result = self._read_columnar(text, columns, timeout_s)
         if result is None:  # the exact, bound, slower path
@@ -469,8 +309,8 @@ class MySQLDatasource(ServerDatasource):
             reader = read_arrow_batches_from_odbc(
                 query=f"/* {marker} */ {text}", connection_string=connection, user=self.user,
                 password=self.password.reveal() if self.password else None, parameters=params or None,
-                login_timeout_sec=max(1, round(self.connect_timeout_s)), max_text_size=_ODBC_MAX_TEXT_BYTES,
-                max_binary_size=_ODBC_MAX_TEXT_BYTES,
+                login_timeout_sec=max(1, round(self.connect_timeout_s)), max_text_size=ODBC_MAX_TEXT_BYTES,
+                max_binary_size=ODBC_MAX_TEXT_BYTES,
             )  # fmt: skip
         except Error as exc:
             if timer is not None:
@@ -481,7 +321,7 @@ class MySQLDatasource(ServerDatasource):
                 return None
             raise self._translate_cx(exc, limit) from None
         try:  # DuckDB scans the batches as they arrive
-            return duck.load_data(table, _typed_stream(reader.into_pyarrow_record_batch_reader(), columns))
+            return duck.load_data(table, typed_stream(reader.into_pyarrow_record_batch_reader(), columns))
         except duckdb.Error as exc:  # a failure while reading the stream
             raise self._translate_cx(exc, limit) from None
         finally:
@@ -515,7 +355,7 @@ class MySQLDatasource(ServerDatasource):
             self._marker = None
             if timer is not None:
                 timer.cancel()
-        return _typed(table, columns)
+        return typed(table, columns)
 
     def _url(self) -> str:
         user = urllib.parse.quote(self.user or "", safe="")

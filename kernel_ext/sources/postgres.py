@@ -6,8 +6,9 @@ deadline, so the server stops it even if this process is gone. Statements go ove
 extended protocol (one statement per call, values bound server-side as ``$n``).
 
 ``query_into`` reads with the ADBC PostgreSQL driver, which runs ``COPY (query) TO STDOUT
-(FORMAT binary)`` and decodes it into Arrow in C++; the batches stream into DuckDB.
-NUMERIC(p, s) arrives as text and is cast to DECIMAL(p, s) (unconstrained NUMERIC to DOUBLE).
+(FORMAT binary)`` and decodes it into Arrow in C++; the batches stream into DuckDB, which
+casts NUMERIC(p, s) (text from the driver) to DECIMAL(p, s) as it loads (unconstrained
+NUMERIC to DOUBLE).
 
 ``interrupt()`` (another thread) cancels the running statement with the libpq cancel request.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -96,47 +97,27 @@ def _to_arrow_column(values: list[Any], typ: pa.DataType | None) -> pa.Array:
         return pa.array([None if v is None else str(v) for v in values], type=pa.string())
 
 
-def _bulk_target(field: pa.Field) -> pa.DataType | None:
-    """The Arrow type a column from ADBC is cast to, or ``None`` to keep it."""
+def _bulk_cast(field: pa.Field) -> str | None:
+    """The SQL that gives a column from ADBC its DuckDB type (``{}`` is the column), or ``None``.
+
+    NUMERIC(p, s) arrives as text and becomes DECIMAL(p, s) (DOUBLE when unconstrained or wider
+    than DuckDB's 38 digits), an oid (unsigned) as a signed INTEGER; types without an Arrow
+    equivalent arrive as their bytes, which DuckDB reads as BLOB.
+    """
     meta = field.metadata or {}
     pg_type = meta.get(b"POSTGRESQL:type")
     if pg_type == b"numeric":
-        return _numeric_type(int(meta.get(b"POSTGRESQL:typmod", b"-1"))) or pa.float64()
+        decimal = _numeric_type(int(meta.get(b"POSTGRESQL:typmod", b"-1")))
+        return (
+            f"CAST({{}} AS DECIMAL({decimal.precision}, {decimal.scale}))"
+            if decimal
+            else "CAST({} AS DOUBLE)"
+        )
     if pg_type == b"_numeric":
-        return pa.list_(pa.decimal128(38, 10))
-    if isinstance(field.type, pa.ExtensionType) and field.type.extension_name == "arrow.opaque":
-        return field.type.storage_type  # other types without an Arrow equivalent: their bytes
+        return "CAST({} AS DECIMAL(38, 10)[])"
+    if pg_type == b"oid":
+        return "(CAST({} AS BIGINT) & 4294967295)"
     return None
-
-
-def _cast(column: pa.Array, target: pa.DataType) -> pa.Array:
-    """``column`` (an opaque extension, or a list of one) cast to ``target``."""
-    if isinstance(column.type, pa.ExtensionType):
-        column = column.storage
-    elif pa.types.is_list(column.type) and isinstance(column.type.value_type, pa.ExtensionType):
-        column = pa.ListArray.from_arrays(column.offsets, column.values.storage, mask=column.is_null())
-    return column.cast(target)
-
-
-def _typed(reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
-    """``reader`` with NUMERIC(p, s) text cast to DECIMAL(p, s) (DOUBLE when unconstrained)."""
-    targets = [_bulk_target(field) for field in reader.schema]
-    if not any(targets):
-        return reader
-    schema = pa.schema(
-        field if target is None else pa.field(field.name, target, field.nullable, field.metadata)
-        for field, target in zip(reader.schema, targets, strict=True)
-    )
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        for batch in reader:
-            columns = [
-                column if target is None else _cast(column, target)
-                for column, target in zip(batch.columns, targets, strict=True)
-            ]
-            yield pa.RecordBatch.from_arrays(columns, schema=schema)
-
-    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 class PostgresDatasource(ServerDatasource):
@@ -144,12 +125,13 @@ class PostgresDatasource(ServerDatasource):
 
     kind = "postgres"
     default_port = 5432
+    requires = ("psycopg", "adbc_driver_manager", "adbc_driver_postgresql")
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
         self._conn: psycopg.Connection[Any] | None = None
-        self._adbc: Any = None
-        self._adbc_cursor: Any = None
+        self._adbc: tuple[Any, Any] | None = None  # (AdbcConnection, AdbcDatabase) of the bulk path
+        self._adbc_statement: Any = None
         self._lock = threading.Lock()
         self._running: str | None = None  # "psycopg" / "adbc" while a statement runs
 
@@ -196,11 +178,43 @@ class PostgresDatasource(ServerDatasource):
         self._conn = conn
         return conn
 
-    def _adbc_connect(self) -> Any:
+    def _adbc_connect(self, meanwhile: Callable[[], object]) -> tuple[Any, Any]:
+        """The ADBC connection of the bulk path, opened on first use while ``meanwhile()`` runs.
+
+        The connection is mostly waiting on the network (the driver releases the GIL), so the
+        first ``into=`` of a job opens it while ``meanwhile`` opens the job's DuckDB.
+        """
         if self._adbc is not None:
+            meanwhile()
             return self._adbc
+        outcome: list[tuple[Any, Any] | BaseException] = []
+
+        def connect() -> None:
+            try:
+                outcome.append(self._adbc_open())
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=connect, name=f"analysis-connect-{self.name}", daemon=True)
+        worker.start()
+        try:
+            meanwhile()
+        finally:
+            worker.join()
+            if outcome and not isinstance(outcome[0], BaseException):
+                self._adbc = outcome[0]
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
+
+    def _adbc_open(self) -> tuple[Any, Any]:
+        """A new ADBC connection and its database.
+
+        The driver manager's own classes, not its DB-API module: that one imports pandas and
+        pyarrow.dataset, about 0.4 s that the first ``into=`` of every job would pay.
+        """
         import adbc_driver_manager
-        import adbc_driver_postgresql.dbapi as adbc  # type: ignore[import-untyped]
+        import adbc_driver_postgresql  # type: ignore[import-untyped]
 
         user = urllib.parse.quote(self.user or "", safe="")
         password = urllib.parse.quote(self.password.reveal(), safe="") if self.password else ""
@@ -212,10 +226,14 @@ class PostgresDatasource(ServerDatasource):
         database = urllib.parse.quote(self.database or "", safe="")
         uri = f"postgresql://{auth}{host}:{self.port}/{database}?{query}"
         try:
-            self._adbc = adbc.connect(uri, autocommit=True)
+            db = adbc_driver_postgresql.connect(uri)
+            try:
+                return adbc_driver_manager.AdbcConnection(db), db  # autocommit, ADBC's default
+            except BaseException:
+                db.close()
+                raise
         except adbc_driver_manager.Error as exc:
             raise self.error(f"cannot connect to {self.host}:{self.port}: {exc}") from None
-        return self._adbc
 
     # -- queries ----------------------------------------------------------------------------
     def _native(self, sql: str, params: Params) -> tuple[str, list[Any] | None]:
@@ -313,30 +331,39 @@ class PostgresDatasource(ServerDatasource):
 
         text, values = self._native(sql, params)
         with self._lock:
-            conn = self._adbc_connect()
+            conn, _ = self._adbc_connect(lambda: duck.connection)
             settings = (
                 f"SET statement_timeout = {self._timeout_ms(timeout_s)}",
                 "SET default_transaction_read_only = " + ("on" if self.read_only else "off"),
             )
             try:
-                cur = conn.cursor()
+                stmt = adbc_driver_manager.AdbcStatement(conn)
             except adbc_driver_manager.Error as exc:
                 raise self.error(f"the connection failed: {exc}") from None
-            self._adbc_cursor = cur
+            self._adbc_statement = stmt
+            reader: pa.RecordBatchReader | None = None
             try:
                 self._running = "adbc"
                 for statement in settings:
-                    cur.execute(statement)
-                cur.execute(text, values or None)
-                reader = cur.fetch_record_batch()
-                return duck.load_data(table, _typed(reader))
+                    stmt.set_sql_query(statement)
+                    stmt.execute_update()
+                stmt.set_sql_query(text)
+                if values:
+                    stmt.bind(
+                        pa.record_batch([[v] for v in values], names=[str(i) for i in range(len(values))])
+                    )
+                handle, _ = stmt.execute_query()
+                reader = pa.RecordBatchReader.from_stream(handle)
+                return duck.load_data(table, reader, casts=[_bulk_cast(field) for field in reader.schema])
             except (adbc_driver_manager.Error, duckdb.Error) as exc:
                 raise self._translate_adbc(exc, timeout_s) from None
             finally:
                 self._running = None
-                self._adbc_cursor = None
+                self._adbc_statement = None
                 try:
-                    cur.close()
+                    if reader is not None:
+                        reader.close()  # the result stream, before its statement
+                    stmt.close()
                 except adbc_driver_manager.Error:
                     self._drop_adbc()
 
@@ -359,17 +386,20 @@ class PostgresDatasource(ServerDatasource):
         if self._adbc is None:
             return
         try:
-            with self._adbc.cursor() as cur:
-                cur.execute("SELECT 1")
-                cur.fetchall()
+            stmt = adbc_driver_manager.AdbcStatement(self._adbc[0])
+            try:
+                stmt.set_sql_query("SELECT 1")
+                stmt.execute_update()
+            finally:
+                stmt.close()
         except adbc_driver_manager.Error:
             self._drop_adbc()
 
     def _drop_adbc(self) -> None:
-        conn, self._adbc = self._adbc, None
-        if conn is not None:
+        handles, self._adbc = self._adbc, None
+        for handle in handles or ():  # the connection, then its database
             try:
-                conn.close()
+                handle.close()
             except Exception:
                 pass
 
@@ -379,8 +409,8 @@ class PostgresDatasource(ServerDatasource):
         try:
             if running == "psycopg" and self._conn is not None:
                 self._conn.cancel_safe(timeout=min(5.0, self.connect_timeout_s))
-            elif running == "adbc" and self._adbc_cursor is not None:
-                self._adbc_cursor.adbc_cancel()
+            elif running == "adbc" and self._adbc_statement is not None:
+                self._adbc_statement.cancel()
         except Exception:
             pass
 

@@ -6,6 +6,9 @@ Configuration::
     kind = "sqlite"
     path = "shop.db"        # relative to the configuration file
     read_only = true        # default: opened read-only
+
+With ``read_only = false`` each statement commits when it ends (SQLite's autocommit mode), as
+a statement on the server kinds does: a write is in the file before ``query_datasource`` returns.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ class SQLiteDatasource(Datasource):
         if "path" not in self.config:
             raise DatasourceError(f"Datasource {name!r} (sqlite) has no 'path' in its configuration.")
         self.path = Path(self.config["path"])
-        self.read_only = bool(self.config.get("read_only", True))
+        self.read_only = self.config.get("read_only", True)
+        if not isinstance(self.read_only, bool):
+            raise DatasourceError(f"Datasource {name!r} (sqlite): read_only must be true or false.")
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
@@ -46,7 +51,10 @@ class SQLiteDatasource(Datasource):
             mode = "ro" if self.read_only else "rw"
             try:
                 self._conn = sqlite3.connect(
-                    f"{self.path.resolve().as_uri()}?mode={mode}", uri=True, check_same_thread=False
+                    f"{self.path.resolve().as_uri()}?mode={mode}",
+                    uri=True,
+                    check_same_thread=False,
+                    isolation_level=None,  # autocommit: no implicit transaction left open
                 )
             except sqlite3.Error as exc:
                 raise DatasourceError(f"Datasource {self.name!r} (sqlite) failed to open: {exc}.") from exc

@@ -77,3 +77,27 @@ def test_password_is_in_no_log_envelope_or_job_file(job_config: Path, run_script
         if path.is_file():
             texts.append(path.read_bytes().decode("utf-8", "replace"))
     assert not [t for t in texts if servers.PASSWORD in t or "S3cr3t" in t]
+
+
+@pytest.mark.slow
+def test_first_into_of_a_job_imports_neither_pandas_nor_pyarrow_dataset(
+    job_config: Path, run_script: Any
+) -> None:
+    """The first ``into=`` is what a job pays: no DataFrame library on the way (about 0.4 s)."""
+    result = run_script(
+        """
+        import sys
+
+        def run(ctx, parameters):
+            ctx.query_datasource("pg", "SELECT 1 AS n, 2.50::numeric(4,2) AS x", into="a")
+            ctx.query_datasource("my", "SELECT 1 AS n, CAST(2.5 AS DECIMAL(4,2)) AS x", into="b")  # ODBC
+            blob = "SELECT 1 AS n, CAST(2.5 AS DECIMAL(4,2)) AS x, x'00' AS b"
+            ctx.query_datasource("my", blob, into="c")  # connectorx
+            total = "SELECT (SELECT x FROM a) + (SELECT x FROM b) + (SELECT x FROM c) AS s"
+            imported = [m for m in ("pandas", "pyarrow.dataset") if m in sys.modules]
+            return {"loaded": ctx.query(total).rows, "imported": imported}
+        """,
+        datasources_file=job_config,
+    )
+    assert result.success, result.to_dict()
+    assert result.result == {"loaded": [{"s": 7.5}], "imported": []}
