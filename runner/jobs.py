@@ -9,6 +9,8 @@ killed and the job directory removed before ``run_job`` returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -32,8 +34,11 @@ from analysis.errors import (
     KernelStartError,
     ResourceLimitError,
 )
+from analysis.config import Settings
+from analysis.deadline import Deadline
 from analysis.params import check_id
 from analysis.results import DEFAULT_MAX_RESULT_BYTES, OUTCOME_MIME, to_json_fragment
+from analysis.runner.broker import SOCKET_NAME, kernel_environ, serve_broker
 from analysis.runner.envelope import JobResult
 from analysis.runner.kernels import KernelProcess, launch_kernel
 from analysis.runner.logbuffer import DEFAULT_MAX_LOG_BYTES, LogBuffer
@@ -166,6 +171,7 @@ def _write_job_document(spec: JobSpec, job_dir: Path, source: Path) -> Path:
         "max_result_bytes": spec.max_result_bytes,
         "max_memory_bytes": spec.max_memory_bytes,
         "datasources_file": str(spec.datasources_file.resolve()) if spec.datasources_file else None,
+        "broker": SOCKET_NAME,  # datasources and files go through the broker (relative to the job dir)
     }
     path = job_dir / "job.json"
     path.write_bytes(to_json_fragment(document))
@@ -383,6 +389,7 @@ async def run_job_async(spec: JobSpec) -> JobResult:
     source = spec.source_path.resolve()
     job_dir = spec.root / spec.project_id / "analysis" / "temp" / spec.job_id
     client: Any = None
+    broker = contextlib.AsyncExitStack()
     try:
         _check_parameters(spec.parameters)
         notebook = None
@@ -390,11 +397,20 @@ async def run_job_async(spec: JobSpec) -> JobResult:
             notebook = NotebookRun(load_notebook(source), spec.parameters, spec.output_notebook)
         job_dir.mkdir(mode=0o700, parents=True)
         os.chmod(job_dir, 0o700)
+        settings = dataclasses.replace(Settings.from_env(), root=spec.root)
+        if spec.datasources_file is not None:
+            settings = dataclasses.replace(settings, datasources_file=spec.datasources_file.resolve())
+        deadline = Deadline.after(spec.timeout_s)
+        await broker.enter_async_context(serve_broker(job_dir, spec.project_id, settings, deadline=deadline))
         job_file = _write_job_document(spec, job_dir, source)
         from jupyter_client.asynchronous.client import AsyncKernelClient
 
         job.kernel = launch_kernel(
-            job_dir, cwd=spec.cwd, max_memory_bytes=spec.max_memory_bytes, max_cpu_s=spec.max_cpu_s
+            job_dir,
+            cwd=spec.cwd,
+            base_env=kernel_environ(os.environ, settings),
+            max_memory_bytes=spec.max_memory_bytes,
+            max_cpu_s=spec.max_cpu_s,
         )
         client = AsyncKernelClient()
         client.load_connection_info(job.kernel.connection_info)
@@ -419,6 +435,7 @@ async def run_job_async(spec: JobSpec) -> JobResult:
         if job.kernel is not None:
             job.kernel.kill()
             job.kernel.cleanup()
+        await broker.aclose()
         shutil.rmtree(job_dir, ignore_errors=True)
 
 

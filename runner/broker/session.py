@@ -1,0 +1,176 @@
+"""One kernel connection to the broker: read a request, run it with the broker code, stream the answer.
+
+Requests run one at a time per connection. While one runs, a watcher thread looks at the
+socket: the kernel closing it (an interrupt, the job's watchdog, a crash) or sending anything
+before the answer is complete cancels the request, and with it the statement on the
+database server. The job's deadline does the same. Log lines the broker code emits
+(``[query:datasource]``, ``[files]``) are sent to the kernel as they happen, so they reach the
+job's log in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from analysis.access import LocalAccess
+from analysis.broker_wire import MAX_REQUEST_BYTES, WireError, error_to_wire, recv_frame, send_data, send_header
+from analysis.errors import AnalysisError, DatasourceError
+from analysis.logs import redirect_emit
+from analysis.runner.broker.requests import FilesGet, Names, Query, RequestError, parse_request
+from analysis.runner.broker.streams import ArrowSink
+
+if TYPE_CHECKING:
+    from analysis.runner.broker.server import BrokerServer
+
+__all__ = ["BrokerSession"]
+
+_log = logging.getLogger("analysis.runner.broker")
+_WATCH_EVENTS = select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLRDHUP
+_POLL_MS = 100
+
+
+class BrokerSession:
+    """Serves one connection of a job's kernel until it closes or the broker stops."""
+
+    def __init__(self, server: BrokerServer, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self._access: LocalAccess | None = None
+        self._cancelled = threading.Event()
+
+    # -- the connection -------------------------------------------------------------------------
+    def serve(self) -> None:
+        """Answer requests until the kernel disconnects, breaks the protocol, or the broker stops."""
+        try:
+            while self._wait_readable():
+                self.sock.settimeout(self.server.limits.frame_timeout_s)
+                try:
+                    _, header = recv_frame(self.sock, max_bytes=MAX_REQUEST_BYTES, headers_only=True)
+                    request = parse_request(header)
+                except EOFError:
+                    return
+                except (WireError, TimeoutError) as exc:
+                    self._refuse(f"{exc}" if isinstance(exc, WireError) else "a frame arrived too slowly")
+                    return
+                self.sock.settimeout(None)
+                if not self._run(request):
+                    return
+        except OSError:
+            return  # the kernel went away while we answered
+        finally:
+            self.sock.close()
+
+    def _wait_readable(self) -> bool:
+        poller = select.poll()
+        poller.register(self.sock, _WATCH_EVENTS)
+        while not self.server.stopping.is_set():
+            if poller.poll(_POLL_MS):
+                return True
+        return False
+
+    def _refuse(self, why: str) -> None:
+        message = f"The data broker refused the request and closed the connection: {why}."
+        try:
+            self.sock.settimeout(1.0)
+            send_header(self.sock, {"ok": False, "error": error_to_wire(AnalysisError(message))})
+        except OSError:
+            pass
+
+    def cancel(self) -> None:
+        """Cancel the running request (from another thread)."""
+        self._cancelled.set()
+        access = self._access
+        if access is not None:
+            access.interrupt()
+
+    # -- one request ----------------------------------------------------------------------------
+    def _run(self, request: Names | Query | FilesGet) -> bool:
+        """Answer one request; ``False`` when the connection must be closed."""
+        self._cancelled.clear()
+        access = self.server.access()
+        self._access = access
+        try:
+            with self._watch(), redirect_emit(self._send_log):
+                final = self._answer(access, request)
+        except (OSError, WireError):  # the kernel is gone, or it sent bytes mid-answer
+            access.sources.discard()
+            return False
+        except AnalysisError as exc:
+            final = {"ok": False, "error": error_to_wire(exc)}
+        except Exception as exc:  # a bug of ours: say what, not the details (they may hold secrets)
+            _log.exception("broker request failed")
+            error = AnalysisError(f"The data broker failed on this request ({type(exc).__name__}).")
+            final = {"ok": False, "error": error_to_wire(error)}
+            access.sources.discard()
+        finally:
+            self._access = None
+            if self._cancelled.is_set():
+                access.sources.discard()
+            access.close()
+        if self._cancelled.is_set() and self.server.stopping.is_set():
+            return False
+        send_header(self.sock, final)
+        return True
+
+    def _answer(self, access: LocalAccess, request: Names | Query | FilesGet) -> dict[str, Any]:
+        if isinstance(request, Names):
+            return {"ok": True, "names": access.names()}
+        if isinstance(request, Query):
+            timeout_s = self.server.remaining_s()
+            if timeout_s is not None and timeout_s <= 0:
+                raise DatasourceError(
+                    f"Datasource {request.name!r}: the job's deadline has passed; the query was not run."
+                )
+            sink = ArrowSink(self._send_body)
+            if request.into:
+                rows = access.query_into(
+                    sink, "result", request.name, request.sql, request.params, timeout_s=timeout_s
+                )
+            else:
+                table = access.query(request.name, request.sql, request.params, timeout_s=timeout_s)
+                rows = sink.load_data("result", table)
+            self._check_cancelled()
+            return {"ok": True, "rows": rows}
+        headers = self.server.http().get(
+            request.path, self._send_body, params=request.params or None, file_id=request.file_id
+        )
+        self._check_cancelled()
+        return {"ok": True, "headers": {"content-type": headers.get("content-type") or ""}}
+
+    def _check_cancelled(self) -> None:
+        if self._cancelled.is_set():
+            raise OSError("the request was cancelled")
+
+    def _send_body(self, data: bytes | bytearray | memoryview) -> None:
+        if self._cancelled.is_set():
+            raise OSError("the request was cancelled")
+        send_data(self.sock, data)
+
+    def _send_log(self, line: str) -> None:
+        send_header(self.sock, {"log": line})
+
+    @contextmanager
+    def _watch(self) -> Iterator[None]:
+        """Cancel the request if the kernel disconnects or sends anything, or the deadline passes."""
+        done = threading.Event()
+        thread = threading.Thread(target=self._watcher, args=(done, self.cancel), daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def _watcher(self, done: threading.Event, cancel: Callable[[], None]) -> None:
+        poller = select.poll()
+        poller.register(self.sock, _WATCH_EVENTS)
+        while not done.is_set():
+            if poller.poll(_POLL_MS) or self.server.stopping.is_set() or self.server.deadline_passed():
+                cancel()
+                return
