@@ -43,6 +43,7 @@ class BrokerSession:
         self.sock = sock
         self._access: LocalAccess | None = None
         self._cancelled = threading.Event()
+        self._broken = False  # the kernel hung up or sent bytes mid-answer
 
     # -- the connection -------------------------------------------------------------------------
     def serve(self) -> None:
@@ -93,6 +94,7 @@ class BrokerSession:
     def _run(self, request: Names | Query | FilesGet) -> bool:
         """Answer one request; ``False`` when the connection must be closed."""
         self._cancelled.clear()
+        self._broken = False
         access = self.server.access()
         self._access = access
         try:
@@ -113,7 +115,10 @@ class BrokerSession:
             if self._cancelled.is_set():
                 access.sources.discard()
             access.close()
-        if self._cancelled.is_set() and self.server.stopping.is_set():
+        if self._broken:
+            self._refuse("the kernel sent data before the answer was complete, or hung up")
+            return False
+        if self.server.stopping.is_set():
             return False
         send_header(self.sock, final)
         return True
@@ -171,6 +176,8 @@ class BrokerSession:
         poller = select.poll()
         poller.register(self.sock, _WATCH_EVENTS)
         while not done.is_set():
-            if poller.poll(_POLL_MS) or self.server.stopping.is_set() or self.server.deadline_passed():
+            if poller.poll(_POLL_MS):
+                self._broken = True
+            if self._broken or self.server.stopping.is_set() or self.server.deadline_passed():
                 cancel()
                 return
