@@ -25,6 +25,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from analysis.config import Settings
+from analysis.deadline import Deadline
 from analysis.errors import (
     AnalysisError,
     InvalidParametersError,
@@ -34,8 +36,6 @@ from analysis.errors import (
     KernelStartError,
     ResourceLimitError,
 )
-from analysis.config import Settings
-from analysis.deadline import Deadline
 from analysis.params import check_id
 from analysis.results import DEFAULT_MAX_RESULT_BYTES, OUTCOME_MIME, to_json_fragment
 from analysis.runner.broker import SOCKET_NAME, kernel_environ, serve_broker

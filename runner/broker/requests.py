@@ -96,13 +96,17 @@ def parse_request(request: dict[str, Any]) -> Names | Query | FilesGet:
             params = decode_params(request["params"])
         except WireError as exc:
             raise RequestError(str(exc)) from None
-        return Query(_text(request, "name", _MAX_NAME), _text(request, "sql", _MAX_SQL), params, request["into"])
+        return Query(
+            _text(request, "name", _MAX_NAME), _text(request, "sql", _MAX_SQL), params, request["into"]
+        )
     if op == "files.get":
         _fields(request, op, {"path", "params", "file_id"})
         path = _text(request, "path", 200)
         match = _FILE_PATH.fullmatch(path)
         if match is None:
-            raise RequestError(f"{path[:80]!r} is not a file API path (/api/files, /api/files/<id>[/content])")
+            raise RequestError(
+                f"{path[:80]!r} is not a file API path (/api/files, /api/files/<id>[/content])"
+            )
         file_id = request["file_id"]
         if file_id is not None and (not isinstance(file_id, str) or not FILE_ID_PATTERN.fullmatch(file_id)):
             raise RequestError("'file_id' must be null or a valid file id")

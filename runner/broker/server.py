@@ -182,7 +182,9 @@ class BrokerServer:
         for thread in sessions.values():
             thread.join(max(0.0, give_up - time.monotonic()))
         if any(t.is_alive() for t in sessions.values()):
-            _log.warning("broker requests still running %.0f s after the job ended", self.limits.stop_timeout_s)
+            _log.warning(
+                "broker requests still running %.0f s after the job ended", self.limits.stop_timeout_s
+            )
         http, self._http = self._http, None
         if http is not None:
             http.close()
@@ -192,8 +194,8 @@ class BrokerServer:
             pass
 
     # -- what sessions use ----------------------------------------------------------------------
-    def access(self) -> LocalAccess:
-        """The broker code for one request: the project's datasources, leased from the pool."""
+    def access(self) -> tuple[LocalAccess, PooledSources]:
+        """The broker code for one request, and its datasources, leased from the pool."""
         if self._config is None:
             self._config = load_config(self._config_path)
         sources = PooledSources(
@@ -204,7 +206,7 @@ class BrokerServer:
             secret_key=self.settings.secret_key,
             environ=self.settings.environ,
         )
-        return LocalAccess(sources, self.settings)
+        return LocalAccess(sources, self.settings), sources
 
     def http(self) -> HttpSession:
         """The job's file API session (opened on first use) with the runner's token."""

@@ -19,10 +19,17 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from analysis.access import LocalAccess
-from analysis.broker_wire import MAX_REQUEST_BYTES, WireError, error_to_wire, recv_frame, send_data, send_header
+from analysis.broker_wire import (
+    MAX_REQUEST_BYTES,
+    WireError,
+    error_to_wire,
+    recv_frame,
+    send_data,
+    send_header,
+)
 from analysis.errors import AnalysisError, DatasourceError
 from analysis.logs import redirect_emit
-from analysis.runner.broker.requests import FilesGet, Names, Query, RequestError, parse_request
+from analysis.runner.broker.requests import FilesGet, Names, Query, parse_request
 from analysis.runner.broker.streams import ArrowSink
 
 if TYPE_CHECKING:
@@ -95,25 +102,29 @@ class BrokerSession:
         """Answer one request; ``False`` when the connection must be closed."""
         self._cancelled.clear()
         self._broken = False
-        access = self.server.access()
+        try:
+            access, sources = self.server.access()
+        except AnalysisError as exc:  # e.g. the project's datasources file cannot be read
+            send_header(self.sock, {"ok": False, "error": error_to_wire(exc)})
+            return True
         self._access = access
         try:
             with self._watch(), redirect_emit(self._send_log):
                 final = self._answer(access, request)
         except (OSError, WireError):  # the kernel is gone, or it sent bytes mid-answer
-            access.sources.discard()
+            sources.discard()
             return False
         except AnalysisError as exc:
             final = {"ok": False, "error": error_to_wire(exc)}
         except Exception as exc:  # a bug of ours: say what, not the details (they may hold secrets)
-            _log.exception("broker request failed")
+            _log.error("a broker request failed with %s", type(exc).__name__)
             error = AnalysisError(f"The data broker failed on this request ({type(exc).__name__}).")
             final = {"ok": False, "error": error_to_wire(error)}
-            access.sources.discard()
+            sources.discard()
         finally:
             self._access = None
             if self._cancelled.is_set():
-                access.sources.discard()
+                sources.discard()
             access.close()
         if self._broken:
             self._refuse("the kernel sent data before the answer was complete, or hung up")

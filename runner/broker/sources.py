@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from analysis.sources import Datasource, Datasources
 from analysis.runner.broker.pool import ConnectionPool, PoolKey
+from analysis.sources import Datasource, Datasources
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -71,7 +71,9 @@ def secret_key(monkeypatch: pytest.MonkeyPatch) -> str:
     return key
 
 
-def write_sources(path: Path, key: str, *, pg: Any = None, my: Any = None, sqlite: Path | None = None) -> Path:
+def write_sources(
+    path: Path, key: str, *, pg: Any = None, my: Any = None, sqlite: Path | None = None
+) -> Path:
     """A datasources file with the given servers (``pg``, ``my``) and SQLite file (``shop``)."""
     from analysis.sources.secrets import encrypt
 
@@ -122,7 +124,12 @@ def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (root / "sales.csv").write_text("region,amount\nnorth,10\nsouth,7\n")
     (root / "notes.txt").write_text("hello from the file API\n")
     config = uvicorn.Config(
-        create_app(root, token=TOKEN), host="127.0.0.1", port=0, log_level="warning", lifespan="off", ws="none"
+        create_app(root, token=TOKEN),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="off",
+        ws="none",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -87,7 +87,9 @@ def names_work(server: BrokerServer) -> bool:
 @pytest.fixture
 def broker(make_broker: Callable[..., BrokerServer], tmp_path: Path, shop_db: Path) -> BrokerServer:
     config = write_sources(tmp_path / "ds.toml", "unused", sqlite=shop_db)
-    return make_broker(Settings(root=tmp_path, datasources_file=config), frame_timeout_s=0.5, max_connections=3)
+    return make_broker(
+        Settings(root=tmp_path, datasources_file=config), frame_timeout_s=0.5, max_connections=3
+    )
 
 
 def test_a_good_request_streams_arrow(broker: BrokerServer) -> None:
@@ -120,14 +122,31 @@ def test_a_good_request_streams_arrow(broker: BrokerServer) -> None:
         (header({"op": "query", "name": "shop", "sql": "SELECT 1", "params": None}), "missing ['into']"),
         (header({"op": "query", "name": "shop", "sql": "SELECT 1", "params": None, "into": "yes"}), "'into'"),
         (header({"op": "query", "name": "", "sql": "SELECT 1", "params": None, "into": False}), "'name'"),
-        (header({"op": "query", "name": "shop", "sql": "SELECT ?", "params": {"positional": [{"$t": "pickle",
-                 "v": "x"}]}, "into": False}), "unknown type tag"),  # fmt: skip
-        (header({"op": "query", "name": "shop", "sql": "SELECT ?", "params": [1], "into": False}), "params must"),
-        (header({"op": "files.get", "path": "/api/files/../../etc/passwd", "params": {}, "file_id": None}),
-         "not a file API path"),  # fmt: skip
+        (
+            header(
+                {
+                    "op": "query",
+                    "name": "shop",
+                    "sql": "SELECT ?",
+                    "params": {"positional": [{"$t": "pickle", "v": "x"}]},
+                    "into": False,
+                }
+            ),
+            "unknown type tag",
+        ),
+        (
+            header({"op": "query", "name": "shop", "sql": "SELECT ?", "params": [1], "into": False}),
+            "params must",
+        ),
+        (
+            header({"op": "files.get", "path": "/api/files/../../etc/passwd", "params": {}, "file_id": None}),
+            "not a file API path",
+        ),
         (header({"op": "files.get", "path": "/admin", "params": {}, "file_id": None}), "not a file API path"),
-        (header({"op": "files.get", "path": "/api/files", "params": {"q": {"$ne": 1}}, "file_id": None}),
-         "file API parameters"),  # fmt: skip
+        (
+            header({"op": "files.get", "path": "/api/files", "params": {"q": {"$ne": 1}}, "file_id": None}),
+            "file API parameters",
+        ),
     ],
 )
 def test_malformed_input_gets_an_error_and_is_cut_off(broker: BrokerServer, sent: bytes, says: str) -> None:
@@ -211,7 +230,9 @@ def _wait(check: Callable[[], bool], within_s: float = 10.0) -> bool:
 
 
 @pytest.fixture
-def pg_broker(make_broker: Callable[..., BrokerServer], tmp_path: Path, pg_server: Any, secret_key: str) -> Any:
+def pg_broker(
+    make_broker: Callable[..., BrokerServer], tmp_path: Path, pg_server: Any, secret_key: str
+) -> Any:
     config = write_sources(tmp_path / "pg.toml", secret_key, pg=pg_server)
     pool = ConnectionPool()
     settings = Settings(root=tmp_path, datasources_file=config, secret_key=secret_key)
@@ -238,8 +259,8 @@ def test_disconnect_mid_query_cancels_it_on_the_server(pg_broker: Any, pg_server
 def test_disconnect_mid_stream_leaks_no_connection(pg_broker: Any, pg_server: Any, into: bool) -> None:
     server, pool = pg_broker
     sock = connect(server)
-    sock.sendall(header({"op": "query", "name": "pg", "params": None, "into": into,
-                         "sql": "SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 600000) g"}))  # fmt: skip
+    sql = "SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 600000) g"
+    sock.sendall(header({"op": "query", "name": "pg", "params": None, "into": into, "sql": sql}))
     buf = b""
     while len(buf) < 2 << 20:  # wait for body frames to flow, then hang up
         chunk = sock.recv(1 << 16)
