@@ -114,11 +114,8 @@ class BrokerServer:
             if len(path.encode()) > _MAX_SOCKET_PATH:
                 dir_fd = os.open(self.job_dir, os.O_PATH)
                 path = f"/proc/self/fd/{dir_fd}/{SOCKET_NAME}"
-            old_umask = os.umask(0o177)
-            try:
-                listener.bind(path)
-            finally:
-                os.umask(old_umask)
+            listener.bind(path)
+            os.chmod(path, 0o600)  # in a 0700 job directory: nobody else could reach it meanwhile
             listener.listen(self.limits.max_connections)
             listener.settimeout(0.1)
         except OSError:

@@ -1,4 +1,4 @@
-"""Sending a result to the kernel as an Arrow IPC stream, in body frames of about 1 MiB."""
+"""Sending a result to the kernel as an Arrow IPC stream, in body frames of at most 1 MiB."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ _FRAME_BYTES = 1024 * 1024
 
 
 class _Frames:
-    """A write-only file that hands its bytes to ``send`` in pieces of about ``_FRAME_BYTES``."""
+    """A write-only file that hands its bytes to ``send`` in pieces of at most ``_FRAME_BYTES``."""
 
     closed = False
 
-    def __init__(self, send: Callable[[bytearray], None]) -> None:
+    def __init__(self, send: Callable[[bytearray | memoryview], None]) -> None:
         self._send = send
         self._buf = bytearray()
 
@@ -23,10 +23,14 @@ class _Frames:
         return True
 
     def write(self, data: Any) -> int:
-        self._buf += data
-        if len(self._buf) >= _FRAME_BYTES:
-            self.flush()
-        return len(data)
+        view = memoryview(data).cast("B")
+        if len(self._buf) + len(view) < _FRAME_BYTES:
+            self._buf += view
+            return len(view)
+        self.flush()
+        for start in range(0, len(view), _FRAME_BYTES):  # a large buffer: sent in place, piece by piece
+            self._send(view[start : start + _FRAME_BYTES])
+        return len(view)
 
     def flush(self) -> None:
         if self._buf:
@@ -45,7 +49,7 @@ class ArrowSink:
     rows are never Python objects on either side.
     """
 
-    def __init__(self, send: Callable[[bytearray], None]) -> None:
+    def __init__(self, send: Callable[[bytearray | memoryview], None]) -> None:
         self._send = send
 
     def load_data(self, table: str, data: Any, *, mode: str = "replace") -> int:

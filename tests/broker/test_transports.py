@@ -174,3 +174,11 @@ def test_file_errors_cross_the_socket_with_their_class(
         files.close()
         access.close()
         duck.close()
+
+
+def test_a_batch_larger_than_a_frame_streams_in_pieces(broker_ctx: Context) -> None:
+    # 70,000 rows of 1,000 characters: one 70 MB record batch, more than a kernel accepts in one frame
+    sql = "SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 70000) g"
+    result = broker_ctx.query_datasource("pg", sql)
+    assert result.row_count == 70000
+    assert result.arrow().column("pad")[69999].as_py() == "x" * 1000
