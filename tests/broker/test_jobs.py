@@ -253,3 +253,41 @@ def test_the_deadline_cancels_the_server_query_and_frees_the_connection(
     while pg_server.psql(running).strip() != "0" and time.monotonic() < give_up:
         time.sleep(0.05)
     assert pg_server.psql(running).strip() == "0"
+
+
+@pytest.mark.slow
+def test_cancelling_the_job_cancels_the_server_query(
+    tmp_path: Path, root: Path, secret_key: str, pg_server: Any, no_leftovers: None
+) -> None:
+    import asyncio
+
+    from analysis.runner import JobSpec
+    from analysis.runner.jobs import run_job_async
+
+    config = write_sources(tmp_path / "ds.toml", secret_key, pg=pg_server)
+    script = tmp_path / "sleepy.py"
+    script.write_text(
+        "def run(ctx, parameters):\n"
+        "    sql = 'SELECT pg_sleep(60) AS cancelled_sleep'\n"
+        "    return ctx.query_datasource('pg', sql, into='t').row_count\n"
+    )
+    running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%cancelled_sleep%'"
+    running += " AND pid <> pg_backend_pid()"
+
+    async def scenario() -> JobResult:
+        job = asyncio.create_task(
+            run_job_async(JobSpec(source_path=script, root=root, datasources_file=config))
+        )
+        give_up = time.monotonic() + 60
+        while (await asyncio.to_thread(pg_server.psql, running)).strip() != "1":
+            assert time.monotonic() < give_up and not job.done()
+            await asyncio.sleep(0.05)
+        job.cancel()  # what AnalysisService does when a job is cancelled
+        return await job
+
+    result = asyncio.run(scenario())
+    assert result.error_type == "cancelled", result.to_dict()
+    give_up = time.monotonic() + 10
+    while pg_server.psql(running).strip() != "0" and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert pg_server.psql(running).strip() == "0"
