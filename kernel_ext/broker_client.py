@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from analysis.access import DataAccess
 from analysis.broker_wire import (
@@ -32,13 +32,13 @@ from analysis.broker_wire import (
     send_header,
 )
 from analysis.errors import AnalysisError, DatasourceError, FileApiError
-from analysis.files import Files
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from analysis.deadline import Deadline
-    from analysis.files._http import HttpSession, QueryParams
+    from analysis.files import Files
+    from analysis.files._http import QueryParams
     from analysis.files._load import SupportsLoadData
     from analysis.sources import Params
 
@@ -220,7 +220,9 @@ class BrokerAccess(DataAccess):
         return [str(n) for n in final.get("names", [])]
 
     def files(self, *, deadline: Deadline, duck: SupportsLoadData) -> Files:
-        return _BrokerFiles(self, deadline=deadline, duck=duck)
+        from analysis.broker_files import BrokerFiles
+
+        return BrokerFiles(self, deadline=deadline, duck=duck)
 
     def get_file(
         self, path: str, sink: Callable[[bytes], object], params: QueryParams | None, file_id: str | None
@@ -247,40 +249,3 @@ class BrokerAccess(DataAccess):
     def close(self) -> None:
         with self._lock:
             self._drop()
-
-
-class _RemoteHttp:
-    """The part of ``HttpSession`` that ``Files`` uses, answered by the broker."""
-
-    origin_text = "the runner's data broker"
-
-    def __init__(self, access: BrokerAccess) -> None:
-        self._access = access
-
-    def get(
-        self,
-        path: str,
-        sink: Callable[[bytes], object],
-        *,
-        params: QueryParams | None = None,
-        file_id: str | None = None,
-    ) -> dict[str, str]:
-        return self._access.get_file(path, sink, params, file_id)
-
-    def close(self) -> None:
-        """Nothing to close: the connection belongs to the ``BrokerAccess``."""
-
-
-class _BrokerFiles(Files):
-    """``ctx.files`` in a job: the same client, its requests sent to the broker."""
-
-    def __init__(self, access: BrokerAccess, *, deadline: Deadline, duck: SupportsLoadData) -> None:
-        from analysis.config import Settings
-
-        super().__init__(settings=Settings(), deadline=deadline, duck=duck)
-        self._remote = _RemoteHttp(access)
-
-    def _http(self) -> HttpSession:
-        if self._closed:
-            raise FileApiError("the file API client is closed (its job has ended).")
-        return cast("HttpSession", self._remote)

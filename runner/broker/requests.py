@@ -7,12 +7,12 @@ broker answers with an error and then closes the connection.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from analysis.broker_wire import WireError, decode_params
-from analysis.files import FILE_ID_PATTERN
 from analysis.sources import Params
 
 __all__ = ["FilesGet", "Names", "Query", "RequestError", "parse_request"]
@@ -21,7 +21,15 @@ _MAX_NAME = 128
 _MAX_SQL = 2 * 1024 * 1024
 _MAX_FILE_PARAMS = 32
 _MAX_FILE_PARAM_CHARS = 4096
-_FILE_PATH = re.compile(rf"/api/files(?:/search|/({FILE_ID_PATTERN.pattern})(?:/content)?)?")
+
+
+@functools.cache
+def _file_patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """File API paths and file ids (imported on first use: the file client pulls in httpx)."""
+    from analysis.files import FILE_ID_PATTERN
+
+    path = re.compile(rf"/api/files(?:/search|/({FILE_ID_PATTERN.pattern})(?:/content)?)?")
+    return path, FILE_ID_PATTERN
 
 
 class RequestError(WireError):
@@ -101,14 +109,15 @@ def parse_request(request: dict[str, Any]) -> Names | Query | FilesGet:
         )
     if op == "files.get":
         _fields(request, op, {"path", "params", "file_id"})
+        path_pattern, file_id_pattern = _file_patterns()
         path = _text(request, "path", 200)
-        match = _FILE_PATH.fullmatch(path)
+        match = path_pattern.fullmatch(path)
         if match is None:
             raise RequestError(
                 f"{path[:80]!r} is not a file API path (/api/files, /api/files/<id>[/content])"
             )
         file_id = request["file_id"]
-        if file_id is not None and (not isinstance(file_id, str) or not FILE_ID_PATTERN.fullmatch(file_id)):
+        if file_id is not None and (not isinstance(file_id, str) or not file_id_pattern.fullmatch(file_id)):
             raise RequestError("'file_id' must be null or a valid file id")
         return FilesGet(path, _file_params(request["params"]), file_id)
     shown = str(op)[:40] if isinstance(op, str) else type(op).__name__
