@@ -159,8 +159,7 @@ class _Job:
         return KernelDiedError(f"The kernel {how} while running the analysis.")
 
 
-def _write_job_document(spec: JobSpec, job_dir: Path, source: Path) -> Path:
-    wall_deadline = None if spec.timeout_s is None else time.time() + spec.timeout_s
+def _write_job_document(spec: JobSpec, job_dir: Path, source: Path, wall_deadline: float | None) -> Path:
     document = {
         "job_id": spec.job_id,
         "project_id": spec.project_id,
@@ -402,7 +401,7 @@ async def run_job_async(spec: JobSpec) -> JobResult:
             settings = dataclasses.replace(settings, datasources_file=spec.datasources_file.resolve())
         deadline = Deadline.after(spec.timeout_s)
         await broker.enter_async_context(serve_broker(job_dir, spec.project_id, settings, deadline=deadline))
-        job_file = _write_job_document(spec, job_dir, source)
+        job_file = _write_job_document(spec, job_dir, source, deadline.at)  # the broker's deadline too
         from jupyter_client.asynchronous.client import AsyncKernelClient
 
         job.kernel = launch_kernel(
