@@ -105,6 +105,17 @@ class _Response:
         return self.final
 
 
+def _arrow_stream(response: _Response) -> pa.RecordBatchReader:
+    """The response body as an Arrow stream reader.
+
+    Called once the request is sent, so importing pyarrow (and, in ``load_data``, opening the
+    job's DuckDB) overlaps with the broker running the query.
+    """
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(pa.PythonFile(response, mode="r"))
+
+
 class BrokerAccess(DataAccess):
     """Datasources and files reached through the runner's broker (see the module docstring).
 
@@ -184,12 +195,8 @@ class BrokerAccess(DataAccess):
 
     # -- DataAccess -----------------------------------------------------------------------------
     def query(self, name: str, sql: str, params: Params, *, timeout_s: float | None) -> pa.Table:
-        import pyarrow as pa
-
         request = {"op": "query", "name": name, "sql": sql, "params": encode_params(params), "into": False}
-        table, _ = self._call(
-            request, DatasourceError, lambda r: pa.ipc.open_stream(pa.PythonFile(r, mode="r")).read_all()
-        )
+        table, _ = self._call(request, DatasourceError, lambda r: _arrow_stream(r).read_all())
         return table
 
     def query_into(
@@ -202,17 +209,11 @@ class BrokerAccess(DataAccess):
         *,
         timeout_s: float | None,
     ) -> int:
-        import pyarrow as pa
-
         from analysis.duck import quote_identifier
 
         quote_identifier(table)  # a bad name fails here, before the datasource runs anything
         request = {"op": "query", "name": name, "sql": sql, "params": encode_params(params), "into": True}
-
-        def load(response: _Response) -> int:
-            return sink.load_data(table, pa.ipc.open_stream(pa.PythonFile(response, mode="r")))
-
-        count, _ = self._call(request, DatasourceError, load)
+        count, _ = self._call(request, DatasourceError, lambda r: sink.load_data(table, _arrow_stream(r)))
         return count
 
     def names(self) -> list[str]:

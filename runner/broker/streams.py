@@ -66,6 +66,7 @@ class ArrowSink:
         frames = _Frames(self._send)
         rows = 0
         with pa.ipc.new_stream(pa.PythonFile(frames, mode="w"), schema) as writer:
+            frames.flush()  # the schema now: the kernel sets up its reader while the first batch comes
             for batch in batches:
                 writer.write_batch(batch)
                 rows += batch.num_rows
