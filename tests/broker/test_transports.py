@@ -182,3 +182,35 @@ def test_a_batch_larger_than_a_frame_streams_in_pieces(broker_ctx: Context) -> N
     result = broker_ctx.query_datasource("pg", sql)
     assert result.row_count == 70000
     assert result.arrow().column("pad")[69999].as_py() == "x" * 1000
+
+
+def test_a_keyboard_interrupt_cancels_the_server_query(broker_ctx: Context, pg_server: Any) -> None:
+    import signal
+
+    running = (
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+        "AND query LIKE '%sigint_sleep%' AND pid <> pg_backend_pid()"
+    )
+    main = threading.main_thread().ident
+    assert main is not None and threading.get_ident() == main
+
+    def interrupt_when_running() -> None:  # what a kernel interrupt (SIGINT) does to the main thread
+        give_up = time.monotonic() + 20
+        while pg_server.psql(running).strip() != "1" and time.monotonic() < give_up:
+            time.sleep(0.05)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    thread = threading.Thread(target=interrupt_when_running)
+    started = time.monotonic()
+    thread.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            broker_ctx.query_datasource("pg", "SELECT pg_sleep(60) AS sigint_sleep")
+    finally:
+        thread.join()
+    assert time.monotonic() - started < 40, "the interrupt waited for the statement to end"
+    give_up = time.monotonic() + 10
+    while pg_server.psql(running).strip() != "0":
+        assert time.monotonic() < give_up, "the statement kept running after the interrupt"
+        time.sleep(0.05)
+    assert broker_ctx.query_datasource("pg", "SELECT 3 AS three").rows == [{"three": 3}]
