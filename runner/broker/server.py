@@ -47,11 +47,16 @@ class BrokerLimits:
         Once a request frame has begun, the most time the rest of it may take.
     stop_timeout_s
         How long stopping waits for requests to wind down after cancelling them.
+    max_request_memory_bytes
+        How much the runner process may grow while answering one request (a result without
+        ``into=`` is built whole in the runner); past it the request is cancelled with
+        ``resource_limit``. ``None``: no limit.
     """
 
     max_connections: int = 4
     frame_timeout_s: float = 10.0
     stop_timeout_s: float = 10.0
+    max_request_memory_bytes: int | None = 2 * 1024**3
 
 
 class BrokerServer:

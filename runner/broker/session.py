@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from analysis.access import LocalAccess
 from analysis.broker_wire import (
     MAX_REQUEST_BYTES,
@@ -27,8 +29,9 @@ from analysis.broker_wire import (
     send_data,
     send_header,
 )
-from analysis.errors import AnalysisError, DatasourceError
+from analysis.errors import AnalysisError, DatasourceError, ResourceLimitError
 from analysis.logs import redirect_emit
+from analysis.results import format_bytes
 from analysis.runner.broker.requests import FilesGet, Names, Query, parse_request
 from analysis.runner.broker.streams import ArrowSink
 
@@ -51,6 +54,7 @@ class BrokerSession:
         self._access: LocalAccess | None = None
         self._cancelled = threading.Event()
         self._broken = False  # the kernel hung up or sent bytes mid-answer
+        self._over_memory = False  # the runner grew past max_request_memory_bytes
 
     # -- the connection -------------------------------------------------------------------------
     def serve(self) -> None:
@@ -101,7 +105,7 @@ class BrokerSession:
     def _run(self, request: Names | Query | FilesGet) -> bool:
         """Answer one request; ``False`` when the connection must be closed."""
         self._cancelled.clear()
-        self._broken = False
+        self._broken = self._over_memory = False
         try:
             access, sources = self.server.access()
         except AnalysisError as exc:  # e.g. the project's datasources file cannot be read
@@ -129,6 +133,8 @@ class BrokerSession:
         if self._broken:
             self._refuse("the kernel sent data before the answer was complete, or hung up")
             return False
+        if self._over_memory:
+            final = {"ok": False, "error": error_to_wire(self._memory_error())}
         if self.server.stopping.is_set():
             return False
         send_header(self.sock, final)
@@ -160,12 +166,20 @@ class BrokerSession:
         return {"ok": True, "headers": {"content-type": headers.get("content-type") or ""}}
 
     def _check_cancelled(self) -> None:
+        if self._over_memory:
+            raise self._memory_error()
         if self._cancelled.is_set():
             raise OSError("the request was cancelled")
 
+    def _memory_error(self) -> ResourceLimitError:
+        limit = self.server.limits.max_request_memory_bytes or 0
+        return ResourceLimitError(
+            f"The request needed more than the data broker's limit of {format_bytes(limit)} "
+            "(max_request_memory_bytes) and was cancelled; stream large results into DuckDB with into=."
+        )
+
     def _send_body(self, data: bytes | bytearray | memoryview) -> None:
-        if self._cancelled.is_set():
-            raise OSError("the request was cancelled")
+        self._check_cancelled()
         send_data(self.sock, data)
 
     def _send_log(self, line: str) -> None:
@@ -186,9 +200,19 @@ class BrokerSession:
     def _watcher(self, done: threading.Event, cancel: Callable[[], None]) -> None:
         poller = select.poll()
         poller.register(self.sock, _WATCH_EVENTS)
+        process = psutil.Process()
+        limit = self.server.limits.max_request_memory_bytes
+        ceiling = None if limit is None else process.memory_info().rss + limit
         while not done.is_set():
             if poller.poll(_POLL_MS):
                 self._broken = True
-            if self._broken or self.server.stopping.is_set() or self.server.deadline_passed():
+            if ceiling is not None and process.memory_info().rss > ceiling:
+                self._over_memory = True
+            if (
+                self._broken
+                or self._over_memory
+                or self.server.stopping.is_set()
+                or self.server.deadline_passed()
+            ):
                 cancel()
                 return

@@ -294,3 +294,21 @@ def test_sending_during_an_answer_cancels_it(pg_broker: Any, pg_server: Any) -> 
             got = []
         assert [h["ok"] for k, h in got if k == "H" and "ok" in h] in ([], [False])
         assert closed(sock)
+
+
+def test_a_result_too_big_for_the_runner_is_cancelled(
+    make_broker: Callable[..., BrokerServer], tmp_path: Path, pg_server: Any, secret_key: str
+) -> None:
+    config = write_sources(tmp_path / "big.toml", secret_key, pg=pg_server)
+    pool = ConnectionPool()
+    settings = Settings(root=tmp_path, datasources_file=config, secret_key=secret_key)
+    server = make_broker(settings, pool=pool, max_request_memory_bytes=64 * 1024 * 1024)
+    sql = "SELECT repeat('x', 1000) AS pad FROM generate_series(1, 1000000)"  # about 1 GB of rows
+    with connect(server) as sock:
+        answer = final(sock, {"op": "query", "name": "pg", "sql": sql, "params": None, "into": False})
+        assert answer["ok"] is False and answer["error"]["class"] == "ResourceLimitError", answer
+        assert "max_request_memory_bytes" in answer["error"]["message"]
+        assert "into=" in answer["error"]["message"]
+        small = {"op": "query", "name": "pg", "sql": "SELECT 1 AS one", "params": None, "into": False}
+        assert final(sock, small) == {"ok": True, "rows": 1}  # the same connection still serves
+    assert _wait(lambda: _connections(pg_server) <= 1)  # the cancelled connection was closed
