@@ -37,6 +37,7 @@ from analysis.runner.broker.streams import ArrowSink
 
 if TYPE_CHECKING:
     from analysis.runner.broker.server import BrokerServer
+    from analysis.runner.broker.sources import PooledSources
 
 __all__ = ["BrokerSession"]
 
@@ -55,6 +56,7 @@ class BrokerSession:
         self._cancelled = threading.Event()
         self._broken = False  # the kernel hung up or sent bytes mid-answer
         self._over_memory = False  # the runner grew past max_request_memory_bytes
+        self._sent = False  # part of a body went out
 
     # -- the connection -------------------------------------------------------------------------
     def serve(self) -> None:
@@ -105,7 +107,7 @@ class BrokerSession:
     def _run(self, request: Names | Query | FilesGet) -> bool:
         """Answer one request; ``False`` when the connection must be closed."""
         self._cancelled.clear()
-        self._broken = self._over_memory = False
+        self._broken = self._over_memory = self._sent = False
         try:
             access, sources = self.server.access()
         except AnalysisError as exc:  # e.g. the project's datasources file cannot be read
@@ -114,7 +116,7 @@ class BrokerSession:
         self._access = access
         try:
             with self._watch(), redirect_emit(self._send_log):
-                final = self._answer(access, request)
+                final = self._answer(access, sources, request)
         except (OSError, WireError):  # the kernel is gone, or it sent bytes mid-answer
             sources.discard()
             return False
@@ -140,7 +142,9 @@ class BrokerSession:
         send_header(self.sock, final)
         return True
 
-    def _answer(self, access: LocalAccess, request: Names | Query | FilesGet) -> dict[str, Any]:
+    def _answer(
+        self, access: LocalAccess, sources: PooledSources, request: Names | Query | FilesGet
+    ) -> dict[str, Any]:
         if isinstance(request, Names):
             return {"ok": True, "names": access.names()}
         if isinstance(request, Query):
@@ -149,14 +153,14 @@ class BrokerSession:
                 raise DatasourceError(
                     f"Datasource {request.name!r}: the job's deadline has passed; the query was not run."
                 )
-            sink = ArrowSink(self._send_body)
-            if request.into:
-                rows = access.query_into(
-                    sink, "result", request.name, request.sql, request.params, timeout_s=timeout_s
-                )
-            else:
-                table = access.query(request.name, request.sql, request.params, timeout_s=timeout_s)
-                rows = sink.load_data("result", table)
+            try:
+                rows = self._query(access, request, timeout_s)
+            except DatasourceError as exc:
+                if self._sent or not sources.maybe_stale(request.name, exc):
+                    raise
+                sources.replace(request.name)  # a pooled connection that died while idle: once more
+                with redirect_emit(lambda line: None):  # its log line is out already
+                    rows = self._query(access, request, timeout_s)
             self._check_cancelled()
             return {"ok": True, "rows": rows}
         headers = self.server.http().get(
@@ -164,6 +168,15 @@ class BrokerSession:
         )
         self._check_cancelled()
         return {"ok": True, "headers": {"content-type": headers.get("content-type") or ""}}
+
+    def _query(self, access: LocalAccess, request: Query, timeout_s: float | None) -> int:
+        sink = ArrowSink(self._send_body)
+        if request.into:
+            return access.query_into(
+                sink, "result", request.name, request.sql, request.params, timeout_s=timeout_s
+            )
+        table = access.query(request.name, request.sql, request.params, timeout_s=timeout_s)
+        return sink.load_data("result", table)
 
     def _check_cancelled(self) -> None:
         if self._over_memory:
@@ -180,6 +193,7 @@ class BrokerSession:
 
     def _send_body(self, data: bytes | bytearray | memoryview) -> None:
         self._check_cancelled()
+        self._sent = True
         send_data(self.sock, data)
 
     def _send_log(self, line: str) -> None:

@@ -36,6 +36,8 @@ class PooledSources(Datasources):
         self._pool = pool
         self._project_id = project_id
         self._keys: dict[str, PoolKey] = {}
+        self._reused: set[str] = set()
+        self._fresh: set[str] = set()  # names whose next lease must open a new connection
         self._reusable = True
 
     def get(self, name: str) -> Datasource:
@@ -45,9 +47,42 @@ class PooledSources(Datasources):
         if entry is None:
             return super().get(name)  # raises DatasourceNotFoundError
         key = PoolKey.of(self._project_id, str(self.config_path), name, entry)
-        source = self._pool.lease(key, lambda: super(PooledSources, self).get(name))
+        created: list[Datasource] = []
+
+        def create() -> Datasource:
+            created.append(super(PooledSources, self).get(name))
+            return created[0]
+
+        source = create() if name in self._fresh else self._pool.lease(key, create)
         self._open[name], self._keys[name] = source, key
+        if not created:
+            self._reused.add(name)
         return source
+
+    def maybe_stale(self, name: str, error: Exception) -> bool:
+        """Whether ``error`` may come from a pooled connection that died while idle, and a retry is safe.
+
+        True for a connection failure of a datasource reused from the pool that is read-only
+        (so running its statement again changes nothing).
+        """
+        source = self._open.get(name)
+        return (
+            name in self._reused
+            and source is not None
+            and getattr(source, "read_only", False) is True
+            and "connection" in str(error).lower()
+        )
+
+    def replace(self, name: str) -> None:
+        """Close the leased datasource ``name``; the next :meth:`get` opens a new one."""
+        source = self._open.pop(name, None)
+        self._reused.discard(name)
+        if source is not None:
+            try:
+                source.close()
+            except Exception:  # it is broken already
+                pass
+        self._fresh.add(name)
 
     def discard(self) -> None:
         """Close the leased datasources at :meth:`close` instead of giving them back."""

@@ -214,3 +214,37 @@ def test_a_keyboard_interrupt_cancels_the_server_query(broker_ctx: Context, pg_s
         assert time.monotonic() < give_up, "the statement kept running after the interrupt"
         time.sleep(0.05)
     assert broker_ctx.query_datasource("pg", "SELECT 3 AS three").rows == [{"three": 3}]
+
+
+@pytest.mark.parametrize("into", [False, True])
+def test_a_pooled_connection_that_died_while_idle_is_replaced(
+    into: bool, make_broker: Callable[..., BrokerServer], pg_config: Path, secret_key: str, pg_server: Any
+) -> None:
+    pool = ConnectionPool()
+    settings = Settings(root=pg_config.parent, datasources_file=pg_config, secret_key=secret_key)
+    duck = Duck()
+
+    def backend_pid() -> int:
+        access = BrokerAccess(make_broker(settings, pool=pool).socket_path)
+        try:
+            if into:
+                access.query_into(duck, "p", "pg", "SELECT pg_backend_pid() AS pid", None, timeout_s=None)
+                return int(duck.query("SELECT pid FROM p").rows[0]["pid"])
+            table = access.query("pg", "SELECT pg_backend_pid() AS pid", None, timeout_s=None)
+            return int(table.column("pid")[0].as_py())
+        finally:
+            access.close()
+
+    try:
+        first = backend_pid()
+        give_up = time.monotonic() + 10
+        while pool.idle_count() != 1:  # given back after the answer
+            assert time.monotonic() < give_up
+            time.sleep(0.02)
+        pg_server.psql(f"SELECT pg_terminate_backend({first})")  # e.g. a server restart or idle timeout
+        second = backend_pid()
+        assert second != first
+        assert backend_pid() == second  # and the new connection is pooled in turn
+    finally:
+        duck.close()
+        pool.close()
