@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from analysis.access import LocalAccess
 from analysis.config import Settings
 from analysis.deadline import Deadline
+from analysis.errors import KernelStartError
 from analysis.runner.broker.pool import ConnectionPool
 from analysis.runner.broker.session import BrokerSession
 from analysis.runner.broker.sources import PooledSources
@@ -122,10 +123,11 @@ class BrokerServer:
             listener.bind(path)
             os.chmod(path, 0o600)  # in a 0700 job directory: nobody else could reach it meanwhile
             listener.listen(self.limits.max_connections)
-            listener.settimeout(0.1)
-        except OSError:
+        except OSError as exc:
             listener.close()
-            raise
+            raise KernelStartError(
+                f"The job's data broker could not listen on its socket: {exc.strerror}."
+            ) from None
         finally:
             if dir_fd is not None:
                 os.close(dir_fd)
@@ -139,9 +141,7 @@ class BrokerServer:
         while not self.stopping.is_set():
             try:
                 sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
+            except OSError:  # shut down by stop()
                 return
             sock.settimeout(None)
             with self._lock:
@@ -168,6 +168,11 @@ class BrokerServer:
     def stop(self) -> None:
         """Cancel running requests, close every connection, give connections back, remove the socket."""
         self.stopping.set()
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept() at once
+            except OSError:
+                pass
         if self._accept_thread is not None:
             self._accept_thread.join()
         if self._listener is not None:
