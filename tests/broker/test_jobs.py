@@ -291,3 +291,33 @@ def test_cancelling_the_job_cancels_the_server_query(
     while pg_server.psql(running).strip() != "0" and time.monotonic() < give_up:
         time.sleep(0.05)
     assert pg_server.psql(running).strip() == "0"
+
+
+def test_a_notebook_job_uses_the_broker_too(
+    tmp_path: Path, root: Path, shop_db: Path, secret_key: str, no_leftovers: None
+) -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from analysis.runner import JobSpec, run_job
+
+    config = write_sources(tmp_path / "ds.toml", "", sqlite=shop_db)
+    path = tmp_path / "nb_under_test.ipynb"
+    nbformat.write(
+        new_notebook(
+            cells=[
+                new_code_cell(
+                    "import os\nrows = ctx.query_datasource('shop', 'SELECT count(*) AS n FROM orders').rows"
+                ),
+                new_code_cell(
+                    "ctx.set_result({'rows': rows, 'key_seen': 'ANALYSIS_SECRET_KEY' in os.environ})"
+                ),
+            ]
+        ),
+        path,
+    )
+    result = run_job(JobSpec(source_path=path, root=root, datasources_file=config))
+    assert result.success, result.to_dict()
+    assert result.result == {"rows": [{"n": 3}], "key_seen": False}
+    assert "[query:datasource] shop SELECT count(*) AS n FROM orders" in result.logs
+    assert secret_key not in result.to_json()
