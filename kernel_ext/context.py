@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from analysis.access import DataAccess, LocalAccess
 from analysis.config import Settings
 from analysis.deadline import Deadline
 from analysis.duck import Duck, QueryResult
 from analysis.errors import DatasourceError, JobTimeoutError
-from analysis.logs import emit, one_line
+from analysis.logs import emit
 from analysis.sources import Datasources
 
 if TYPE_CHECKING:
@@ -35,6 +36,9 @@ class Context:
         Environment settings; default :meth:`Settings.from_env`.
     deadline
         When the job times out; default none.
+    access
+        How datasources and files are reached: by default in-process with this process's
+        credentials (:class:`~analysis.access.LocalAccess`); in a job, through the runner's broker.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class Context:
         parameters: Mapping[str, Any] | None = None,
         settings: Settings | None = None,
         deadline: Deadline | None = None,
+        access: DataAccess | None = None,
     ) -> None:
         self.project_id = project_id
         self.job_id = job_id
@@ -52,10 +57,13 @@ class Context:
         self.settings = settings if settings is not None else Settings.from_env()
         self.deadline = deadline if deadline is not None else Deadline(None)
         self._duck = Duck()
-        self._sources = Datasources(
-            self.settings.datasources_path(project_id),
-            secret_key=self.settings.secret_key,
-            environ=self.settings.environ or None,
+        self._access = access or LocalAccess(
+            Datasources(
+                self.settings.datasources_path(project_id),
+                secret_key=self.settings.secret_key,
+                environ=self.settings.environ or None,
+            ),
+            self.settings,
         )
         self._files: Files | None = None
         self._result: Any = _UNSET
@@ -120,16 +128,14 @@ class Context:
         into
             A DuckDB table to stream the rows into; the result then holds only the row count.
         """
-        emit("query:datasource", f"{name} {one_line(sql)}")
-        source = self._sources.get(name)
         timeout_s = self.deadline.remaining_s()
         if timeout_s is not None and timeout_s <= 0:
             raise JobTimeoutError(f"The job ran past {self.deadline.describe()} before querying {name!r}.")
         try:
             if into is not None:
-                count = source.query_into(self._duck, into, sql, params, timeout_s=timeout_s)
+                count = self._access.query_into(self._duck, into, name, sql, params, timeout_s=timeout_s)
                 return QueryResult(None, row_count=count)
-            return QueryResult(source.query(sql, params, timeout_s=timeout_s))
+            return QueryResult(self._access.query(name, sql, params, timeout_s=timeout_s))
         except DatasourceError as exc:
             if self.deadline.expired():  # the statement was cancelled because the job ran out of time
                 raise JobTimeoutError(
@@ -139,16 +145,14 @@ class Context:
 
     def datasource_names(self) -> list[str]:
         """Names of the project's configured datasources."""
-        return self._sources.names()
+        return self._access.names()
 
     # -- files ----------------------------------------------------------------------------------
     @property
     def files(self) -> Files:
         """The backend file API client (``list``, ``read``, ``search``, ``get_metadata``, ...)."""
         if self._files is None:
-            from analysis.files import Files
-
-            self._files = Files(settings=self.settings, deadline=self.deadline, duck=self._duck)
+            self._files = self._access.files(deadline=self.deadline, duck=self._duck)
         return self._files
 
     # -- job ------------------------------------------------------------------------------------
@@ -173,7 +177,7 @@ class Context:
     def interrupt(self) -> None:
         """Cancel running DuckDB and datasource queries; safe from another thread."""
         self._duck.interrupt()
-        self._sources.interrupt()
+        self._access.interrupt()
 
     def close(self) -> None:
         """Close the DuckDB connection, datasources and the file client. Safe to call twice."""
@@ -181,6 +185,6 @@ class Context:
             if self._files is not None:
                 self._files.close()
                 self._files = None
-            self._sources.close()
+            self._access.close()
         finally:
             self._duck.close()

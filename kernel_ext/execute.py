@@ -219,12 +219,18 @@ def context_from_job(job: Mapping[str, Any]) -> Context:
     settings = Settings.from_env()
     if job.get("datasources_file"):
         settings = dataclasses.replace(settings, datasources_file=Path(job["datasources_file"]))
+    access = None
+    if job.get("broker"):  # datasources and files go through the runner's broker
+        from analysis.broker_client import BrokerAccess
+
+        access = BrokerAccess(Path(job["job_dir"]) / Path(job["broker"]).name)
     ctx = Context(
         project_id=job["project_id"],
         job_id=job["job_id"],
         parameters=job["parameters"],
         settings=settings,
         deadline=Deadline(job.get("deadline_at"), job.get("timeout_s")),
+        access=access,
     )
     ctx.max_memory_bytes = job.get("max_memory_bytes")
     return ctx
@@ -233,6 +239,7 @@ def context_from_job(job: Mapping[str, Any]) -> Context:
 def read_job(job_file: str) -> dict[str, Any]:
     """The job document the runner wrote."""
     document: dict[str, Any] = json.loads(Path(job_file).read_text(encoding="utf-8"))
+    document["job_dir"] = str(Path(job_file).parent)  # where relative paths in it point
     return document
 
 

@@ -9,6 +9,7 @@ killed and the job directory removed before ``run_job`` returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -24,6 +25,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from analysis.config import Settings
+from analysis.deadline import Deadline
 from analysis.errors import (
     AnalysisError,
     InvalidParametersError,
@@ -36,6 +39,7 @@ from analysis.errors import (
 from analysis.params import check_id
 from analysis.results import DEFAULT_MAX_RESULT_BYTES, OUTCOME_MIME, to_json_fragment
 from analysis.runner.deps import EnvironmentLease, lease_environment
+from analysis.runner.broker import SOCKET_NAME, kernel_environ, serve_broker
 from analysis.runner.envelope import JobResult
 from analysis.runner.kernels import KernelProcess, launch_kernel
 from analysis.runner.logbuffer import DEFAULT_MAX_LOG_BYTES, LogBuffer
@@ -156,8 +160,7 @@ class _Job:
         return KernelDiedError(f"The kernel {how} while running the analysis.")
 
 
-def _write_job_document(spec: JobSpec, job_dir: Path, source: Path) -> Path:
-    wall_deadline = None if spec.timeout_s is None else time.time() + spec.timeout_s
+def _write_job_document(spec: JobSpec, job_dir: Path, source: Path, wall_deadline: float | None) -> Path:
     document = {
         "job_id": spec.job_id,
         "project_id": spec.project_id,
@@ -168,6 +171,7 @@ def _write_job_document(spec: JobSpec, job_dir: Path, source: Path) -> Path:
         "max_result_bytes": spec.max_result_bytes,
         "max_memory_bytes": spec.max_memory_bytes,
         "datasources_file": str(spec.datasources_file.resolve()) if spec.datasources_file else None,
+        "broker": SOCKET_NAME,  # datasources and files go through the broker (relative to the job dir)
     }
     path = job_dir / "job.json"
     path.write_bytes(to_json_fragment(document))
@@ -400,6 +404,7 @@ async def run_job_async(spec: JobSpec) -> JobResult:
     client: Any = None
     notebook: NotebookRun | None = None
     lease: EnvironmentLease | None = None
+    broker = contextlib.AsyncExitStack()
     try:
         _check_parameters(spec.parameters)
         if source.suffix == ".ipynb":
@@ -417,7 +422,12 @@ async def run_job_async(spec: JobSpec) -> JobResult:
             notebook.save()  # the output notebook exists whatever happens next
         job_dir.mkdir(mode=0o700, parents=True)
         os.chmod(job_dir, 0o700)
-        job_file = _write_job_document(spec, job_dir, source)
+        settings = dataclasses.replace(Settings.from_env(), root=spec.root)
+        if spec.datasources_file is not None:
+            settings = dataclasses.replace(settings, datasources_file=spec.datasources_file.resolve())
+        deadline = Deadline.after(spec.timeout_s)
+        await broker.enter_async_context(serve_broker(job_dir, spec.project_id, settings, deadline=deadline))
+        job_file = _write_job_document(spec, job_dir, source, deadline.at)  # the broker's deadline too
         from jupyter_client.asynchronous.client import AsyncKernelClient
 
         project_dir, log = spec.root / spec.project_id / "analysis", partial(job.logs.write, "stderr")
@@ -425,6 +435,7 @@ async def run_job_async(spec: JobSpec) -> JobResult:
         job.kernel = launch_kernel(
             job_dir,
             cwd=spec.cwd,
+            base_env=kernel_environ(os.environ, settings),
             max_memory_bytes=spec.max_memory_bytes,
             max_cpu_s=spec.max_cpu_s,
             python=lease.python,
@@ -457,6 +468,7 @@ async def run_job_async(spec: JobSpec) -> JobResult:
             job.kernel.cleanup()
         if lease is not None:
             lease.release()
+        await broker.aclose()
         shutil.rmtree(job_dir, ignore_errors=True)
 
 

@@ -121,6 +121,7 @@ def launch_kernel(
     *,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    base_env: dict[str, str] | None = None,
     max_memory_bytes: int | None = None,
     max_cpu_s: int | None = None,
     python: str | None = None,
@@ -135,6 +136,8 @@ def launch_kernel(
         Working directory of the kernel; default the runner's.
     env
         Extra environment variables for the kernel.
+    base_env
+        The environment the kernel starts from; default the runner's (``os.environ``).
     max_memory_bytes
         Address-space limit of the kernel (``RLIMIT_AS``): allocations past it raise MemoryError.
     max_cpu_s
@@ -156,7 +159,7 @@ def launch_kernel(
     with os.fdopen(fd, "w") as fh:
         json.dump(info, fh)
     kernel_env = {
-        **os.environ,
+        **(os.environ if base_env is None else base_env),
         "IPYTHONDIR": str(job_dir / "ipython"),
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",
         "JUPYTER_PLATFORM_DIRS": "1",

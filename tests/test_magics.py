@@ -174,7 +174,7 @@ def test_sql_cells_on_a_datasource(
     ctx = shell.user_ns["ctx"]
     from analysis.sources import Datasources
 
-    ctx._sources = Datasources(config)
+    ctx._access.sources = Datasources(config)
     shell.run_cell_magic(
         "analysis", "--sql --datasource shop -p lo=1 -o rows --as result", "SELECT a FROM t WHERE a > :lo"
     )

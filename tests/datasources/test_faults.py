@@ -255,7 +255,7 @@ def test_password_never_shows_in_repr_errors_or_tracebacks(
     try:
         for name in ("pg", "my"):
             assert ctx.query_datasource(name, "SELECT ? AS v", [1]).rows[0]["v"] in (1, "1")
-            texts += [repr(ctx._sources.get(name)), repr(ctx._sources.get(name).config)]
+            texts += [repr(ctx._access.sources.get(name)), repr(ctx._access.sources.get(name).config)]
         failing = [(n, "SELEC broken", into) for n in ("pg", "my") for into in (None, "t")]
         failing += [(n, "SELECT 1", into) for n in ("down", "mydown") for into in (None, "t")]
         for name, sql, into in failing:

@@ -1,0 +1,118 @@
+"""Data access behind ``ctx``: datasources and the file API, with the credentials that reach them.
+
+:class:`DataAccess` is what ``ctx.query_datasource`` and ``ctx.files`` call. It has two
+implementations, one per transport of the same broker code (README, "How secrets flow"):
+
+- :class:`LocalAccess`, in-process: the datasource kinds (:mod:`analysis.sources`) and the file
+  API client (:mod:`analysis.files`) with the credentials of this process. ``ctx`` in your own
+  notebook uses it, and so does the runner's broker on behalf of a job.
+- :class:`analysis.broker_client.BrokerAccess`, in a job: every call goes over the job's Unix
+  socket to the runner's broker, which runs it with a :class:`LocalAccess`; the kernel holds no
+  secret.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+from analysis.logs import emit, one_line
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from analysis.config import Settings
+    from analysis.deadline import Deadline
+    from analysis.files import Files
+    from analysis.files._load import SupportsLoadData
+    from analysis.sources import Datasources, Params
+
+__all__ = ["DataAccess", "LocalAccess"]
+
+
+class DataAccess(ABC):
+    """Datasource queries and the file API client of one ``Context``."""
+
+    @abstractmethod
+    def query(self, name: str, sql: str, params: Params, *, timeout_s: float | None) -> pa.Table:
+        """Run ``sql`` on datasource ``name``; the whole result as an Arrow table.
+
+        Logs ``[query:datasource] <name> <sql>``; driver errors are ``DatasourceError``.
+        """
+
+    @abstractmethod
+    def query_into(
+        self,
+        sink: SupportsLoadData,
+        table: str,
+        name: str,
+        sql: str,
+        params: Params,
+        *,
+        timeout_s: float | None,
+    ) -> int:
+        """Stream the result of ``sql`` into ``sink.load_data(table, ...)``; return the row count."""
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """The configured datasource names, sorted."""
+
+    @abstractmethod
+    def files(self, *, deadline: Deadline, duck: SupportsLoadData) -> Files:
+        """A file API client bound to the job's deadline and DuckDB."""
+
+    @abstractmethod
+    def interrupt(self) -> None:
+        """Cancel the running datasource statement or broker request; safe from another thread."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections. Safe to call twice."""
+
+
+class LocalAccess(DataAccess):
+    """The datasource kinds and the file API client, run in this process with its credentials.
+
+    Parameters
+    ----------
+    sources
+        The project's datasources (anything with ``get``, ``names``, ``interrupt``, ``close``).
+    settings
+        Where the file API is and its token.
+    """
+
+    def __init__(self, sources: Datasources, settings: Settings) -> None:
+        self.sources = sources
+        self.settings = settings
+
+    def query(self, name: str, sql: str, params: Params, *, timeout_s: float | None) -> pa.Table:
+        emit("query:datasource", f"{name} {one_line(sql)}")
+        return self.sources.get(name).query(sql, params, timeout_s=timeout_s)
+
+    def query_into(
+        self,
+        sink: SupportsLoadData,
+        table: str,
+        name: str,
+        sql: str,
+        params: Params,
+        *,
+        timeout_s: float | None,
+    ) -> int:
+        emit("query:datasource", f"{name} {one_line(sql)}")
+        source = self.sources.get(name)
+        return source.query_into(sink, table, sql, params, timeout_s=timeout_s)  # type: ignore[arg-type]
+
+    def names(self) -> list[str]:
+        return self.sources.names()
+
+    def files(self, *, deadline: Deadline, duck: SupportsLoadData) -> Files:
+        from analysis.files import Files
+
+        return Files(settings=self.settings, deadline=deadline, duck=duck)
+
+    def interrupt(self) -> None:
+        self.sources.interrupt()
+
+    def close(self) -> None:
+        self.sources.close()

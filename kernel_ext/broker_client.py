@@ -1,0 +1,252 @@
+"""The kernel side of the data broker: ``ctx`` datasources and files over the job's Unix socket.
+
+In a job the kernel holds no credentials. :class:`BrokerAccess` sends each datasource query
+or file API request to the runner's broker (:mod:`analysis.runner.broker`) over the socket the
+job document names, and gets back log lines, the body (an Arrow IPC stream, or file bytes)
+and a final status; see :mod:`analysis.broker_wire` for the framing. An error raised in the
+broker comes back as the same ``analysis`` exception class with the same message.
+
+Cancelling is closing: :meth:`BrokerAccess.interrupt` (the job's deadline watchdog) or a
+``KeyboardInterrupt`` closes the connection, and the broker cancels the request and its
+server-side statement. The next call opens a new connection.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from analysis.access import DataAccess
+from analysis.broker_wire import (
+    DATA,
+    MAX_RESPONSE_FRAME_BYTES,
+    WireError,
+    encode_params,
+    error_from_wire,
+    recv_frame,
+    send_header,
+)
+from analysis.errors import AnalysisError, DatasourceError, FileApiError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from analysis.deadline import Deadline
+    from analysis.files import Files
+    from analysis.files._http import QueryParams
+    from analysis.files._load import SupportsLoadData
+    from analysis.sources import Params
+
+__all__ = ["BrokerAccess"]
+
+_T = TypeVar("_T")
+#: Longest path a Unix socket can be addressed by (sun_path is 108 bytes, NUL included).
+_MAX_SOCKET_PATH = 107
+
+
+class _Response:
+    """One response being read: log lines go to stderr, body frames to :meth:`read`, then the final header."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+        self._pos = 0
+        self.final: dict[str, Any] | None = None
+
+    def _next(self) -> None:
+        kind, payload = recv_frame(self._sock, max_bytes=MAX_RESPONSE_FRAME_BYTES)
+        if kind == DATA:
+            self._buf, self._pos = payload, 0
+        elif isinstance(payload.get("log"), str):
+            sys.stderr.write(payload["log"] + "\n")
+            sys.stderr.flush()
+        else:
+            self.final = payload
+
+    def chunks(self) -> Any:
+        """Yield the body's pieces as they arrive; stops at the final header."""
+        while True:
+            if self._pos < len(self._buf):
+                piece = bytes(self._buf[self._pos :]) if self._pos else bytes(self._buf)
+                self._buf, self._pos = bytearray(), 0
+                yield piece
+            if self.final is not None:
+                return
+            self._next()
+
+    # the file protocol pyarrow reads an IPC stream from
+    closed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        out = bytearray()
+        while size < 0 or len(out) < size:
+            if self._pos >= len(self._buf):
+                if self.final is not None:
+                    break
+                self._next()
+                continue
+            end = len(self._buf) if size < 0 else min(len(self._buf), self._pos + size - len(out))
+            out += memoryview(self._buf)[self._pos : end]
+            self._pos = end
+        return bytes(out)
+
+    def finish(self) -> dict[str, Any]:
+        """Read (and drop) what is left of the body; return the final header."""
+        while self.final is None:
+            self._next()
+        return self.final
+
+
+def _arrow_stream(response: _Response) -> pa.RecordBatchReader:
+    """The response body as an Arrow stream reader.
+
+    Called once the request is sent, so importing pyarrow (and, in ``load_data``, opening the
+    job's DuckDB) overlaps with the broker running the query.
+    """
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(pa.PythonFile(response, mode="r"))
+
+
+class BrokerAccess(DataAccess):
+    """Datasources and files reached through the runner's broker (see the module docstring).
+
+    Parameters
+    ----------
+    socket_path
+        The broker's socket in the job directory.
+    """
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._busy: socket.socket | None = None
+
+    def __repr__(self) -> str:
+        return f"<BrokerAccess {self.socket_path.name}>"
+
+    # -- the connection -------------------------------------------------------------------------
+    def _connect(self, error_cls: type[AnalysisError]) -> socket.socket:
+        if self._sock is not None:
+            return self._sock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path = str(self.socket_path)
+        dir_fd = None
+        try:
+            if len(path.encode()) > _MAX_SOCKET_PATH:  # address it through a short /proc path
+                dir_fd = os.open(self.socket_path.parent, os.O_PATH)
+                path = f"/proc/self/fd/{dir_fd}/{self.socket_path.name}"
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            raise error_cls(
+                f"The runner's data broker cannot be reached at {self.socket_path.name} ({exc.strerror})."
+            ) from None
+        finally:
+            if dir_fd is not None:
+                os.close(dir_fd)
+        self._sock = sock
+        return sock
+
+    def _drop(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def _call(
+        self,
+        request: Mapping[str, Any],
+        error_cls: type[AnalysisError],
+        consume: Callable[[_Response], _T],
+    ) -> tuple[_T, dict[str, Any]]:
+        """Send ``request``, let ``consume`` read the body, return its value and the final header."""
+        with self._lock:
+            sock = self._connect(error_cls)
+            response = _Response(sock)
+            self._busy = sock
+            try:
+                send_header(sock, request)
+                value = consume(response)
+                final = response.finish()
+            except (OSError, WireError, EOFError) as exc:
+                self._drop()
+                if response.final is not None and not response.final.get("ok"):
+                    raise error_from_wire(response.final.get("error")) from None
+                raise error_cls(f"The connection to the runner's data broker was lost ({exc}).") from None
+            except BaseException:  # KeyboardInterrupt, or the body could not be used
+                self._drop()
+                if response.final is not None and not response.final.get("ok"):
+                    raise error_from_wire(response.final.get("error")) from None
+                raise
+            finally:
+                self._busy = None
+        if not final.get("ok"):
+            raise error_from_wire(final.get("error"))
+        return value, final
+
+    # -- DataAccess -----------------------------------------------------------------------------
+    def query(self, name: str, sql: str, params: Params, *, timeout_s: float | None) -> pa.Table:
+        request = {"op": "query", "name": name, "sql": sql, "params": encode_params(params), "into": False}
+        table, _ = self._call(request, DatasourceError, lambda r: _arrow_stream(r).read_all())
+        return table
+
+    def query_into(
+        self,
+        sink: SupportsLoadData,
+        table: str,
+        name: str,
+        sql: str,
+        params: Params,
+        *,
+        timeout_s: float | None,
+    ) -> int:
+        from analysis.duck import quote_identifier
+
+        quote_identifier(table)  # a bad name fails here, before the datasource runs anything
+        request = {"op": "query", "name": name, "sql": sql, "params": encode_params(params), "into": True}
+        count, _ = self._call(request, DatasourceError, lambda r: sink.load_data(table, _arrow_stream(r)))
+        return count
+
+    def names(self) -> list[str]:
+        _, final = self._call({"op": "names"}, DatasourceError, lambda r: None)
+        return [str(n) for n in final.get("names", [])]
+
+    def files(self, *, deadline: Deadline, duck: SupportsLoadData) -> Files:
+        from analysis.broker_files import BrokerFiles
+
+        return BrokerFiles(self, deadline=deadline, duck=duck)
+
+    def get_file(
+        self, path: str, sink: Callable[[bytes], object], params: QueryParams | None, file_id: str | None
+    ) -> dict[str, str]:
+        """``GET path`` on the file API through the broker; the body goes to ``sink``."""
+        request = {"op": "files.get", "path": path, "params": dict(params or {}), "file_id": file_id}
+
+        def feed(response: _Response) -> None:
+            for piece in response.chunks():
+                sink(piece)
+
+        _, final = self._call(request, FileApiError, feed)
+        headers = final.get("headers")
+        return {str(k): str(v) for k, v in headers.items()} if isinstance(headers, dict) else {}
+
+    def interrupt(self) -> None:
+        busy = self._busy
+        if busy is not None:
+            try:
+                busy.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
