@@ -128,7 +128,7 @@ class Context:
         try:
             if into is not None:
                 count = source.query_into(self._duck, into, sql, params, timeout_s=timeout_s)
-                return QueryResult(None, row_count=count)
+                return QueryResult(None, row_count=count, loaded_into=into)
             return QueryResult(source.query(sql, params, timeout_s=timeout_s))
         except DatasourceError as exc:
             if self.deadline.expired():  # the statement was cancelled because the job ran out of time
