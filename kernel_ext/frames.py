@@ -70,6 +70,7 @@ def to_pandas(table: Any, sql_types: Sequence[str] | None = None) -> Any:
     columns = list(table.columns)
     cast = False
     later: dict[int, Any] = {}
+    enums: list[int] = []
     for i, field in enumerate(table.schema):
         column, kind = columns[i], field.type
         if t.is_decimal(kind):
@@ -82,9 +83,13 @@ def to_pandas(table: Any, sql_types: Sequence[str] | None = None) -> Any:
             later[i] = column.to_pandas(types_mapper=_nullable_mapper()).array
         elif sql_types is not None and sql_types[i] == "UUID" and t.is_string(kind):
             later[i] = np.array([None if v is None else uuid.UUID(v) for v in column.to_pylist()], dtype=object)
+        elif sql_types is not None and sql_types[i].startswith("ENUM(") and t.is_dictionary(kind):
+            enums.append(i)  # DuckDB's ENUMs are ordered categoricals
     if cast:
         table = pa.Table.from_arrays(columns, names=table.column_names)
-    frame = table.to_pandas()
+    frame = table.to_pandas(maps_as_pydicts="lossy")  # MAP as dicts, as DuckDB gives them
     for i, values in later.items():
         frame.isetitem(i, values)
+    for i in enums:
+        frame.isetitem(i, frame.iloc[:, i].cat.as_ordered())
     return frame
