@@ -202,6 +202,8 @@ def plot(
         "encoding": encoding,
         "width": _WIDTH,
         "height": 280,
+        # Room between the y labels and the y title for fonts wider than the renderer's.
+        "config": {"axisY": {"titlePadding": 10}},
     }
     if color is not None:
         # Text is measured with the renderer's fonts; a browser's sans-serif is often wider, and
