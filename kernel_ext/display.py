@@ -139,11 +139,14 @@ def _html_grid(names: Sequence[str], types: Sequence[str] | None, columns: list[
 
 
 def _text_grid(names: Sequence[str], columns: list[list[Any]]) -> list[str]:
-    cols = [[name, *("NULL" if v is None else str(v)[:40] for v in col)] for name, col in zip(
-        names, columns, strict=True
-    )]
+    cols = [
+        [name, *("NULL" if v is None else str(v)[:40] for v in col)]
+        for name, col in zip(names, columns, strict=True)
+    ]
     widths = [max(map(len, c)) for c in cols]
-    lines = [" | ".join(c[r].ljust(w) for c, w in zip(cols, widths, strict=True)) for r in range(len(cols[0]))]
+    lines = [
+        " | ".join(c[r].ljust(w) for c, w in zip(cols, widths, strict=True)) for r in range(len(cols[0]))
+    ]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return lines
 

@@ -82,7 +82,9 @@ def to_pandas(table: Any, sql_types: Sequence[str] | None = None) -> Any:
         elif (t.is_integer(kind) or t.is_boolean(kind)) and column.null_count:
             later[i] = column.to_pandas(types_mapper=_nullable_mapper()).array
         elif sql_types is not None and sql_types[i] == "UUID" and t.is_string(kind):
-            later[i] = np.array([None if v is None else uuid.UUID(v) for v in column.to_pylist()], dtype=object)
+            later[i] = np.array(
+                [None if v is None else uuid.UUID(v) for v in column.to_pylist()], dtype=object
+            )
         elif sql_types is not None and sql_types[i].startswith("ENUM(") and t.is_dictionary(kind):
             enums.append(i)  # DuckDB's ENUMs are ordered categoricals
     if cast:

@@ -59,7 +59,9 @@ class AnalysisCellError(Exception):
         Whether the cell was SQL: then there are no frames to show, only the database's message.
     """
 
-    def __init__(self, outcome: dict[str, Any], exc: BaseException | None = None, *, sql: bool = False) -> None:
+    def __init__(
+        self, outcome: dict[str, Any], exc: BaseException | None = None, *, sql: bool = False
+    ) -> None:
         super().__init__(f"{outcome['error_type']}: {outcome['error']}")
         self.outcome = outcome
         self.exc = exc

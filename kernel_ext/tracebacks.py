@@ -20,9 +20,7 @@ from typing import Any
 __all__ = ["install", "is_user_file", "short_stack", "uninstall"]
 
 _OWN_DIR = str(Path(__file__).parent)
-_LIBRARY_DIRS = tuple(
-    {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
-)
+_LIBRARY_DIRS = tuple({sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")})
 HINT = "\x1b[2m(the full traceback, with the frames of analysis and its libraries: %tb)\x1b[0m"
 
 
@@ -81,7 +79,9 @@ def _remember(exc: BaseException) -> None:
         setattr(sys, "last_exc", exc)  # noqa: B010
 
 
-def _handler(shell: Any, etype: type[BaseException], value: BaseException, tb: Any, tb_offset: Any = None) -> None:
+def _handler(
+    shell: Any, etype: type[BaseException], value: BaseException, tb: Any, tb_offset: Any = None
+) -> None:
     """IPython's custom exception hook: show the short form; keep the whole exception for ``%tb``."""
     from analysis.magics import AnalysisCellError
 

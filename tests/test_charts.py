@@ -117,7 +117,9 @@ def test_charts_have_alt_text_and_nbconvert_does_not_warn(
     chart = sales.plot("bar", x="category", y="amount", title="Revenue")
     bundle = chart._repr_mimebundle_()
     assert chart.description == "Revenue: Bar chart of sum(amount) by category"
-    assert bundle["text/markdown"].startswith("![Revenue: Bar chart of sum(amount) by category](data:image/svg+xml;")
+    assert bundle["text/markdown"].startswith(
+        "![Revenue: Bar chart of sum(amount) by category](data:image/svg+xml;"
+    )
     notebook = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("chart")
     cell.outputs = [nbformat.v4.new_output("display_data", data=bundle)]

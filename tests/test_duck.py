@@ -167,12 +167,10 @@ DUCKDB_TYPES = {
 }
 
 
-
-
 @pytest.mark.parametrize("nulls", [False, True], ids=["no-nulls", "with-null"])
 def test_df_matches_duckdbs_own_df_for_every_type(ctx: Context, nulls: bool) -> None:
     columns = ", ".join(
-        f"CASE WHEN range = 2 AND {str(nulls).lower()} THEN NULL ELSE {expr} END AS \"{name}\""
+        f'CASE WHEN range = 2 AND {str(nulls).lower()} THEN NULL ELSE {expr} END AS "{name}"'
         for name, expr in DUCKDB_TYPES.items()
     )
     sql = f"SELECT {columns} FROM range(3)"

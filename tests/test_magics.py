@@ -235,8 +235,10 @@ def test_saved_analyses_from_the_notebook(shell: RaisingShell, tmp_path: Path) -
 def _displayed(shell: RaisingShell, line: str, cell: str | None = None) -> list[dict[str, Any]]:
     """The bundles a magic displayed (and its return value's, as the notebook would show it)."""
     with capture_output() as captured:
-        value = shell.run_line_magic("analysis", line) if cell is None else shell.run_cell_magic(
-            "analysis", line, cell
+        value = (
+            shell.run_line_magic("analysis", line)
+            if cell is None
+            else shell.run_cell_magic("analysis", line, cell)
         )
     bundles = [dict(output.data) for output in captured.outputs]
     if value is not None:
@@ -252,7 +254,9 @@ def test_no_display_of_ours_carries_application_json(shell: RaisingShell, tmp_pa
     bundles = [
         shell.display_formatter.format(ctx.query("SELECT * FROM orders"))[0],
         *_displayed(shell, "--sql", "SELECT sku, qty FROM orders"),
-        *_displayed(shell, "", "def run(ctx, p):\n    return ctx.query(\"SELECT 'a' AS sku, 2 AS qty\").rows * 2\n"),
+        *_displayed(
+            shell, "", "def run(ctx, p):\n    return ctx.query(\"SELECT 'a' AS sku, 2 AS qty\").rows * 2\n"
+        ),
         *_displayed(shell, "", "def run(ctx, p):\n    return {'nested': [1, 2]}\n"),
         *_displayed(shell, "run doubler -p x=4 -p day=mon"),
         *_displayed(shell, "jobs"),
@@ -279,8 +283,15 @@ def test_query_result_summary_is_under_a_vendor_type_with_sql_types(shell: Raisi
     types = ["BIGINT", "VARCHAR", "DECIMAL(10,2)", "DATE", "INTEGER[]", "STRUCT(a INTEGER)"]
     assert [c["type"] for c in summary["columns"]] == [*types, "TIMESTAMP WITH TIME ZONE"]
     assert summary["rows"][:1] == [
-        {"i": 0, "s": "x", "amount": 1.25, "day": "2024-03-01", "xs": [1, 2], "st": {"a": 1},
-         "at": "2024-03-01T10:00:00+00:00"}
+        {
+            "i": 0,
+            "s": "x",
+            "amount": 1.25,
+            "day": "2024-03-01",
+            "xs": [1, 2],
+            "st": {"a": 1},
+            "at": "2024-03-01T10:00:00+00:00",
+        }
     ]
     html = bundle["text/html"]
     assert "DECIMAL(10,2)" in html and ">DATE<" in html
@@ -333,7 +344,7 @@ def test_query_lines_are_in_the_envelope_of_a_headless_notebook(tmp_path: Path) 
 def _shown(shell: RaisingShell, capsys: pytest.CaptureFixture[str], code: str) -> str:
     """What a failing cell shows (ANSI colours removed)."""
     capsys.readouterr()
-    with pytest.raises(BaseException):  # noqa: B017, PT011 - any failure; its display is the point
+    with pytest.raises(BaseException):  # noqa: B017 - any failure; its display is the point
         shell.run_cell(code)
     return re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
 
@@ -416,5 +427,5 @@ def test_interrupting_analysis_run_cancels_the_job(
     assert time.monotonic() - started < 30
     assert bundle["text/plain"].startswith("slow: cancelled after")
     magics = shell.magics_manager.registry["AnalysisMagics"]
-    (_, result), = magics.jobs
+    ((_, result),) = magics.jobs
     assert result.error_type == "cancelled" and result.trigger == "notebook"

@@ -83,9 +83,17 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = (work / "lab.log").open("w")
     server = subprocess.Popen(
         [
-            sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
-            f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
-            "--LabApp.expose_app_in_browser=True", f"--LabApp.user_settings_dir={config / 'settings'}",
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--allow-root",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={work}",
+            "--LabApp.expose_app_in_browser=True",
+            f"--LabApp.user_settings_dir={config / 'settings'}",
             f"--LabApp.workspaces_dir={config / 'workspaces'}",
         ],
         stdout=subprocess.DEVNULL,
@@ -180,7 +188,9 @@ def test_quickstart_shows_tables_short_errors_and_no_query_echo(browser: Any, la
     page, notebook = _run_notebook(browser, lab, "quickstart.ipynb")
     try:
         assert page.locator(f"{notebook} .jp-OutputArea-output.jp-RenderedJSON").count() == 0
-        tables = page.locator(f"{notebook} .jp-OutputArea-output[data-mime-type='text/html'] table.analysis-result")
+        tables = page.locator(
+            f"{notebook} .jp-OutputArea-output[data-mime-type='text/html'] table.analysis-result"
+        )
         assert tables.count() >= 4  # three queries and the %%analysis result's rows
         types = _texts(page, f"{notebook} table.analysis-result th small")
         assert types and all(t == t.upper() for t in types), types  # SQL names, not int64/string
@@ -189,7 +199,9 @@ def test_quickstart_shows_tables_short_errors_and_no_query_echo(browser: Any, la
         outputs = "\n".join(_texts(page, f"{notebook} .jp-OutputArea-output"))
         assert "1,500 rows loaded into table orders" in outputs
         assert "[query:" not in outputs and "[load_data]" not in outputs
-        errors = _texts(page, f"{notebook} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+        errors = _texts(
+            page, f"{notebook} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+        )
         error = next(e for e in errors if "timeout" in e)
         assert "timeout: The analysis ran past the 1 s deadline and was stopped." in error
         assert "duck.py" not in error and len(error.splitlines()) <= 6
