@@ -14,10 +14,8 @@ SQL on the notebook's ``ctx`` (DuckDB or a datasource) with bound parameters. ``
 
 from __future__ import annotations
 
-import inspect
 import json
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,52 +30,17 @@ from analysis.context import Context
 from analysis.deadline import Deadline
 from analysis.display import envelope_bundle, jobs_bundle, value_bundle
 from analysis.duck import QueryResult
-from analysis.errors import AnalysisError, InvalidAnalysisError, InvalidParametersError, JobTimeoutError
+from analysis.errors import InvalidAnalysisError, InvalidParametersError, JobTimeoutError
 from analysis.execute import Watchdog, describe_failure, failure, load_run, run_analysis
 from analysis.extras import MissingExtraError, require
 from analysis.logs import echo_automatic_lines
 from analysis.params import check_id, parse_assignments
 from analysis.results import DEFAULT_MAX_RESULT_BYTES
 from analysis.saved_runs import run_saved, validate_saved
-from analysis.tracebacks import short_stack
+from analysis.tracebacks import AnalysisCellError, keeping_exception
 from analysis.validate import validate_source
 
 __all__ = ["AnalysisCellError", "AnalysisMagics", "load", "unload"]
-
-
-class AnalysisCellError(Exception):
-    """An ``%%analysis`` cell failed; shown as the user's frames and one summary line.
-
-    Parameters
-    ----------
-    outcome
-        The failure, as a headless run reports it (``error_type``, ``error``, ``stack``).
-    exc
-        The exception behind it, when the cell raised one: the notebook shows its user frames
-        and message, and ``%tb`` its full traceback.
-    sql
-        Whether the cell was SQL: then there are no frames to show, only the database's message.
-    """
-
-    def __init__(
-        self, outcome: dict[str, Any], exc: BaseException | None = None, *, sql: bool = False
-    ) -> None:
-        super().__init__(f"{outcome['error_type']}: {outcome['error']}")
-        self.outcome = outcome
-        self.exc = exc
-        self.sql = sql
-
-    def _render_traceback_(self) -> list[str]:
-        error_type = self.outcome["error_type"]
-        summary = f"\x1b[31m{error_type}\x1b[0m: {self.outcome['error']}"
-        exc = self.exc
-        if exc is None:
-            stack = self.outcome.get("stack")
-            return [*(stack.splitlines() if stack else []), summary]
-        stopped = error_type in ("timeout", "cancelled")
-        if self.sql:  # the database's own message (with its caret) says it all
-            return [summary] if stopped or isinstance(exc, AnalysisError) else short_stack(exc)
-        return [*short_stack(exc, with_exception=not stopped), summary]
 
 
 @magics_class
@@ -272,7 +235,7 @@ class AnalysisMagics(Magics):
                 return {"success": False, **exc.to_dict(), "stack": None}, None, None
             raised: list[BaseException] = []
             outcome, result = run_analysis(
-                _keeping_exception(run, raised),
+                keeping_exception(run, raised),
                 ctx,
                 filename=filename,
                 max_result_bytes=max_bytes,
@@ -335,27 +298,6 @@ def _line_parser() -> MagicArgumentParser:
 
 #: ``--as`` choices that need an optional library: (module, what needs it).
 _NEEDS = {"df": ("pandas", "-o with --as df (the default)"), "pl": ("polars", "-o with --as pl")}
-
-
-def _keeping_exception(run: Callable[..., Any], raised: list[BaseException]) -> Callable[..., Any]:
-    """``run``, noting in ``raised`` what it raises (also from a coroutine) for the notebook's display."""
-
-    async def awaiting(value: Any) -> Any:
-        try:
-            return await value
-        except BaseException as exc:
-            raised.append(exc)
-            raise
-
-    def call(ctx: Context, parameters: dict[str, Any]) -> Any:
-        try:
-            value = run(ctx, parameters)
-        except BaseException as exc:
-            raised.append(exc)
-            raise
-        return awaiting(value) if inspect.isawaitable(value) else value
-
-    return call
 
 
 def _registered(ipython: Any) -> AnalysisMagics | None:

@@ -4,20 +4,25 @@ A SQL typo in ``ctx.query`` used to show some 35 lines of ``analysis`` and DuckD
 the one line that matters. For errors of ``analysis`` and DuckDB, the notebook shows the frames of
 the user's code (cells, their own modules) and the exception's whole message (DuckDB's includes
 the caret under the faulty SQL). ``sys.last_value`` keeps the whole exception, so ``%tb`` shows
-the full traceback. Headless envelopes are not affected: their ``stack`` is built elsewhere.
+the full traceback. A failed ``%%analysis`` cell (:class:`AnalysisCellError`) shows the frames of
+the analysis and one ``error_type: error`` line. Headless envelopes are not affected: their
+``stack`` is built elsewhere.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 import sysconfig
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["install", "is_user_file", "short_stack", "uninstall"]
+from analysis.errors import AnalysisError
+
+__all__ = ["AnalysisCellError", "install", "is_user_file", "keeping_exception", "short_stack", "uninstall"]
 
 _OWN_DIR = str(Path(__file__).parent)
 _LIBRARY_DIRS = tuple({sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")})
@@ -59,6 +64,62 @@ def short_stack(exc: BaseException, *, with_exception: bool = True) -> list[str]
     return lines
 
 
+class AnalysisCellError(Exception):
+    """An ``%%analysis`` cell failed; shown as the user's frames and one summary line.
+
+    Parameters
+    ----------
+    outcome
+        The failure, as a headless run reports it (``error_type``, ``error``, ``stack``).
+    exc
+        The exception behind it, when the cell raised one: the notebook shows its user frames
+        and message, and ``%tb`` its full traceback.
+    sql
+        Whether the cell was SQL: then there are no frames to show, only the database's message.
+    """
+
+    def __init__(
+        self, outcome: dict[str, Any], exc: BaseException | None = None, *, sql: bool = False
+    ) -> None:
+        super().__init__(f"{outcome['error_type']}: {outcome['error']}")
+        self.outcome = outcome
+        self.exc = exc
+        self.sql = sql
+
+    def _render_traceback_(self) -> list[str]:
+        error_type = self.outcome["error_type"]
+        summary = f"\x1b[31m{error_type}\x1b[0m: {self.outcome['error']}"
+        exc = self.exc
+        if exc is None:
+            stack = self.outcome.get("stack")
+            return [*(stack.splitlines() if stack else []), summary]
+        stopped = error_type in ("timeout", "cancelled")
+        if self.sql:  # the database's own message (with its caret) says it all
+            return [summary] if stopped or isinstance(exc, AnalysisError) else short_stack(exc)
+        return [*short_stack(exc, with_exception=not stopped), summary]
+
+
+def keeping_exception(run: Callable[..., Any], raised: list[BaseException]) -> Callable[..., Any]:
+    """``run``, noting in ``raised`` what it raises (also from a coroutine) for the notebook's display."""
+
+    async def awaiting(value: Any) -> Any:
+        try:
+            return await value
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+
+    def call(ctx: Any, parameters: dict[str, Any]) -> Any:
+        try:
+            value = run(ctx, parameters)
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+        return awaiting(value) if inspect.isawaitable(value) else value
+
+    return call
+
+
 def _ipython_short(shell: Any, exc: BaseException) -> list[str]:
     """IPython's own rendering (``Cell In[3], line 2`` with context) of the user's frames only."""
     cause, context, suppress = exc.__cause__, exc.__context__, exc.__suppress_context__
@@ -83,8 +144,6 @@ def _handler(
     shell: Any, etype: type[BaseException], value: BaseException, tb: Any, tb_offset: Any = None
 ) -> None:
     """IPython's custom exception hook: show the short form; keep the whole exception for ``%tb``."""
-    from analysis.magics import AnalysisCellError
-
     if isinstance(value, AnalysisCellError):
         _remember(value.exc if value.exc is not None else value)
         stb = [*value._render_traceback_(), *([HINT] if value.exc is not None else [])]
@@ -96,9 +155,6 @@ def _handler(
 
 def _exception_types() -> tuple[type[BaseException], ...]:
     import duckdb
-
-    from analysis.errors import AnalysisError
-    from analysis.magics import AnalysisCellError
 
     return (AnalysisCellError, AnalysisError, duckdb.Error)
 
