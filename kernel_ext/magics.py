@@ -38,6 +38,8 @@ from analysis.params import check_id, parse_assignments
 from analysis.results import DEFAULT_MAX_RESULT_BYTES
 from analysis.saved_runs import run_saved, validate_saved
 from analysis.tracebacks import AnalysisCellError, keeping_exception
+from analysis.tracebacks import install as install_short_tracebacks
+from analysis.tracebacks import uninstall as uninstall_short_tracebacks
 from analysis.validate import validate_source
 
 __all__ = ["AnalysisCellError", "AnalysisMagics", "load", "unload"]
@@ -307,25 +309,21 @@ def _registered(ipython: Any) -> AnalysisMagics | None:
 
 def load(ipython: Any) -> None:
     """Register the magics and put ``ctx`` in the user namespace; a second load changes nothing."""
-    from analysis import tracebacks
-
     if _registered(ipython) is None:
         ipython.register_magics(AnalysisMagics(shell=ipython))
     magics = _registered(ipython)
     assert magics is not None
     ipython.user_ns.setdefault("ctx", magics.ctx)
     echo_automatic_lines(magics.log_queries)
-    tracebacks.install(ipython)
+    install_short_tracebacks(ipython)
 
 
 def unload(ipython: Any) -> None:
     """Close the notebook's ``ctx``, remove it from the namespace, and unregister the magic."""
-    from analysis import tracebacks
-
     magics = _registered(ipython)
     if magics is None:
         return
-    tracebacks.uninstall(ipython)
+    uninstall_short_tracebacks(ipython)
     echo_automatic_lines(True)
     magics.ctx.close()
     if ipython.user_ns.get("ctx") is magics.ctx:
