@@ -8,11 +8,13 @@ the output notebook of a headless run, a PDF export, nbviewer.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import TYPE_CHECKING, Any
 
 from analysis.duck import LoadDataError, quote_identifier
 from analysis.errors import AnalysisError
+from analysis.extras import MissingExtraError, require
 from analysis.results import to_json_fragment
 
 if TYPE_CHECKING:
@@ -50,20 +52,38 @@ class Chart:
         points = len(self.spec["data"]["values"])
         return f"<Chart {self.spec.get('mark', {}).get('type')} {fields} ({points} points)>"
 
-    def svg(self) -> str:
-        """The chart drawn as SVG (no JavaScript needed)."""
-        import vl_convert
+    @property
+    def description(self) -> str:
+        """The chart in words (its alternative text): kind, axes and title."""
+        return str(self.spec.get("description", ""))
 
+    def svg(self) -> str:
+        """The chart drawn as SVG (no JavaScript needed; needs the ``charts`` extra)."""
+        vl_convert = require("vl_convert", "Drawing a chart as SVG or PNG")
         svg: str = vl_convert.vegalite_to_svg(self.spec)
         return svg
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return {VEGA_LITE_MIME: self.spec, "image/svg+xml": self.svg(), "text/plain": repr(self)}
+        """Vega-Lite (JupyterLab, Notebook, VS Code draw it), an SVG copy, and text.
+
+        The SVG goes twice: as ``image/svg+xml`` (PDF export, viewers) and inside a Markdown
+        image with the chart's description as alternative text, which nbconvert's HTML prefers
+        to a bare image (which has no alt text). JupyterLab ranks Vega-Lite above both.
+        """
+        bundle: dict[str, Any] = {VEGA_LITE_MIME: self.spec, "text/plain": repr(self)}
+        try:
+            svg = self.svg()
+        except MissingExtraError:  # Vega-Lite front ends still draw it; no static copy
+            return bundle
+        encoded = base64.b64encode(svg.encode()).decode()
+        alt = self.description.replace("[", "(").replace("]", ")")
+        bundle["image/svg+xml"] = svg
+        bundle["text/markdown"] = f"![{alt}](data:image/svg+xml;base64,{encoded})"
+        return bundle
 
     def save(self, path: str) -> None:
         """Write the chart as ``.svg``, ``.png`` or ``.json`` (the Vega-Lite spec), by extension."""
-        import vl_convert
-
+        vl_convert = require("vl_convert", "Chart.save")
         if path.endswith(".svg"):
             data: bytes = self.svg().encode()
         elif path.endswith(".png"):
@@ -168,18 +188,52 @@ def plot(
             "x": {"field": x, "type": _vega_type(points.schema.field(x).type)},
             "y": {"field": y if kind == "scatter" else y_field, "type": "quantitative", "title": y_name},
         }
-        if kind == "bar" and encoding["x"]["type"] == "nominal":
-            encoding["x"]["sort"] = None
+        if encoding["x"]["type"] == "nominal":
+            if kind == "bar":
+                encoding["x"]["sort"] = None
+            encoding["x"]["axis"] = _category_axis([v.get(x) for v in values])
     if color is not None:
         encoding["color"] = {"field": color, "type": _vega_type(points.schema.field(color).type)}
     spec: dict[str, Any] = {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "description": _describe(kind, encoding, title),
         "data": {"values": values},
         "mark": {"type": _MARKS[kind], "tooltip": True},
         "encoding": encoding,
-        "width": 480,
+        "width": _WIDTH,
         "height": 280,
+        # Room between the y labels and the y title for fonts wider than the renderer's.
+        "config": {"axisY": {"titlePadding": 10}},
     }
+    if color is not None:
+        # Text is measured with the renderer's fonts; a browser's sans-serif is often wider, and
+        # the legend, drawn last on the right, would be clipped at the SVG's edge.
+        spec["padding"] = {"left": 5, "top": 5, "bottom": 5, "right": _LEGEND_SLACK_PX}
     if title:
         spec["title"] = title
     return Chart(spec)
+
+
+_WIDTH = 480
+_LEGEND_SLACK_PX = 40
+_CHAR_PX = 7  # an 11px label's average character width, generously
+
+
+def _category_axis(categories: list[Any]) -> dict[str, Any]:
+    """Horizontal labels when they fit their band; slanted (not vertical) when they do not."""
+    distinct = list(dict.fromkeys("" if c is None else str(c) for c in categories))
+    band = _WIDTH / max(1, len(distinct))
+    widest = max((len(c) for c in distinct), default=0) * _CHAR_PX
+    if widest <= band - 6:
+        return {"labelAngle": 0}
+    return {"labelAngle": -40, "labelAlign": "right", "labelLimit": 120}
+
+
+def _describe(kind: str, encoding: dict[str, Any], title: str | None) -> str:
+    """The chart in words, for alternative text: ``Bar chart of sum(amount) by category``."""
+    x = encoding["x"].get("title", encoding["x"]["field"])
+    y = encoding["y"].get("title", encoding["y"]["field"])
+    text = f"Histogram of {x}" if kind == "histogram" else f"{kind.capitalize()} chart of {y} by {x}"
+    if "color" in encoding:
+        text += f" and {encoding['color']['field']}"
+    return f"{title}: {text}" if title else text

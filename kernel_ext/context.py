@@ -134,7 +134,7 @@ class Context:
         try:
             if into is not None:
                 count = self._access.query_into(self._duck, into, name, sql, params, timeout_s=timeout_s)
-                return QueryResult(None, row_count=count)
+                return QueryResult(None, row_count=count, loaded_into=into)
             return QueryResult(self._access.query(name, sql, params, timeout_s=timeout_s))
         except DatasourceError as exc:
             if self.deadline.expired():  # the statement was cancelled because the job ran out of time

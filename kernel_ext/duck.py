@@ -12,6 +12,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from analysis.errors import AnalysisError
+from analysis.extras import require
 from analysis.logs import emit, one_line
 
 if TYPE_CHECKING:
@@ -48,12 +49,23 @@ class QueryResult:
         The result's columns; ``None`` for a result that only reports a row count (``into=``).
     row_count
         Rows affected or loaded, for results without a table.
+    sql_types
+        The SQL types of the columns as the database named them; default: derived from Arrow.
+    loaded_into
+        The DuckDB table the rows went to (``into=``), for the notebook display.
     """
 
     #: Rows shown in a notebook (``%config AnalysisMagics.display_rows`` sets it).
     display_rows: int = 20
 
-    def __init__(self, table: pa.Table | None, *, row_count: int | None = None) -> None:
+    def __init__(
+        self,
+        table: pa.Table | None,
+        *,
+        row_count: int | None = None,
+        sql_types: Sequence[str] | None = None,
+        loaded_into: str | None = None,
+    ) -> None:
         if table is None:
             import pyarrow as pa
 
@@ -61,11 +73,22 @@ class QueryResult:
         self._table = table
         self._row_count = table.num_rows if row_count is None else row_count
         self._rows: list[dict[str, Any]] | None = None
+        self._sql_types = list(sql_types) if sql_types is not None else None
+        self.loaded_into = loaded_into
 
     @property
     def columns(self) -> list[str]:
         """Column names, in order."""
         return list(self._table.column_names)
+
+    @property
+    def sql_types(self) -> list[str]:
+        """The SQL types of the columns (``DECIMAL(10,2)``, ``DATE``, ``VARCHAR``...), in order."""
+        if self._sql_types is None:
+            from analysis.display import sql_type
+
+            self._sql_types = [sql_type(field.type) for field in self._table.schema]
+        return list(self._sql_types)
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -93,27 +116,21 @@ class QueryResult:
         return self._table
 
     def df(self) -> Any:
-        """The result as a pandas DataFrame, typed as DuckDB's own ``.df()`` types it.
+        """The result as a pandas DataFrame, with the dtypes DuckDB's own ``.df()`` gives.
 
-        DECIMAL columns become float64 and DATE columns datetime64 (not Python objects), which
-        is also what keeps the conversion columnar and fast.
+        DECIMAL becomes float64, DATE datetime64[us], INTERVAL timedelta64[us] (a month is 30
+        days), integers and booleans with NULLs pandas' nullable ``Int64``/``boolean`` dtypes,
+        UUID ``uuid.UUID`` objects. The conversion is columnar (no Python object per value,
+        except for UUIDs). Needs pandas (``pip install 'analysis-kernel[pandas]'``).
         """
-        import pyarrow as pa
-        from pyarrow import types
+        require("pandas", "QueryResult.df()")
+        from analysis.frames import to_pandas
 
-        table = self._table
-        if any(types.is_decimal(field.type) for field in table.schema):
-            columns = [
-                column.cast(pa.float64()) if types.is_decimal(field.type) else column
-                for field, column in zip(table.schema, table.columns, strict=True)
-            ]
-            table = pa.Table.from_arrays(columns, names=table.column_names)
-        return table.to_pandas(date_as_object=False)
+        return to_pandas(self._table, self.sql_types if self._sql_types is not None else None)
 
     def pl(self) -> Any:
-        """The result as a polars DataFrame (needs polars)."""
-        import polars as pl
-
+        """The result as a polars DataFrame (needs ``pip install 'analysis-kernel[polars]'``)."""
+        pl = require("polars", "QueryResult.pl()")
         return pl.from_arrow(self._table)
 
     def plot(
@@ -147,10 +164,10 @@ class QueryResult:
             self._table, kind, x=x, y=y, color=color, agg=agg, bins=bins, title=title, max_points=max_points
         )
 
-    def _repr_json_(self) -> dict[str, Any]:
-        from analysis.display import json_summary
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        from analysis.display import query_result_bundle
 
-        return json_summary(self)
+        return query_result_bundle(self)
 
     def __repr__(self) -> str:
         return (
@@ -229,7 +246,7 @@ class Duck:
         rel = self.connection.sql(sql, params=params)
         if rel is None:  # a statement without a result set (DDL)
             return QueryResult(None, row_count=0)
-        return QueryResult(rel.to_arrow_table())
+        return QueryResult(rel.to_arrow_table(), sql_types=[str(t) for t in rel.types])
 
     def load_data(
         self, table: str, data: Any, *, mode: str = "replace", casts: Sequence[str | None] | None = None

@@ -9,6 +9,7 @@ SQL on the notebook's ``ctx`` (DuckDB or a datasource) with bound parameters. ``
     %config AnalysisMagics.timeout_s = 60
     %config AnalysisMagics.max_result_bytes = 1_000_000
     %config AnalysisMagics.display_rows = 50
+    %config AnalysisMagics.log_queries = True
 """
 
 from __future__ import annotations
@@ -16,40 +17,32 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from pprint import pformat
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
 from IPython.display import display
-from traitlets import Float, Int, Unicode, observe
+from traitlets import Bool, Float, Int, Unicode, default, observe
 
 from analysis.config import Settings
 from analysis.context import Context
 from analysis.deadline import Deadline
+from analysis.display import envelope_bundle, jobs_bundle, value_bundle
 from analysis.duck import QueryResult
-from analysis.errors import InvalidAnalysisError, InvalidParametersError
-from analysis.execute import Watchdog, describe_failure, load_run, run_analysis
+from analysis.errors import InvalidAnalysisError, InvalidParametersError, JobTimeoutError
+from analysis.execute import Watchdog, describe_failure, failure, load_run, run_analysis
+from analysis.extras import MissingExtraError, require
+from analysis.logs import echo_automatic_lines
 from analysis.params import check_id, parse_assignments
 from analysis.results import DEFAULT_MAX_RESULT_BYTES
 from analysis.saved_runs import run_saved, validate_saved
+from analysis.tracebacks import AnalysisCellError, keeping_exception
+from analysis.tracebacks import install as install_short_tracebacks
+from analysis.tracebacks import uninstall as uninstall_short_tracebacks
 from analysis.validate import validate_source
 
 __all__ = ["AnalysisCellError", "AnalysisMagics", "load", "unload"]
-
-
-class AnalysisCellError(Exception):
-    """An ``%%analysis`` cell failed; shown as the analysis's traceback and one summary line."""
-
-    def __init__(self, outcome: dict[str, Any]) -> None:
-        super().__init__(f"{outcome['error_type']}: {outcome['error']}")
-        self.outcome = outcome
-
-    def _render_traceback_(self) -> list[str]:
-        stack = self.outcome.get("stack")
-        summary = f"\x1b[31m{self.outcome['error_type']}\x1b[0m: {self.outcome['error']}"
-        return [*(stack.splitlines() if stack else []), summary]
 
 
 @magics_class
@@ -66,6 +59,10 @@ class AnalysisMagics(Magics):
     project_id = Unicode(
         "", help="Project of this notebook (datasources, --save); default $ANALYSIS_PROJECT_ID or 'default'."
     ).tag(config=True)
+    log_queries = Bool(
+        help="Echo [query:...], [load_data] and [files] lines under cells (default: off in a notebook, "
+        "on in a headless run). They always go to the 'analysis' logger."
+    ).tag(config=True)
 
     def __init__(self, shell: Any, **kwargs: Any) -> None:
         super().__init__(shell, **kwargs)
@@ -80,6 +77,20 @@ class AnalysisMagics(Magics):
     @observe("display_rows")
     def _display_rows_changed(self, change: dict[str, Any]) -> None:
         QueryResult.display_rows = change["new"]
+
+    @default("log_queries")
+    def _log_queries_default(self) -> bool:
+        return self.headless
+
+    @observe("log_queries")
+    def _log_queries_changed(self, change: dict[str, Any]) -> None:
+        echo_automatic_lines(change["new"])
+
+    @property
+    def headless(self) -> bool:
+        """Whether this kernel runs a headless notebook job (the runner put the job's ``ctx`` in)."""
+        ctx = self.shell.user_ns.get("ctx") if self.shell is not None else None
+        return isinstance(ctx, Context) and ctx.job_id is not None
 
     @magic_arguments()
     @argument(
@@ -127,20 +138,18 @@ class AnalysisMagics(Magics):
         if args.save:
             self._save(args.save, cell)
         max_bytes = args.max_result_bytes if args.max_result_bytes is not None else self.max_result_bytes
-        outcome, result = self._run(cell, parameters, timeout_s, max_bytes)
+        outcome, result, raised = self._run(cell, parameters, timeout_s, max_bytes)
         assert self.shell is not None
         if not outcome["success"]:
             if args.output:
                 self.shell.user_ns[args.output] = None
-            raise AnalysisCellError(outcome)
+            raise AnalysisCellError(outcome, raised)
         assert result is not None
         value = json.loads(result)
         if args.output:
             self.shell.user_ns[args.output] = value
-        if isinstance(value, dict | list):  # a tree in JupyterLab, pretty text elsewhere
-            display({"application/json": value, "text/plain": pformat(value)}, raw=True)
-        else:
-            display(value)
+        hint = f"; all of it is in {args.output}" if args.output else "; keep all of it with -o VAR"
+        display(value_bundle(value, self.display_rows, hint=hint), raw=True)
         return None
 
     def notebook_ctx(self) -> Context:
@@ -152,21 +161,33 @@ class AnalysisMagics(Magics):
     def _sql(self, args: Any, cell: str, parameters: dict[str, Any], timeout_s: float | None) -> QueryResult:
         if args.save:
             raise UsageError("--save is for analysis cells, not --sql cells.")
+        if args.output and args.as_ in _NEEDS:
+            module, what = _NEEDS[args.as_]
+            try:
+                require(module, what)
+            except MissingExtraError as exc:
+                raise UsageError(f"{exc} (or store Arrow or the result: --as arrow, --as result)") from None
         ctx = self.notebook_ctx()
         params = parameters or None
-        with Watchdog(ctx, Deadline.after(timeout_s), interrupt_main=True) as watchdog:
+        deadline = Deadline.after(timeout_s)
+        with Watchdog(ctx, deadline, interrupt_main=True) as watchdog:
             try:
                 if args.datasource:
                     result = ctx.query_datasource(args.datasource, cell, params, into=args.into)
                 else:
                     result = ctx.query(cell, params)
                     if args.into:
-                        result = QueryResult(None, row_count=ctx.load_data(args.into, result))
+                        loaded = ctx.load_data(args.into, result)
+                        result = QueryResult(None, row_count=loaded, loaded_into=args.into)
             except BaseException as exc:
-                if isinstance(exc, Exception | KeyboardInterrupt) and not isinstance(exc, UsageError):
-                    outcome = describe_failure(exc, ctx, None, timed_out=watchdog.fired)
-                    raise AnalysisCellError({**outcome, "stack": None}) from None
-                raise
+                if not isinstance(exc, Exception | KeyboardInterrupt) or isinstance(exc, UsageError):
+                    raise
+                if watchdog.fired:  # the notebook's ctx has no deadline of its own: name this one
+                    stopped = JobTimeoutError(f"The SQL cell ran past {deadline.describe()} and was stopped.")
+                    outcome = failure(stopped, None)
+                else:
+                    outcome = {**describe_failure(exc, ctx, None), "stack": None}
+                raise AnalysisCellError(outcome, exc, sql=True) from None
         if args.output:
             assert self.shell is not None
             converters = {"df": QueryResult.df, "pl": QueryResult.pl, "arrow": QueryResult.arrow}
@@ -186,7 +207,7 @@ class AnalysisMagics(Magics):
             print(f"ok: {path}")
             return None
         if args.command == "jobs":
-            display(_jobs_bundle(self.jobs), raw=True)
+            display(jobs_bundle(self.jobs), raw=True)
             return None
         parameters = _parameters(args.param, self.shell.user_ns if self.shell is not None else {})
         options: dict[str, Any] = {"timeout_s": args.timeout if args.timeout is not None else self.timeout_s}
@@ -194,13 +215,12 @@ class AnalysisMagics(Magics):
             options["max_result_bytes"] = self.max_result_bytes
         result = run_saved(root, project, args.name, parameters, **options)
         self.jobs.append((args.name, result))
-        envelope = result.to_dict()
-        display({"application/json": envelope, "text/plain": pformat(envelope)}, raw=True)
+        display(envelope_bundle(args.name, result.to_dict(), self.display_rows), raw=True)
         return None
 
     def _run(
         self, cell: str, parameters: dict[str, Any], timeout_s: float | None, max_bytes: int | None
-    ) -> tuple[dict[str, Any], bytes | None]:
+    ) -> tuple[dict[str, Any], bytes | None, BaseException | None]:
         job_id = f"cell-{uuid.uuid4().hex}"
         filename = "<%%analysis cell>"
         ctx = Context(
@@ -214,8 +234,16 @@ class AnalysisMagics(Magics):
             try:
                 run = load_run(cell, filename)
             except InvalidAnalysisError as exc:
-                return {"success": False, **exc.to_dict(), "stack": None}, None
-            return run_analysis(run, ctx, filename=filename, max_result_bytes=max_bytes, interrupt_main=True)
+                return {"success": False, **exc.to_dict(), "stack": None}, None, None
+            raised: list[BaseException] = []
+            outcome, result = run_analysis(
+                keeping_exception(run, raised),
+                ctx,
+                filename=filename,
+                max_result_bytes=max_bytes,
+                interrupt_main=True,
+            )
+            return outcome, result, raised[-1] if raised and not outcome["success"] else None
         finally:
             ctx.close()
 
@@ -270,27 +298,8 @@ def _line_parser() -> MagicArgumentParser:
     return parser
 
 
-def _jobs_bundle(jobs: list[tuple[str, Any]]) -> dict[str, Any]:
-    rows = [
-        {
-            "analysis": name,
-            "job_id": r.job_id,
-            "success": r.success,
-            "error_type": r.error_type,
-            "duration_ms": r.duration_ms,
-            "trigger": r.trigger,
-        }
-        for name, r in reversed(jobs)
-    ]
-    lines = [
-        f"{row['analysis']:24} {row['job_id']}  {'ok' if row['success'] else row['error_type']:20} "
-        f"{row['duration_ms']:>7} ms"
-        for row in rows
-    ]
-    return {
-        "application/json": {"jobs": rows},
-        "text/plain": "\n".join(lines) or "no jobs yet in this kernel",
-    }
+#: ``--as`` choices that need an optional library: (module, what needs it).
+_NEEDS = {"df": ("pandas", "-o with --as df (the default)"), "pl": ("polars", "-o with --as pl")}
 
 
 def _registered(ipython: Any) -> AnalysisMagics | None:
@@ -305,6 +314,8 @@ def load(ipython: Any) -> None:
     magics = _registered(ipython)
     assert magics is not None
     ipython.user_ns.setdefault("ctx", magics.ctx)
+    echo_automatic_lines(magics.log_queries)
+    install_short_tracebacks(ipython)
 
 
 def unload(ipython: Any) -> None:
@@ -312,6 +323,8 @@ def unload(ipython: Any) -> None:
     magics = _registered(ipython)
     if magics is None:
         return
+    uninstall_short_tracebacks(ipython)
+    echo_automatic_lines(True)
     magics.ctx.close()
     if ipython.user_ns.get("ctx") is magics.ctx:
         del ipython.user_ns["ctx"]

@@ -38,8 +38,8 @@ from analysis.errors import (
 )
 from analysis.params import check_id
 from analysis.results import DEFAULT_MAX_RESULT_BYTES, OUTCOME_MIME, to_json_fragment
-from analysis.runner.deps import EnvironmentLease, lease_environment
 from analysis.runner.broker import SOCKET_NAME, kernel_environ, serve_broker
+from analysis.runner.deps import EnvironmentLease, lease_environment
 from analysis.runner.envelope import JobResult
 from analysis.runner.kernels import KernelProcess, launch_kernel
 from analysis.runner.logbuffer import DEFAULT_MAX_LOG_BYTES, LogBuffer

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 
 from analysis.charts import VEGA_LITE_MIME, ChartError
 from analysis.duck import Duck, QueryResult
+from analysis.extras import MissingExtraError
 
 
 @pytest.fixture
@@ -76,3 +79,63 @@ def test_bundle_has_vega_lite_and_an_svg_fallback(sales: QueryResult, tmp_path: 
 def test_bad_chart_requests(sales: QueryResult, kind: str, options: dict[str, str], message: str) -> None:
     with pytest.raises(ChartError, match=message):
         sales.plot(kind, **options)  # type: ignore[arg-type]
+
+
+def test_few_category_labels_are_horizontal_many_long_ones_slanted(sales: QueryResult) -> None:
+    chart = sales.plot("bar", x="category", y="amount")
+    assert chart.spec["encoding"]["x"]["axis"]["labelAngle"] == 0
+    duck = Duck()
+    many = duck.query("SELECT 'a rather long product name ' || range AS product, range AS n FROM range(40)")
+    duck.close()
+    axis = many.plot("bar", x="product", y="n").spec["encoding"]["x"]["axis"]
+    assert axis["labelAngle"] == -40 and axis["labelAlign"] == "right"
+
+
+def test_legend_has_room_for_wider_browser_fonts(sales: QueryResult) -> None:
+    # vl-convert measures text with its own fonts; a browser's sans-serif (DejaVu Sans here) is
+    # some 15% wider, and the legend title used to be clipped at the SVG's right edge.
+    svg = sales.plot("line", x="day", y="amount", color="channel").svg()
+    width = float(re.search(r'<svg[^>]* width="([\d.]+)"', svg).group(1))  # type: ignore[union-attr]
+    origin = float(re.search(r'stroke-miterlimit="10" transform="translate\(([\d.]+),', svg).group(1))  # type: ignore[union-attr]
+    legend = re.search(  # where the legend starts and how wide vl-convert measured it
+        r'role-legend"[^>]*><g transform="translate\(([\d.]+),[\d.]+\)"><path class="background" '
+        r'aria-hidden="true" d="M0,0h([\d.]+)',
+        svg,
+    )
+    assert legend is not None
+    legend_x, legend_width = float(legend.group(1)), float(legend.group(2))
+    slack = width - (origin + legend_x + legend_width)
+    assert slack >= 0.25 * legend_width
+
+
+def test_charts_have_alt_text_and_nbconvert_does_not_warn(
+    sales: QueryResult, caplog: pytest.LogCaptureFixture
+) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    chart = sales.plot("bar", x="category", y="amount", title="Revenue")
+    bundle = chart._repr_mimebundle_()
+    assert chart.description == "Revenue: Bar chart of sum(amount) by category"
+    assert bundle["text/markdown"].startswith(
+        "![Revenue: Bar chart of sum(amount) by category](data:image/svg+xml;"
+    )
+    notebook = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("chart")
+    cell.outputs = [nbformat.v4.new_output("display_data", data=bundle)]
+    notebook.cells = [cell]
+    with caplog.at_level("WARNING"):
+        body, _ = HTMLExporter().from_notebook_node(notebook)
+    assert "Alternative text is missing" not in caplog.text
+    assert 'alt="Revenue: Bar chart of sum(amount) by category"' in body
+
+
+def test_without_vl_convert_charts_still_show_and_save_names_the_extra(
+    sales: QueryResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "vl_convert", None)
+    chart = sales.plot("bar", x="category", y="amount")
+    bundle = chart._repr_mimebundle_()
+    assert set(bundle) == {VEGA_LITE_MIME, "text/plain"}
+    with pytest.raises(MissingExtraError, match=r"pip install 'analysis-kernel\[charts\]'"):
+        chart.save(str(tmp_path / "c.svg"))

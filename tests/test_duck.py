@@ -142,3 +142,65 @@ def test_load_dicts_with_differing_keys_keeps_every_column(
     assert ctx.load_data("t", rows) == 2
     loaded = ctx.query("SELECT * FROM t ORDER BY a").rows
     assert loaded == [{k: r.get(k) for k in ("a", "b", "c")} for r in rows]
+
+
+#: DuckDB types (as SQL expressions) whose .df() dtypes QueryResult.df() must match. Each is
+#: selected twice: without NULLs, and with a NULL in the last row (nullable dtypes differ).
+DUCKDB_TYPES = {
+    "BOOLEAN": "true",
+    "TINYINT": "1::TINYINT",
+    "SMALLINT": "1::SMALLINT",
+    "INTEGER": "1::INTEGER",
+    "BIGINT": "1::BIGINT",
+    "HUGEINT": "1::HUGEINT",
+    "UTINYINT": "1::UTINYINT",
+    "USMALLINT": "1::USMALLINT",
+    "UINTEGER": "1::UINTEGER",
+    "UBIGINT": "1::UBIGINT",
+    "FLOAT": "1.5::FLOAT",
+    "DOUBLE": "1.5::DOUBLE",
+    "DECIMAL(4,1)": "1.2::DECIMAL(4, 1)",
+    "DECIMAL(10,2)": "1.25::DECIMAL(10, 2)",
+    "DECIMAL(38,10)": "1.25::DECIMAL(38, 10)",
+    "VARCHAR": "'x'",
+    "BLOB": "'x'::BLOB",
+    "DATE": "DATE '2024-03-01'",
+    "TIME": "TIME '08:15:00.5'",
+    "TIMESTAMP": "TIMESTAMP '2024-03-01 12:30:00.25'",
+    "TIMESTAMP_S": "TIMESTAMP_S '2024-03-01 12:30:00'",
+    "TIMESTAMP_MS": "TIMESTAMP_MS '2024-03-01 12:30:00.25'",
+    "TIMESTAMP_NS": "TIMESTAMP_NS '2024-03-01 12:30:00.000000001'",
+    "TIMESTAMPTZ": "TIMESTAMPTZ '2024-03-01 12:30:00+02'",
+    "INTERVAL": "INTERVAL 1 MONTH + INTERVAL 3 DAY + INTERVAL 1500 MILLISECOND",
+    "UUID": "'5f3c6a2e-0b1d-4e8f-9a7c-2d4b6e8f0a1c'::UUID",
+    "INTEGER[]": "[1, 2]",
+    "INTEGER[2]": "[1, 2]::INTEGER[2]",
+    "STRUCT": "{'a': 1}",
+    "MAP": "MAP {'a': 1}",
+    "ENUM": "'a'::ENUM('a', 'b')",
+    "JSON": "'{}'::JSON",
+    "BIT": "'101'::BIT",
+}
+
+
+@pytest.mark.parametrize("nulls", [False, True], ids=["no-nulls", "with-null"])
+def test_df_matches_duckdbs_own_df_for_every_type(ctx: Context, nulls: bool) -> None:
+    columns = ", ".join(
+        f'CASE WHEN range = 2 AND {str(nulls).lower()} THEN NULL ELSE {expr} END AS "{name}"'
+        for name, expr in DUCKDB_TYPES.items()
+    )
+    sql = f"SELECT {columns} FROM range(3)"
+    ours = ctx.query(sql).df()
+    theirs = ctx.duckdb.sql(sql).df()
+    assert dict(ours.dtypes) == dict(theirs.dtypes)
+    pd.testing.assert_frame_equal(ours.head(2), theirs.head(2))  # the values too
+    assert ours.isna().equals(theirs.isna())  # NULL is missing in both (None or pd.NA for objects)
+
+
+def test_df_speaks_for_types_duckdbs_df_refuses(ctx: Context) -> None:
+    import duckdb
+
+    for expr in ("1::UHUGEINT", "TIMETZ '08:15:00+01'", "1::VARINT"):
+        with pytest.raises(duckdb.NotImplementedException):
+            ctx.duckdb.sql(f"SELECT {expr} AS c").df()
+        assert len(ctx.query(f"SELECT {expr} AS c").df()) == 1

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import _thread
+import logging
+import re
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +15,7 @@ from typing import Any
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
 
 from analysis.magics import AnalysisCellError, AnalysisMagics
 
@@ -27,12 +33,12 @@ class RaisingShell(InteractiveShell):  # type: ignore[misc]
 def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RaisingShell]:
     monkeypatch.setenv("ANALYSIS_ROOT", str(tmp_path / ".clients"))
     monkeypatch.setenv("ANALYSIS_PROJECT_ID", "acme")
-    ip = RaisingShell()
+    ip = RaisingShell.instance()  # the shell IPython.display and capture_output find
     ip.history_manager.enabled = False
     ip.run_line_magic("load_ext", "analysis")
     yield ip
     ip.run_line_magic("unload_ext", "analysis")
-    InteractiveShell.clear_instance()
+    RaisingShell.clear_instance()
 
 
 CELL = "def run(ctx, parameters):\n    return {'double': parameters['x'] * 2, 'day': parameters['day']}\n"
@@ -190,11 +196,18 @@ def test_sql_errors_are_short_and_timeouts_stop_the_query(shell: RaisingShell) -
     with pytest.raises(AnalysisCellError) as info:
         shell.run_cell_magic("analysis", "--sql", "SELEC 1")
     assert "syntax error" in info.value.outcome["error"].lower()
-    assert info.value._render_traceback_()[0].startswith("\x1b[31manalysis_error")
+    # The database's message with its caret, and nothing of our frames.
+    assert info.value._render_traceback_() == [
+        'ParserException: Parser Error: syntax error at or near "SELEC"',
+        "",
+        "LINE 1: SELEC 1",
+        "        ^^^^^",
+    ]
     started = time.monotonic()
     with pytest.raises(AnalysisCellError) as info:
         shell.run_cell_magic("analysis", "--sql --timeout 1", "SELECT count(*) FROM range(10000000000000)")
     assert info.value.outcome["error_type"] == "timeout"
+    assert info.value.outcome["error"] == "The SQL cell ran past the 1 s deadline and was stopped."
     assert time.monotonic() - started < 5
     with pytest.raises(UsageError, match="add --sql"):
         shell.run_cell_magic("analysis", "--into t", CELL)
@@ -219,8 +232,200 @@ def test_saved_analyses_from_the_notebook(shell: RaisingShell, tmp_path: Path) -
         shell.run_line_magic("analysis", "frobnicate")
 
 
-def test_query_results_have_a_json_representation(shell: RaisingShell) -> None:
-    summary = shell.user_ns["ctx"].query("SELECT range AS i, 'x' AS s FROM range(30)")._repr_json_()
+def _displayed(shell: RaisingShell, line: str, cell: str | None = None) -> list[dict[str, Any]]:
+    """The bundles a magic displayed (and its return value's, as the notebook would show it)."""
+    with capture_output() as captured:
+        value = (
+            shell.run_line_magic("analysis", line)
+            if cell is None
+            else shell.run_cell_magic("analysis", line, cell)
+        )
+    bundles = [dict(output.data) for output in captured.outputs]
+    if value is not None:
+        bundles.append(shell.display_formatter.format(value)[0])
+    return bundles
+
+
+def test_no_display_of_ours_carries_application_json(shell: RaisingShell, tmp_path: Path) -> None:
+    # JupyterLab and VS Code rank application/json first: a bundle with it shows as a JSON tree.
+    ctx = shell.user_ns["ctx"]
+    ctx.load_data("orders", [{"sku": "a", "qty": 2}, {"sku": "b", "qty": 5}])
+    shell.run_cell_magic("analysis", "--save doubler -p x=1 -p day=d", CELL)
+    bundles = [
+        shell.display_formatter.format(ctx.query("SELECT * FROM orders"))[0],
+        *_displayed(shell, "--sql", "SELECT sku, qty FROM orders"),
+        *_displayed(
+            shell, "", "def run(ctx, p):\n    return ctx.query(\"SELECT 'a' AS sku, 2 AS qty\").rows * 2\n"
+        ),
+        *_displayed(shell, "", "def run(ctx, p):\n    return {'nested': [1, 2]}\n"),
+        *_displayed(shell, "run doubler -p x=4 -p day=mon"),
+        *_displayed(shell, "jobs"),
+    ]
+    assert len(bundles) == 6
+    for bundle in bundles:
+        assert "application/json" not in bundle, bundle.keys()
+        assert "text/plain" in bundle
+    tables = [b["text/html"] for b in bundles if "text/html" in b]
+    assert len(tables) == 5  # query, SQL cell, rows result, envelope, job list
+    assert all("<table" in tables[i] for i in (0, 1, 2, 4))
+    assert "<td>a</td>" in tables[2] and "2 rows × 2 columns" in tables[2]  # the rows, not a JSON tree
+    assert "doubler: succeeded" in tables[3] and "&#x27;double&#x27;: 8" in tables[3]
+
+
+def test_query_result_summary_is_under_a_vendor_type_with_sql_types(shell: RaisingShell) -> None:
+    result = shell.user_ns["ctx"].query(
+        "SELECT range AS i, 'x' AS s, 1.25::DECIMAL(10, 2) AS amount, DATE '2024-03-01' AS day, "
+        "[1, 2] AS xs, {'a': 1} AS st, TIMESTAMPTZ '2024-03-01 10:00:00+00' AS at FROM range(30)"
+    )
+    bundle = shell.display_formatter.format(result)[0]
+    summary = bundle["application/vnd.analysis.query-result+json"]
     assert summary["row_count"] == 30 and summary["truncated"] is True
-    assert summary["columns"] == [{"name": "i", "type": "int64"}, {"name": "s", "type": "string"}]
-    assert summary["rows"][:2] == [{"i": 0, "s": "x"}, {"i": 1, "s": "x"}]
+    types = ["BIGINT", "VARCHAR", "DECIMAL(10,2)", "DATE", "INTEGER[]", "STRUCT(a INTEGER)"]
+    assert [c["type"] for c in summary["columns"]] == [*types, "TIMESTAMP WITH TIME ZONE"]
+    assert summary["rows"][:1] == [
+        {
+            "i": 0,
+            "s": "x",
+            "amount": 1.25,
+            "day": "2024-03-01",
+            "xs": [1, 2],
+            "st": {"a": 1},
+            "at": "2024-03-01T10:00:00+00:00",
+        }
+    ]
+    html = bundle["text/html"]
+    assert "DECIMAL(10,2)" in html and ">DATE<" in html
+    assert "decimal128" not in html and "date32" not in html
+    # Arrow-backed results from elsewhere (a datasource) get SQL names from their Arrow types.
+    from analysis.duck import QueryResult
+
+    assert QueryResult(result.arrow()).sql_types == [*types, "TIMESTAMP WITH TIME ZONE"]
+
+
+def test_sql_into_shows_the_rows_loaded_not_empty_rows(shell: RaisingShell) -> None:
+    (bundle,) = _displayed(shell, "--sql --into big", "SELECT * FROM range(10)")
+    assert bundle["text/plain"] == "10 rows loaded into table big"
+    assert bundle["text/html"] == "<p>10 rows loaded into table big</p>"
+    assert bundle["application/vnd.analysis.query-result+json"]["rows"] == []
+
+
+def test_query_lines_are_logged_not_echoed_in_a_notebook(
+    shell: RaisingShell, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="analysis")
+    shell.run_cell("ctx.load_data('t', [{'a': 1}]); ctx.query('SELECT a FROM t'); ctx.log('hello')")
+    err = capsys.readouterr().err
+    assert "[query:duckdb]" not in err and "[load_data]" not in err
+    assert "[log] hello" in err  # what the user logs always shows
+    assert ("analysis.query.duckdb", "SELECT a FROM t") in [(r.name, r.getMessage()) for r in caplog.records]
+    shell.run_line_magic("config", "AnalysisMagics.log_queries = True")
+    shell.run_cell("ctx.query('SELECT 2 AS b')")
+    assert "[query:duckdb] SELECT 2 AS b\n" in capsys.readouterr().err
+
+
+def test_query_lines_are_in_the_envelope_of_a_headless_notebook(tmp_path: Path) -> None:
+    import nbformat
+
+    from analysis.runner import JobSpec, run_job
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("%load_ext analysis"),
+        nbformat.v4.new_code_cell("ctx.set_result(ctx.query('SELECT 42 AS answer').rows)"),
+    ]
+    path = tmp_path / "headless.ipynb"
+    nbformat.write(notebook, path)
+    result = run_job(JobSpec(source_path=path, parameters={}, root=tmp_path / ".clients"))
+    assert result.success, result.to_dict()
+    assert result.result == [{"answer": 42}]
+    assert "[query:duckdb] SELECT 42 AS answer" in result.logs
+
+
+def _shown(shell: RaisingShell, capsys: pytest.CaptureFixture[str], code: str) -> str:
+    """What a failing cell shows (ANSI colours removed)."""
+    capsys.readouterr()
+    with pytest.raises(BaseException):  # noqa: B017 - any failure; its display is the point
+        shell.run_cell(code)
+    return re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+
+
+def test_sql_errors_show_the_users_line_and_the_caret_the_rest_on_tb(
+    shell: RaisingShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shown = _shown(shell, capsys, "x = 1\nctx.query('SELEC 1')")
+    assert "----> 2 ctx.query('SELEC 1')" in shown
+    assert 'ParserException: Parser Error: syntax error at or near "SELEC"' in shown
+    assert "LINE 1: SELEC 1\n        ^^^^^" in shown
+    assert "duck.py" not in shown and "context.py" not in shown and "duckdb/" not in shown
+    assert len(shown.splitlines()) <= 14
+    shell.run_line_magic("tb", "")
+    full = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+    assert "duck.py" in full and "LINE 1: SELEC 1" in full
+
+
+def test_failing_analysis_cells_show_the_users_frames_only(
+    shell: RaisingShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shown = _shown(
+        shell, capsys, "%%analysis --timeout 1\ndef run(ctx, p):\n    return ctx.query('SELECT nope').rows\n"
+    )
+    assert 'File "<%%analysis cell>", line 2, in run' in shown
+    assert "BinderException: Binder Error" in shown and "analysis_error: The analysis raised" in shown
+    assert "context.py" not in shown and "duckdb/" not in shown
+    shown = _shown(
+        shell,
+        capsys,
+        "%%analysis --timeout 1\ndef run(ctx, p):\n"
+        "    return ctx.query('SELECT count(*) FROM range(10000000000000)').rows\n",
+    )
+    assert 'File "<%%analysis cell>", line 2, in run' in shown
+    assert "timeout: The analysis ran past the 1 s deadline" in shown
+    assert "KeyboardInterrupt" not in shown and "InterruptException" not in shown
+
+
+@pytest.fixture
+def without_pandas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pandas hidden, as on a core install (``import pandas`` raises ModuleNotFoundError)."""
+    for name in [m for m in sys.modules if m == "pandas" or m.startswith("pandas.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pandas", None)
+
+
+@pytest.mark.usefixtures("without_pandas")
+def test_a_missing_pandas_is_one_sentence_naming_the_extra(
+    shell: RaisingShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(UsageError) as usage:
+        shell.run_cell_magic("analysis", "--sql -o x", "SELECT 1 AS a")
+    assert str(usage.value) == (
+        "-o with --as df (the default) needs pandas, which is not installed: "
+        "pip install 'analysis-kernel[pandas]' (or store Arrow or the result: --as arrow, --as result)"
+    )
+    shell.run_cell_magic("analysis", "--sql -o x --as arrow", "SELECT 1 AS a")
+    assert shell.user_ns["x"].num_rows == 1
+    shown = _shown(shell, capsys, "ctx.query('SELECT 1 AS a').df()")
+    assert (
+        "MissingExtraError: QueryResult.df() needs pandas, which is not installed: "
+        "pip install 'analysis-kernel[pandas]'" in shown
+    )
+    assert "ModuleNotFoundError" not in shown and len(shown.splitlines()) <= 10
+
+
+def test_interrupting_analysis_run_cancels_the_job(
+    shell: RaisingShell, tmp_path: Path, no_leftovers: None
+) -> None:
+    scripts = tmp_path / ".clients" / "acme" / "analysis" / "scripts"
+    scripts.mkdir(parents=True)
+    (scripts / "slow.py").write_text("import time\ndef run(ctx, p):\n    time.sleep(60)\n")
+    timer = threading.Timer(3, _thread.interrupt_main)  # the notebook's stop button, mid-job
+    timer.start()
+    started = time.monotonic()
+    try:
+        (bundle,) = _displayed(shell, "run slow")
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 30
+    assert bundle["text/plain"].startswith("slow: cancelled after")
+    magics = shell.magics_manager.registry["AnalysisMagics"]
+    ((_, result),) = magics.jobs
+    assert result.error_type == "cancelled" and result.trigger == "notebook"
