@@ -13,6 +13,7 @@ server-side statement. The next call opens a new connection.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from analysis.access import DataAccess
 from analysis.broker_wire import (
+    CASTS_KEY,
     DATA,
     MAX_RESPONSE_FRAME_BYTES,
     WireError,
@@ -114,6 +116,22 @@ def _arrow_stream(response: _Response) -> pa.RecordBatchReader:
     import pyarrow as pa
 
     return pa.ipc.open_stream(pa.PythonFile(response, mode="r"))
+
+
+def _load_stream(sink: SupportsLoadData, table: str, reader: pa.RecordBatchReader) -> int:
+    """Load an ``into=`` stream, applying the casts the broker put in its schema metadata."""
+    raw = (reader.schema.metadata or {}).get(CASTS_KEY)
+    if raw is None:
+        return sink.load_data(table, reader)
+    casts = json.loads(raw)
+    fields = len(reader.schema)
+    if not (
+        isinstance(casts, list)
+        and len(casts) == fields
+        and all(c is None or (isinstance(c, str) and c.count("{}") == 1) for c in casts)
+    ):
+        raise DatasourceError("The data broker sent a malformed result stream (its column casts).")
+    return sink.load_data(table, reader, casts=casts)
 
 
 class BrokerAccess(DataAccess):
@@ -213,7 +231,7 @@ class BrokerAccess(DataAccess):
 
         quote_identifier(table)  # a bad name fails here, before the datasource runs anything
         request = {"op": "query", "name": name, "sql": sql, "params": encode_params(params), "into": True}
-        count, _ = self._call(request, DatasourceError, lambda r: sink.load_data(table, _arrow_stream(r)))
+        count, _ = self._call(request, DatasourceError, lambda r: _load_stream(sink, table, _arrow_stream(r)))
         return count
 
     def names(self) -> list[str]:

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "CASTS_KEY",
     "DATA",
     "HEADER",
     "MAX_REQUEST_BYTES",
@@ -44,6 +45,8 @@ DATA = ord("D")
 _HEAD = struct.Struct(">BI")
 #: Largest request header the runner accepts from a kernel (SQL text and parameters included).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+#: Schema metadata key of an ``into=`` stream: the SQL casts the kernel's DuckDB applies as it loads.
+CASTS_KEY = b"analysis.casts"
 #: Largest frame a kernel accepts from its runner (the runner sends body pieces of at most 1 MiB).
 MAX_RESPONSE_FRAME_BYTES = 64 * 1024 * 1024
 _MAX_PARAM_DEPTH = 8

@@ -7,6 +7,7 @@ connection and streamed as Arrow record batches into the job's DuckDB through
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -45,8 +46,10 @@ _BY_EXTENSION: dict[str, FileFormat] = {
 class SupportsLoadData(Protocol):
     """What ``load`` needs of the job's DuckDB (``analysis.duck.Duck``)."""
 
-    def load_data(self, table: str, data: Any, *, mode: str = "replace") -> int:
-        """Load ``data`` into ``table``; return the row count."""
+    def load_data(
+        self, table: str, data: Any, *, mode: str = "replace", casts: Sequence[str | None] | None = None
+    ) -> int:
+        """Load ``data`` into ``table`` (``casts``: SQL applied per column as it loads); the row count."""
         ...
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from analysis.broker_wire import CASTS_KEY
 
 __all__ = ["ArrowSink"]
 
@@ -52,8 +55,17 @@ class ArrowSink:
     def __init__(self, send: Callable[[bytearray | memoryview], None]) -> None:
         self._send = send
 
-    def load_data(self, table: str, data: Any, *, mode: str = "replace") -> int:
-        """Stream ``data`` to the kernel; return the number of rows sent."""
+    #: Nothing to open while a datasource connects: the job's DuckDB is in the kernel.
+    connection = None
+
+    def load_data(
+        self, table: str, data: Any, *, mode: str = "replace", casts: Sequence[str | None] | None = None
+    ) -> int:
+        """Stream ``data`` to the kernel; return the number of rows sent.
+
+        ``casts`` (see ``Duck.load_data``) travel in the stream's schema metadata, so the kernel's
+        DuckDB converts the columns while it loads them, as it does in-process.
+        """
         import pyarrow as pa
 
         if isinstance(data, pa.Table):
@@ -63,6 +75,8 @@ class ArrowSink:
             batches, schema = data, data.schema
         else:
             raise TypeError(f"the broker streams Arrow tables and readers, not {type(data).__name__}")
+        if casts is not None and any(casts):
+            schema = schema.with_metadata({**(schema.metadata or {}), CASTS_KEY: json.dumps(list(casts))})
         frames = _Frames(self._send)
         rows = 0
         with pa.ipc.new_stream(pa.PythonFile(frames, mode="w"), schema) as writer:
