@@ -36,6 +36,9 @@ DEFAULT_PORT = 8765
 FILE_ID_RE = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 CONVERSATION_ID_RE = r"^[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*$"
 SEARCH_SCAN_BYTES = 8 * 1024 * 1024
+SEARCH_DEFAULT_LIMIT = 20
+SEARCH_MAX_LIMIT = 100
+_LIMIT = re.compile(r"0*([0-9]{1,3})")  # ASCII digits; leading zeros allowed, never 4300 digits
 _FILE_ID = re.compile(FILE_ID_RE)
 _CONVERSATION_ID = re.compile(CONVERSATION_ID_RE)
 _SEPARATOR = "--"
@@ -158,6 +161,16 @@ class FileStore:
         return (by_name + by_content)[:limit]
 
 
+def _search_limit(raw: str) -> int:
+    """``limit`` of a search: ASCII digits only (``'²'.isdigit()`` is true, ``int('')`` fails)."""
+    digits = _LIMIT.fullmatch(raw)
+    if digits is None or not 1 <= int(digits.group(1)) <= SEARCH_MAX_LIMIT:
+        from starlette.exceptions import HTTPException
+
+        raise HTTPException(400, f"limit must be an integer from 1 to {SEARCH_MAX_LIMIT}")
+    return int(digits.group(1))
+
+
 def _is_conversation(name: str) -> bool:
     return len(name) <= 64 and _CONVERSATION_ID.fullmatch(name) is not None
 
@@ -232,7 +245,12 @@ def openapi_document() -> dict[str, Any]:
                         "name": "limit",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": SEARCH_MAX_LIMIT,
+                            "default": SEARCH_DEFAULT_LIMIT,
+                        },
                     },
                     conversation,
                 ],
@@ -249,7 +267,7 @@ def openapi_document() -> dict[str, Any]:
             "/api/files/{file_id}/content": op(
                 "getFileContent",
                 "The raw bytes of one file",
-                {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                {"content": _content_media()},
                 [file_id],
                 "400",
                 "404",
@@ -280,17 +298,35 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
+def _content_media() -> dict[str, Any]:
+    """Media types of ``/content``: a JSON file is any JSON value, everything else raw bytes.
+
+    A JSON file is served as ``application/json``, so typing all content as a binary string
+    made a JSON array or object "violate" the document (schemathesis' stateful phase saw it).
+    """
+    raw = {"schema": {"type": "string", "format": "binary"}}
+    return {"application/json": {"schema": {}}, "*/*": raw}
+
+
 class _BearerAuth:
-    """ASGI middleware: ``/api/`` requests need ``Authorization: Bearer <token>``."""
+    """ASGI middleware: ``/api/`` requests need ``Authorization: Bearer <token>``.
+
+    The scheme is case-insensitive (RFC 9110 section 11.1: ``bearer`` and ``BEARER`` work too);
+    the token is compared in constant time.
+    """
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
+
+    def _authorized(self, header: bytes) -> bool:
+        scheme, _, credentials = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(b" "), self._expected)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/api/"):
             given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self._expected):
+            if not self._authorized(given):
                 from starlette.responses import JSONResponse
 
                 response = JSONResponse(
@@ -349,13 +385,12 @@ def create_app(root: Path, *, token: str | None = None) -> Starlette:
     def search_files(request: Request) -> Response:
         only(request, "q", "limit", "conversation_id")
         text = query(request, "q") or ""
-        raw_limit = query(request, "limit") or "20"
+        raw_limit = query(request, "limit")
         conversation = conversation_param(request)
         if not text.strip() or len(text) > 1000:
             raise HTTPException(400, "q must be 1 to 1000 characters, not only spaces")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-            raise HTTPException(400, "limit must be an integer from 1 to 100")
-        return JSONResponse({"files": store.search(text, limit=int(raw_limit), conversation_id=conversation)})
+        limit = SEARCH_DEFAULT_LIMIT if raw_limit is None else _search_limit(raw_limit)
+        return JSONResponse({"files": store.search(text, limit=limit, conversation_id=conversation)})
 
     def lookup(request: Request) -> tuple[str, Path, str | None] | JSONResponse:
         file_id = request.path_params["file_id"]
@@ -396,15 +431,31 @@ def create_app(root: Path, *, token: str | None = None) -> Starlette:
 
 
 def serve(root: Path, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None) -> None:
-    """Serve ``root`` with uvicorn until interrupted."""
+    """Serve ``root`` with uvicorn until interrupted.
+
+    The socket is bound before the ``[files] serving ... at http://HOST:PORT`` line is printed,
+    so ``port=0`` picks a free port and the line names it.
+    """
+    import socket
+
     import uvicorn
 
     app = create_app(root, token=token)
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.create_server((host, port), family=family)
+    bound = sock.getsockname()[1]
     auth = "bearer token required" if token else "no token"
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(
-        f"[files] serving {root} at http://{host}:{port} ({auth}); OpenAPI at /openapi.json", file=sys.stderr
+        f"[files] serving {root} at http://{shown}:{bound} ({auth}); OpenAPI at /openapi.json",
+        file=sys.stderr,
+        flush=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off", ws="none")
+    config = uvicorn.Config(app, log_level="info", lifespan="off", ws="none")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
@@ -414,7 +465,9 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     parser = commands.add_parser("serve", help="serve a folder over the file API (CONTRACT.md 6)")
     parser.add_argument("dir", type=Path, help="folder to serve")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)"
+    )
     parser.add_argument(
         "--token",
         default=None,
