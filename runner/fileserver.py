@@ -35,12 +35,17 @@ __all__ = ["FileStore", "add_subparser", "create_app", "openapi_document", "run_
 DEFAULT_PORT = 8765
 FILE_ID_RE = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 CONVERSATION_ID_RE = r"^[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*$"
+#: A search text holds a character that is not white space. Spelled out (Python's ``str.isspace``
+#: set) because ``\S`` differs between Python and the ECMA regexes of OpenAPI: U+0085 is space
+#: to one and not the other.
+SEARCH_TEXT_RE = r"[^\t-\r\x1c- \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 SEARCH_SCAN_BYTES = 8 * 1024 * 1024
 SEARCH_DEFAULT_LIMIT = 20
 SEARCH_MAX_LIMIT = 100
 _LIMIT = re.compile(r"0*([0-9]{1,3})")  # ASCII digits; leading zeros allowed, never 4300 digits
 _FILE_ID = re.compile(FILE_ID_RE)
 _CONVERSATION_ID = re.compile(CONVERSATION_ID_RE)
+_SEARCH_TEXT = re.compile(SEARCH_TEXT_RE)
 _SEPARATOR = "--"
 _TYPES = {
     ".csv": "text/csv",
@@ -239,7 +244,12 @@ def openapi_document() -> dict[str, Any]:
                         "name": "q",
                         "in": "query",
                         "required": True,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": r"\S"},
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 1000,
+                            "pattern": SEARCH_TEXT_RE,
+                        },
                     },
                     {
                         "name": "limit",
@@ -387,7 +397,7 @@ def create_app(root: Path, *, token: str | None = None) -> Starlette:
         text = query(request, "q") or ""
         raw_limit = query(request, "limit")
         conversation = conversation_param(request)
-        if not text.strip() or len(text) > 1000:
+        if _SEARCH_TEXT.search(text) is None or len(text) > 1000:
             raise HTTPException(400, "q must be 1 to 1000 characters, not only spaces")
         limit = SEARCH_DEFAULT_LIMIT if raw_limit is None else _search_limit(raw_limit)
         return JSONResponse({"files": store.search(text, limit=limit, conversation_id=conversation)})

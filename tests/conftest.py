@@ -25,7 +25,7 @@ _SLOW_CHECKS = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 settings.register_profile(
     "ci", derandomize=True, max_examples=40, deadline=None, database=None, suppress_health_check=_SLOW_CHECKS
 )
-settings.register_profile("dev", max_examples=200, deadline=None, suppress_health_check=_SLOW_CHECKS)
+settings.register_profile("dev", max_examples=100, deadline=None, suppress_health_check=_SLOW_CHECKS)
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI", "").lower() == "true" else "dev")
 )

@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 
 import httpx
 
+from analysis.files._budget import AttemptBudget, BudgetTransport
 from analysis.files._errors import (
     FileApiConnectionError,
     FileApiError,
@@ -145,6 +146,7 @@ class HttpSession:
         self.origin_text = f"{self._origin[0]}://{self._origin[1]}:{self._origin[2]}"
         self._limits = limits
         self._deadline = deadline
+        self._budget = AttemptBudget()
         headers = {"Accept-Encoding": "identity", "User-Agent": "analysis-kernel"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -159,7 +161,7 @@ class HttpSession:
             ),
             follow_redirects=False,
             trust_env=False,
-            transport=transport,
+            transport=transport if transport is not None else BudgetTransport(self._budget),
         )
 
     def close(self) -> None:
@@ -209,6 +211,29 @@ class HttpSession:
     ) -> httpx.Headers:
         started = time.monotonic()
         self._check_time(path, started)
+        with self._budget.until(*self._attempt_end(started)):
+            return self._attempt_within_budget(path, sink, params, file_id, attempt=attempt, started=started)
+
+    def _attempt_end(self, started: float) -> tuple[float | None, str]:
+        """When this attempt must be over (monotonic clock), and the limit that says so."""
+        ends: list[tuple[float, str]] = []
+        if self._limits.request_timeout_s is not None:
+            ends.append((started + self._limits.request_timeout_s, "request_timeout_s"))
+        remaining = self._remaining_s()
+        if remaining is not None:
+            ends.append((time.monotonic() + remaining, "deadline"))
+        return min(ends) if ends else (None, "")
+
+    def _attempt_within_budget(
+        self,
+        path: str,
+        sink: Callable[[bytes], object],
+        params: QueryParams | None,
+        file_id: str | None,
+        *,
+        attempt: int,
+        started: float,
+    ) -> httpx.Headers:
         timeout = self._timeout()
         request = self._client.build_request("GET", path, params=params, timeout=timeout)
         try:
@@ -354,17 +379,24 @@ class HttpSession:
             raise self._deadline_error(path)
         limit = self._limits.request_timeout_s
         if limit is not None and time.monotonic() - started > limit:
-            raise FileApiTimeoutError(
-                f"GET {path} took longer than the request time limit of {limit:g} s (request_timeout_s).",
-                path=path,
-                limit="request_timeout_s",
-                limit_s=limit,
-            )
+            raise self._request_timeout_error(path)
+
+    def _request_timeout_error(self, path: str) -> FileApiTimeoutError:
+        limit = self._limits.request_timeout_s
+        return FileApiTimeoutError(
+            f"GET {path} took longer than the request time limit of {limit:g} s (request_timeout_s).",
+            path=path,
+            limit="request_timeout_s",
+            limit_s=limit,
+        )
 
     def _timeout_error(self, path: str, exc: httpx.TimeoutException) -> FileApiTimeoutError:
+        fired = self._budget.fired()
         remaining = self._remaining_s()
-        if remaining is not None and remaining <= 0.05:
+        if fired == "deadline" or (remaining is not None and remaining <= 0.05):
             return self._deadline_error(path)
+        if fired == "request_timeout_s":
+            return self._request_timeout_error(path)
         kinds = {
             httpx.ConnectTimeout: ("connect", self._limits.connect_timeout_s),
             httpx.ReadTimeout: ("read", self._limits.read_timeout_s),

@@ -158,6 +158,31 @@ def test_trickling_server_hits_the_request_time_limit(make_files: MakeFiles, fau
     assert "request time limit of 1.5 s" in str(info.value)
 
 
+def test_server_trickling_its_headers_hits_the_request_time_limit(
+    make_files: MakeFiles, fault_server: Any
+) -> None:
+    """A status line and headers sent a byte a second (about 60 s of them) end at the 1.5 s limit.
+
+    Each byte arrives well within the read timeout, so only a limit on the whole attempt,
+    headers included, stops it; before, it ran until the headers were in.
+    """
+    fault_server.script = sequence(fault_server.Reply(body=b"x", mode="trickle_head"))
+    with within(20), pytest.raises(FileApiTimeoutError) as info:
+        make_files(fault_server.url, request_timeout_s=1.5, max_attempts=1).read("a.csv")
+    assert (info.value.limit, info.value.limit_s) == ("request_timeout_s", 1.5)
+    assert "request time limit of 1.5 s" in str(info.value)
+
+
+def test_server_trickling_its_headers_is_cut_by_the_job_deadline(
+    make_files: MakeFiles, fault_server: Any
+) -> None:
+    fault_server.script = sequence(fault_server.Reply(body=b"x", mode="trickle_head"))
+    with within(20), pytest.raises(FileApiTimeoutError) as info:
+        make_files(fault_server.url, request_timeout_s=None, deadline=Deadline.after(1.5)).read("a.csv")
+    assert info.value.limit == "deadline"
+    assert "1.5 s deadline" in str(info.value)
+
+
 def test_garbage_json_and_wrong_shapes(make_files: MakeFiles, fault_server: Any) -> None:
     replies = {
         "/api/files": fault_server.Reply(200, {"content-type": "application/json"}, b'{"files": [nope'),

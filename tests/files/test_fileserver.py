@@ -74,6 +74,8 @@ BAD_QUERIES = [
     "/api/files/search?q=0&limit=1&limit=2",
     "/api/files/search?q=",
     "/api/files/search?q=%20%09",
+    "/api/files/search?q=%C2%85",  # NEL: space to Python, not to ECMA's \S (found by the stateful phase)
+    "/api/files/search?q=%1C%E3%80%80",
     "/api/files/search?q=" + "a" * 1001,
     "/api/files/search?q=a&q=b",
     "/api/files/search?q=a&conversation_id=",
@@ -94,6 +96,12 @@ def test_every_malformed_query_is_a_400(server_url: str, token: str, target: str
     assert response.headers["content-type"] == "application/json"
     body = response.json()
     assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+
+
+@pytest.mark.parametrize("text", ["%EF%BB%BF", "x%C2%85", "%E2%80%8B"])  # BOM, zero-width space: not space
+def test_search_text_that_is_not_only_space_is_accepted(server_url: str, token: str, text: str) -> None:
+    response = _get(server_url, f"/api/files/search?q={text}", token)
+    assert response.status_code == 200, response.text
 
 
 @pytest.mark.parametrize(("limit", "most"), [("1", 1), ("007", 7), ("100", 100), ("0000000000002", 2)])
