@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import random
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from analysis.files._errors import (
     FileNotFoundInApiError,
     FileTooLargeError,
 )
+from analysis.files._inflate import Inflater, UnsupportedEncodingError
 from analysis.logs import emit
 
 if TYPE_CHECKING:
@@ -100,7 +102,7 @@ def _retry_after_s(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # '²'.isdigit() is true, float('²') fails
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -319,18 +321,19 @@ class HttpSession:
     def _read_body(
         self, response: httpx.Response, path: str, sink: Callable[[bytes], object], started: float
     ) -> None:
+        """Stream the body into ``sink``, decoded step by bounded step, within the size cap."""
         cap = self._limits.max_body_bytes
         declared = response.headers.get("content-length", "")
-        if cap is not None and declared.isdigit() and int(declared) > cap:
+        if cap is not None and declared.isascii() and declared.isdigit() and int(declared) > cap:
             self._too_large(path, cap, f"it declares {int(declared)} bytes")
         received = 0
         try:
-            for chunk in response.iter_bytes():
-                received += len(chunk)
-                if cap is not None and received > cap:
-                    self._too_large(path, cap, f"more than {cap} bytes arrived")
-                self._check_time(path, started)
-                sink(chunk)
+            inflater = Inflater(response.headers.get("content-encoding"))
+            for raw in response.iter_raw():
+                for chunk in inflater.feed(raw):
+                    received = self._deliver(chunk, received, path, sink, started)
+            for chunk in inflater.finish():
+                received = self._deliver(chunk, received, path, sink, started)
         except httpx.TimeoutException as exc:
             raise self._timeout_error(path, exc) from exc
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
@@ -338,10 +341,22 @@ class HttpSession:
                 f"the file API's response to GET {path} was truncated after {received} bytes: {exc}.",
                 path=path,
             ) from exc
-        except httpx.DecodingError as exc:
+        except (UnsupportedEncodingError, zlib.error) as exc:
             raise FileApiResponseError(
                 f"the file API's response to GET {path} cannot be decoded: {exc}.", path=path
             ) from exc
+
+    def _deliver(
+        self, chunk: bytes, received: int, path: str, sink: Callable[[bytes], object], started: float
+    ) -> int:
+        """Hand one decoded chunk to the sink unless it takes the body past the cap; return the total."""
+        received += len(chunk)
+        cap = self._limits.max_body_bytes
+        if cap is not None and received > cap:
+            self._too_large(path, cap, f"more than {cap} bytes arrived")
+        self._check_time(path, started)
+        sink(chunk)
+        return received
 
     # -- limits ---------------------------------------------------------------------------------
     def _remaining_s(self) -> float | None:

@@ -6,8 +6,11 @@ shows in the error.
 
 from __future__ import annotations
 
+import gzip
 import socket
 import time
+import tracemalloc
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -219,6 +222,63 @@ def test_body_over_the_cap_streamed_stops_early(make_files: MakeFiles, fault_ser
     fault_server.script = sequence(fault_server.Reply(body=b"x" * (32 * 1024 * 1024), mode="chunked"))
     with within(3), pytest.raises(FileTooLargeError, match="more than 65536 bytes arrived"):
         make_files(fault_server.url, max_body_bytes=65536).read("a.csv")
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "raw-deflate", "identity"])
+def test_encoded_bodies_are_decoded(make_files: MakeFiles, fault_server: Any, coding: str) -> None:
+    data = b"region,amount\n" + b"north,10\n" * 50_000
+    if coding == "gzip":
+        body = gzip.compress(data)
+    elif coding == "deflate":
+        body = zlib.compress(data)
+    elif coding == "raw-deflate":  # what some servers send as "deflate"
+        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        body, coding = packer.compress(data) + packer.flush(), "deflate"
+    else:
+        body = data
+    fault_server.script = sequence(fault_server.Reply(headers={"content-encoding": coding}, body=body))
+    assert make_files(fault_server.url).read("a.csv") == data
+
+
+def test_gzip_bomb_is_stopped_before_it_inflates(make_files: MakeFiles, fault_server: Any) -> None:
+    """128 MiB of zeros gzipped to ~128 KiB, against a 1 MiB cap: memory stays near the cap.
+
+    httpx inflated each 64 KiB read at once, about 64 MiB, before the size check saw it.
+    """
+    bomb = gzip.compress(bytes(128 * 1024 * 1024), compresslevel=6)
+    fault_server.script = sequence(fault_server.Reply(headers={"content-encoding": "gzip"}, body=bomb))
+    files = make_files(fault_server.url, max_body_bytes=1024 * 1024)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FileTooLargeError, match="1048576-byte limit"):
+            files.read("a.csv")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB for a 1 MiB cap"
+
+
+def test_unknown_content_encoding_is_refused(make_files: MakeFiles, fault_server: Any) -> None:
+    fault_server.script = sequence(fault_server.Reply(headers={"content-encoding": "br"}, body=b"xx"))
+    with pytest.raises(FileApiResponseError, match="content encoding 'br' is not supported"):
+        make_files(fault_server.url).read("a.csv")
+
+
+def test_corrupt_gzip_is_a_clear_error(make_files: MakeFiles, fault_server: Any) -> None:
+    fault_server.script = sequence(fault_server.Reply(headers={"content-encoding": "gzip"}, body=b"not gzip"))
+    with pytest.raises(FileApiResponseError, match="cannot be decoded"):
+        make_files(fault_server.url).read("a.csv")
+
+
+@pytest.mark.parametrize("value", ["²", "¹⁰"])
+def test_non_ascii_digits_in_retry_after_are_ignored(
+    make_files: MakeFiles, fault_server: Any, value: str
+) -> None:
+    """``'²'.isdigit()`` is true and ``float('²')`` raises: the header is ignored, not a crash."""
+    fault_server.script = sequence(
+        fault_server.Reply(503, {"retry-after": value}), fault_server.json(LISTING)
+    )
+    assert make_files(fault_server.url).list()[0]["id"] == "a.csv"
 
 
 def test_truncated_body(make_files: MakeFiles, fault_server: Any) -> None:
