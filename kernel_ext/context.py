@@ -10,7 +10,8 @@ from analysis.deadline import Deadline
 from analysis.duck import Duck, QueryResult
 from analysis.errors import DatasourceError, JobTimeoutError
 from analysis.logs import emit, one_line
-from analysis.sources import Datasources
+from analysis.redact import Redactor
+from analysis.sources import Datasource, Datasources
 
 if TYPE_CHECKING:
     from analysis.files import Files
@@ -51,6 +52,11 @@ class Context:
         self.parameters: dict[str, Any] = dict(parameters or {})
         self.settings = settings if settings is not None else Settings.from_env()
         self.deadline = deadline if deadline is not None else Deadline(None)
+        #: Every secret the job holds; errors, stacks and logs are scrubbed of them (README, "Secrets").
+        self.redactor = Redactor()
+        self.redactor.add(self.settings.backend_token)
+        for key in (self.settings.secret_key or "").split(","):
+            self.redactor.add(key.strip())
         self._duck = Duck()
         self._sources = Datasources(
             self.settings.datasources_path(project_id),
@@ -120,8 +126,26 @@ class Context:
         into
             A DuckDB table to stream the rows into; the result then holds only the row count.
         """
-        emit("query:datasource", f"{name} {one_line(sql)}")
-        source = self._sources.get(name)
+        try:
+            source = self._sources.get(name)
+            # Revealed now: from here on the password is scrubbed from everything the job shows.
+            self.redactor.add(getattr(source, "password", None) or source.config.get("password"))
+        finally:
+            emit("query:datasource", f"{name} {one_line(sql)}")
+        try:
+            return self._query_datasource(source, name, sql, params, into)
+        except BaseException as exc:
+            self.redactor.scrub_exception(exc)
+            raise
+
+    def _query_datasource(
+        self,
+        source: Datasource,
+        name: str,
+        sql: str,
+        params: Sequence[Any] | Mapping[str, Any] | None,
+        into: str | None,
+    ) -> QueryResult:
         timeout_s = self.deadline.remaining_s()
         if timeout_s is not None and timeout_s <= 0:
             raise JobTimeoutError(f"The job ran past {self.deadline.describe()} before querying {name!r}.")
@@ -148,7 +172,9 @@ class Context:
         if self._files is None:
             from analysis.files import Files
 
-            self._files = Files(settings=self.settings, deadline=self.deadline, duck=self._duck)
+            self._files = Files(
+                settings=self.settings, deadline=self.deadline, duck=self._duck, redactor=self.redactor
+            )
         return self._files
 
     # -- job ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from analysis.config import Settings
     from analysis.deadline import Deadline
+    from analysis.redact import Redactor
 
 __all__ = ["FILE_ID_PATTERN", "FileMetadata", "Files", "validate_file_id"]
 
@@ -87,6 +88,9 @@ class Files:
     limits
         Timeouts, retries and size cap; by default :class:`FileApiLimits` with ``max_body_bytes``
         from ``settings``.
+    redactor
+        The job's secrets (``ctx.redactor``); errors are scrubbed of them, and of the token, in
+        every spelling a library may quote it in.
     """
 
     def __init__(
@@ -97,8 +101,13 @@ class Files:
         duck: SupportsLoadData | None = None,
         transport: httpx.BaseTransport | None = None,
         limits: FileApiLimits | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
+        from analysis.redact import Redactor
+
         self._settings = settings
+        self._redactor = redactor if redactor is not None else Redactor()
+        self._redactor.add(settings.backend_token)
         self._deadline = deadline
         self._duck = duck
         self._transport = transport
@@ -280,6 +289,7 @@ class Files:
                 limits=self.limits,
                 deadline=self._deadline,
                 transport=self._transport,
+                redactor=self._redactor,
             )
         return self._session
 

@@ -13,7 +13,7 @@ import email.utils
 import random
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NoReturn
@@ -38,6 +38,7 @@ from analysis.logs import emit
 
 if TYPE_CHECKING:
     from analysis.deadline import Deadline
+    from analysis.redact import Redactor
 
 __all__ = ["RETRY_STATUSES", "FileApiLimits", "HttpSession"]
 
@@ -97,6 +98,33 @@ def _origin(url: httpx.URL) -> tuple[str, str, int]:
     return (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 0))
 
 
+def _raw_chunks(response: httpx.Response) -> Iterator[bytes]:
+    """The body as it came (still encoded); a response built in memory (a test transport) at once."""
+    try:
+        yield from response.iter_raw()
+    except httpx.StreamConsumed:
+        yield response.content
+
+
+def _header_token(token: str | None) -> str | None:
+    """The token as it can go in a header: surrounding white space (a token file's newline) dropped.
+
+    Raises
+    ------
+    FileApiNotConfiguredError
+        The token holds a character no HTTP header may carry; the message does not show it.
+    """
+    token = (token or "").strip()
+    for position, char in enumerate(token, 1):
+        if not (" " <= char <= "~"):
+            raise FileApiNotConfiguredError(
+                f"ANALYSIS_BACKEND_TOKEN holds a character that cannot go in an HTTP header "
+                f"(character {position}, {'a control character' if char.isascii() else 'not ASCII'}); "
+                "the token is not shown."
+            )
+    return token or None
+
+
 def _retry_after_s(value: str | None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
     if not value:
@@ -128,6 +156,8 @@ class HttpSession:
         The job's deadline; every wait and timeout is clamped to it.
     transport
         An httpx transport, for tests at the protocol edge.
+    redactor
+        Scrubs the token (and the job's other secrets) from every error raised here.
     """
 
     def __init__(
@@ -138,7 +168,13 @@ class HttpSession:
         limits: FileApiLimits,
         deadline: Deadline | None,
         transport: httpx.BaseTransport | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
+        from analysis.redact import Redactor
+
+        self._redactor = redactor if redactor is not None else Redactor()
+        self._redactor.add(token)
+        token = _header_token(token)
         url = httpx.URL(base_url)
         if url.scheme not in _DEFAULT_PORTS or not url.host:
             raise FileApiNotConfiguredError(
@@ -184,6 +220,20 @@ class HttpSession:
         """
         shown = f"{path}?{urlencode(params)}" if params else path
         emit("files", f"GET {shown}")
+        try:
+            return self._get(path, shown, sink, params, file_id)
+        except BaseException as exc:
+            self._redactor.scrub_exception(exc)  # libraries quote what they were given
+            raise
+
+    def _get(
+        self,
+        path: str,
+        shown: str,
+        sink: Callable[[bytes], object],
+        params: QueryParams | None,
+        file_id: str | None,
+    ) -> httpx.Headers:
         attempts = max(1, self._limits.max_attempts)
         for attempt in range(1, attempts + 1):
             try:
@@ -329,7 +379,7 @@ class HttpSession:
         received = 0
         try:
             inflater = Inflater(response.headers.get("content-encoding"))
-            for raw in response.iter_raw():
+            for raw in _raw_chunks(response):
                 for chunk in inflater.feed(raw):
                     received = self._deliver(chunk, received, path, sink, started)
             for chunk in inflater.finish():
