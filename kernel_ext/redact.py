@@ -19,7 +19,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, cast
 
 __all__ = ["MASK", "Redactor"]
 
@@ -56,9 +56,20 @@ class Redactor:
 
     def scrub(self, text: str) -> str:
         """``text`` with every known secret, and any DSN or ``password=`` password, masked."""
+        # The fast path (substring tests, no regex) keeps a job that prints
+        # millions of lines quick; only text that may hold a secret goes through ``redact``.
+        if not self._may_hold_secret(text):
+            return text
         from analysis.sources.secrets import redact
 
         return redact(text, self._forms)
+
+    def _may_hold_secret(self, text: str) -> bool:
+        """Whether ``text`` holds a known secret, a URL (``user:pw@``) or a ``password`` (any usual case)."""
+        for form in self._forms:
+            if form in text:
+                return True
+        return "://" in text or "assword" in text or "ASSWORD" in text
 
     def scrub_outcome(self, outcome: dict[str, Any]) -> dict[str, Any]:
         """An outcome (or envelope) dict with its ``error``, ``stack`` and ``logs`` scrubbed."""
@@ -123,11 +134,16 @@ class Redactor:
     def streams(self) -> Iterator[None]:
         """Within the block, what is written to ``sys.stdout`` and ``sys.stderr`` is scrubbed."""
         saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _ScrubbedStream(sys.stdout, self), _ScrubbedStream(sys.stderr, self)
+        sys.stdout, sys.stderr = self._wrap(sys.stdout), self._wrap(sys.stderr)
         try:
             yield
         finally:
             sys.stdout, sys.stderr = saved
+
+    def _wrap(self, stream: TextIO) -> TextIO:
+        if isinstance(stream, _ScrubbedStream) and stream.redactor is self:
+            return stream
+        return cast(TextIO, _ScrubbedStream(stream, self))
 
 
 class _ScrubbedStream:
@@ -135,10 +151,10 @@ class _ScrubbedStream:
 
     def __init__(self, stream: TextIO, redactor: Redactor) -> None:
         self._stream = stream
-        self._redactor = redactor
+        self.redactor = redactor
 
     def write(self, text: str) -> int:
-        self._stream.write(self._redactor.scrub(text) if isinstance(text, str) else text)
+        self._stream.write(self.redactor.scrub(text) if isinstance(text, str) else text)
         return len(text)
 
     def writelines(self, lines: Any) -> None:
