@@ -52,7 +52,7 @@ class Context:
         self.parameters: dict[str, Any] = dict(parameters or {})
         self.settings = settings if settings is not None else Settings.from_env()
         self.deadline = deadline if deadline is not None else Deadline(None)
-        #: Every secret the job holds; errors, stacks and logs are scrubbed of them (README, "Secrets").
+        #: Every secret the job holds, scrubbed from errors, stacks and logs (README: "Secrets.").
         self.redactor = Redactor()
         self.redactor.add(self.settings.backend_token)
         for key in (self.settings.secret_key or "").split(","):

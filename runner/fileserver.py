@@ -1,4 +1,4 @@
-"""The reference file server: CONTRACT.md section 6 over a folder, ``analysis files serve DIR``.
+"""The reference file server: the file API over a folder, ``analysis files serve DIR``.
 
 Layout of ``DIR``: files at the top level belong to no conversation and have their name as id;
 files in a subfolder ``DIR/<conversation>/`` belong to that conversation and have the id
@@ -194,7 +194,7 @@ def _text_holds(path: Path, terms: list[str]) -> bool:
 
 
 def openapi_document() -> dict[str, Any]:
-    """The server's OpenAPI 3.0 document: CONTRACT.md section 6, with its errors and auth."""
+    """The server's OpenAPI 3.0 document: the four routes of the file API, their errors and auth."""
     ref = {"$ref": "#/components/schemas/Error"}
     err = {"description": "error", "content": {"application/json": {"schema": ref}}}
     file_list = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/FileList"}}}}
@@ -472,7 +472,7 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``files serve DIR [--host] [--port] [--token]`` on an argparse subparsers object."""
     files: argparse.ArgumentParser = subparsers.add_parser("files", help="the reference backend file API")
     commands = files.add_subparsers(dest="files_command", required=True)
-    parser = commands.add_parser("serve", help="serve a folder over the file API (CONTRACT.md 6)")
+    parser = commands.add_parser("serve", help="serve a folder over the file API")
     parser.add_argument("dir", type=Path, help="folder to serve")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(

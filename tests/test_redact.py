@@ -1,7 +1,7 @@
 """No secret a job holds shows in its envelope, its logs or a notebook's traceback.
 
 The secrets: the file API token, the datasource key, each datasource password once revealed.
-They are scrubbed where text leaves the job (README, "Secrets"), whatever library quoted them.
+They are scrubbed where text leaves the job (README: "Secrets."), whatever library quoted them.
 """
 
 from __future__ import annotations

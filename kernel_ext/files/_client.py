@@ -1,4 +1,4 @@
-"""``ctx.files``: the backend file API client (CONTRACT.md sections 2 and 6)."""
+"""``ctx.files``: the backend file API client (README, "The file API")."""
 
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ class Files:
             self._session.close()
             self._session = None
 
-    # -- the contract (CONTRACT.md 6) ---------------------------------------------------------
+    # -- the four calls of the file API (README, "The file API") ----------------------------
     def list(self, conversation_id: str | None = None) -> _MetadataList:
         """Metadata of the files, all or those of one conversation.
 

@@ -1,7 +1,9 @@
 """The client against a real misbehaving server on loopback: each fault ends as documented, in time.
 
 Every test states the time it must finish in (``within``), and checks that the token never
-shows in the error.
+shows in the error. Each bound sits far above what the test needs (the machine may be loaded)
+and far below what the fault would cost if it were not handled (a hanging server waits 30 s,
+a trickling one sends a byte a second): what it checks is the handling, never the speed.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def assert_no_token(err: BaseException, token: str) -> None:
 
 def test_500_then_success_is_retried(make_files: MakeFiles, fault_server: Any, token: str) -> None:
     fault_server.script = sequence(fault_server.json({"error": "boom"}, 500), fault_server.json(LISTING))
-    with within(2):
+    with within(15):
         assert [m["id"] for m in make_files(fault_server.url).list()] == ["a.csv"]
     assert fault_server.paths() == ["/api/files", "/api/files"]
     assert fault_server.requests[0][1]["authorization"] == f"Bearer {token}"
@@ -78,7 +80,7 @@ def test_gateway_errors_give_up_after_max_attempts(
     make_files: MakeFiles, fault_server: Any, token: str, status: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fault_server.script = sequence(fault_server.json({}, status))
-    with within(2), pytest.raises(FileApiStatusError) as info:
+    with within(15), pytest.raises(FileApiStatusError) as info:
         make_files(fault_server.url, max_attempts=3).get_metadata("a.csv")
     assert (info.value.status, info.value.path) == (status, "/api/files/a.csv")
     assert "after 3 attempt(s)" in str(info.value)
@@ -92,7 +94,7 @@ def test_429_retry_after_is_honoured(make_files: MakeFiles, fault_server: Any) -
         fault_server.json({}, 429, {"retry-after": "1"}), fault_server.json({"id": "a.csv"})
     )
     started = time.monotonic()
-    with within(3):
+    with within(15):
         assert make_files(fault_server.url).get_metadata("a.csv") == {"id": "a.csv"}
     assert time.monotonic() - started >= 0.95
     assert len(fault_server.requests) == 2
@@ -103,24 +105,24 @@ def test_429_retry_after_as_http_date(make_files: MakeFiles, fault_server: Any) 
     fault_server.script = sequence(
         fault_server.json({}, 429, {"retry-after": when}), fault_server.json(LISTING)
     )
-    with within(3):
+    with within(15):
         assert make_files(fault_server.url).list()
     assert len(fault_server.requests) == 2
 
 
 def test_429_retry_after_past_the_deadline_fails_at_once(make_files: MakeFiles, fault_server: Any) -> None:
     fault_server.script = sequence(fault_server.json({}, 429, {"retry-after": "3600"}))
-    with within(1), pytest.raises(FileApiStatusError) as info:
-        make_files(fault_server.url, deadline=Deadline.after(5)).list()
+    with within(30), pytest.raises(FileApiStatusError) as info:
+        make_files(fault_server.url, deadline=Deadline.after(60)).list()
     assert info.value.status == 429
-    assert "retry after 3600 s" in str(info.value) and "5 s deadline" in str(info.value)
+    assert "retry after 3600 s" in str(info.value) and "60 s deadline" in str(info.value)
     assert len(fault_server.requests) == 1
 
 
 def test_404_is_not_found_and_not_retried(make_files: MakeFiles, fault_server: Any, token: str) -> None:
     fault_server.script = sequence(fault_server.json({"error": "nope"}, 404))
     files = make_files(fault_server.url)
-    with within(1), pytest.raises(FileNotFoundInApiError) as info:
+    with within(15), pytest.raises(FileNotFoundInApiError) as info:
         files.read("gone.csv")
     assert info.value.file_id == "gone.csv" and "'gone.csv'" in str(info.value)
     with pytest.raises(FileApiStatusError) as listing:
@@ -134,7 +136,7 @@ def test_server_that_never_answers_hits_the_read_timeout(
     make_files: MakeFiles, fault_server: Any, token: str
 ) -> None:
     fault_server.script = sequence(fault_server.Reply(mode="hang"))
-    with within(2), pytest.raises(FileApiTimeoutError) as info:
+    with within(15), pytest.raises(FileApiTimeoutError) as info:
         make_files(fault_server.url, read_timeout_s=0.5).list()
     assert (info.value.limit, info.value.limit_s) == ("read_timeout_s", 0.5)
     assert "read timeout of 0.5 s" in str(info.value)
@@ -147,7 +149,7 @@ def test_server_that_never_answers_is_cut_by_the_job_deadline(
     make_files: MakeFiles, fault_server: Any
 ) -> None:
     fault_server.script = sequence(fault_server.Reply(mode="hang"))
-    with within(2), pytest.raises(FileApiTimeoutError) as info:
+    with within(15), pytest.raises(FileApiTimeoutError) as info:
         make_files(fault_server.url, deadline=Deadline.after(0.7)).read("a.csv")
     assert info.value.limit == "deadline"
     assert "0.7 s deadline" in str(info.value)
@@ -155,7 +157,7 @@ def test_server_that_never_answers_is_cut_by_the_job_deadline(
 
 def test_trickling_server_hits_the_request_time_limit(make_files: MakeFiles, fault_server: Any) -> None:
     fault_server.script = sequence(fault_server.Reply(body=b"x" * 100, mode="trickle"))
-    with within(4), pytest.raises(FileApiTimeoutError) as info:
+    with within(20), pytest.raises(FileApiTimeoutError) as info:
         make_files(fault_server.url, request_timeout_s=1.5).read("a.csv")
     assert info.value.limit == "request_timeout_s"
     assert "request time limit of 1.5 s" in str(info.value)
@@ -196,7 +198,7 @@ def test_garbage_json_and_wrong_shapes(make_files: MakeFiles, fault_server: Any)
     }
     fault_server.script = lambda target, headers: replies[target]
     files = make_files(fault_server.url)
-    with within(2):
+    with within(15):
         with pytest.raises(FileApiResponseError, match="GET /api/files with invalid JSON"):
             files.list()
         with pytest.raises(FileApiResponseError, match="content type 'text/html', not JSON"):
@@ -212,7 +214,7 @@ def test_garbage_json_and_wrong_shapes(make_files: MakeFiles, fault_server: Any)
 
 def test_body_over_the_cap_declared(make_files: MakeFiles, fault_server: Any) -> None:
     fault_server.script = sequence(fault_server.Reply(body=b"x" * 5000))
-    with within(1), pytest.raises(FileTooLargeError) as info:
+    with within(15), pytest.raises(FileTooLargeError) as info:
         make_files(fault_server.url, max_body_bytes=1000).read("a.csv")
     assert info.value.limit_bytes == 1000
     assert "1000-byte limit" in str(info.value) and "declares 5000 bytes" in str(info.value)
@@ -220,7 +222,7 @@ def test_body_over_the_cap_declared(make_files: MakeFiles, fault_server: Any) ->
 
 def test_body_over_the_cap_streamed_stops_early(make_files: MakeFiles, fault_server: Any) -> None:
     fault_server.script = sequence(fault_server.Reply(body=b"x" * (32 * 1024 * 1024), mode="chunked"))
-    with within(3), pytest.raises(FileTooLargeError, match="more than 65536 bytes arrived"):
+    with within(15), pytest.raises(FileTooLargeError, match="more than 65536 bytes arrived"):
         make_files(fault_server.url, max_body_bytes=65536).read("a.csv")
 
 
@@ -283,7 +285,7 @@ def test_non_ascii_digits_in_retry_after_are_ignored(
 
 def test_truncated_body(make_files: MakeFiles, fault_server: Any) -> None:
     fault_server.script = sequence(fault_server.Reply(body=b"y" * 1000, mode="truncate"))
-    with within(2), pytest.raises(FileApiResponseError, match="truncated after 500 bytes"):
+    with within(15), pytest.raises(FileApiResponseError, match="truncated after 500 bytes"):
         make_files(fault_server.url).read("a.csv")
 
 
@@ -293,7 +295,7 @@ def test_redirect_to_another_origin_is_refused(
     other_fault_server.script = sequence(other_fault_server.json(LISTING))
     location = f"{other_fault_server.url}/api/files"
     fault_server.script = sequence(fault_server.Reply(302, {"location": location}))
-    with within(1), pytest.raises(FileApiRedirectError) as info:
+    with within(15), pytest.raises(FileApiRedirectError) as info:
         make_files(fault_server.url).list()
     assert "another origin (http://127.0.0.1)" in str(info.value)
     assert other_fault_server.requests == []  # the token never went there
@@ -309,7 +311,7 @@ def test_same_origin_redirect_is_followed_with_the_token(
         "/storage/a.csv": fault_server.Reply(200, {"content-type": "text/csv"}, b"a\n1\n"),
     }
     fault_server.script = lambda target, headers: replies[target]
-    with within(1):
+    with within(15):
         assert make_files(fault_server.url).read("a.csv") == b"a\n1\n"
     assert fault_server.paths() == ["/api/files/a.csv/content", "/storage/a.csv"]
     assert fault_server.requests[1][1]["authorization"] == f"Bearer {token}"
@@ -317,17 +319,19 @@ def test_same_origin_redirect_is_followed_with_the_token(
 
 def test_redirect_loop_is_bounded(make_files: MakeFiles, fault_server: Any) -> None:
     fault_server.script = sequence(fault_server.Reply(302, {"location": "/api/files"}))
-    with within(2), pytest.raises(FileApiRedirectError, match="more than 5 times"):
+    with within(15), pytest.raises(FileApiRedirectError, match="more than 5 times"):
         make_files(fault_server.url).list()
     assert len(fault_server.requests) == 6
 
 
 def test_connection_refused_is_retried_then_reported(make_files: MakeFiles, token: str) -> None:
     with socket.socket() as sock:
+        # Bound and never listening: connections are refused, and no other process can take
+        # the port meanwhile (as it could once the socket was closed).
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed when the block ends: nothing listens there
-    with within(2), pytest.raises(FileApiConnectionError) as info:
-        make_files(f"http://127.0.0.1:{port}", max_attempts=3).list()
+        port = sock.getsockname()[1]
+        with within(15), pytest.raises(FileApiConnectionError) as info:
+            make_files(f"http://127.0.0.1:{port}", max_attempts=3).list()
     assert "after 3 attempt(s)" in str(info.value)
     assert isinstance(info.value, ConnectionError)
     assert_no_token(info.value, token)
@@ -335,7 +339,7 @@ def test_connection_refused_is_retried_then_reported(make_files: MakeFiles, toke
 
 def test_dropped_connection_then_success_is_retried(make_files: MakeFiles, fault_server: Any) -> None:
     fault_server.script = sequence(fault_server.Reply(mode="close"), fault_server.json(LISTING))
-    with within(2):
+    with within(15):
         assert make_files(fault_server.url).list()
     assert len(fault_server.requests) == 2
 
@@ -343,7 +347,7 @@ def test_dropped_connection_then_success_is_retried(make_files: MakeFiles, fault
 def test_429_without_deadline_beyond_max_retry_after(make_files: MakeFiles, fault_server: Any) -> None:
     fault_server.script = sequence(fault_server.json({}, 429, {"retry-after": "120"}))
     with (
-        within(1),
+        within(30),
         pytest.raises(FileApiStatusError, match=r"retry after 120 s, more than max_retry_after_s=60"),
     ):
         make_files(fault_server.url).list()
@@ -355,7 +359,7 @@ def test_no_retry_once_the_backoff_would_pass_the_deadline(make_files: MakeFiles
     files = make_files(
         fault_server.url, deadline=Deadline.after(0.5), backoff_initial_s=2.0, backoff_max_s=2.0
     )
-    with within(1), pytest.raises(FileApiStatusError, match=r"503 X to GET /api/files after 1 attempt"):
+    with within(15), pytest.raises(FileApiStatusError, match=r"503 X to GET /api/files after 1 attempt"):
         files.list()
     assert len(fault_server.requests) == 1
 

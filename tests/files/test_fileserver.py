@@ -1,4 +1,4 @@
-"""The reference file server: auth, confinement to its folder, its OpenAPI vs CONTRACT.md, the CLI."""
+"""The reference file server: auth, confinement to its folder, its OpenAPI vs the README, the CLI."""
 
 from __future__ import annotations
 
@@ -152,43 +152,37 @@ def test_store_skips_what_it_cannot_serve(tmp_path: Path) -> None:
     assert store.resolve("search") is None
 
 
-def _contract_section_6() -> str:
-    candidates = [REPO.parent / "shared" / "CONTRACT.md", Path("/work/shared/CONTRACT.md")]
-    for candidate in candidates:
-        if candidate.is_file():
-            text = candidate.read_text()
-            return text.split("## 6.", 1)[1].split("\n## ", 1)[0]
-    if os.environ.get("CI") == "true":
-        pytest.fail("CONTRACT.md not found beside the repository")
-    pytest.skip("CONTRACT.md not found beside the repository")
+def _readme_file_api_table() -> list[tuple[str, str]]:
+    """``(HTTP column, returns column)`` of each row of the README's file API table."""
+    section = (REPO / "README.md").read_text().split("## The file API", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `[a-z_]+\(.*?\)` \| `(/api/files[^`]*)`[^|]*\| ([^|]+) \|$", section, re.M)
 
 
-def test_openapi_agrees_with_contract_section_6() -> None:
-    section = _contract_section_6()
-    pinned = re.findall(r"`GET (/api/files[^`?]*)(?:\?([^`]*))?` -> (\S+)", section)
-    assert len(pinned) == 4, section
+def test_openapi_agrees_with_the_readme() -> None:
+    """The routes, parameters and answers the README documents are those of the OpenAPI document."""
+    rows = _readme_file_api_table()
+    assert len(rows) == 4, rows
     document = openapi_document()
     paths = document["paths"]
-    assert set(paths) == {path for path, _, _ in pinned}
-    for path, query, returns in pinned:
+    routes = {re.split(r"[?\[]", http, maxsplit=1)[0]: (http, returns) for http, returns in rows}
+    assert set(paths) == set(routes)
+    for path, (http, returns) in routes.items():
         operation = paths[path]["get"]
         params = {p["name"]: p for p in operation["parameters"]}
         for name in re.findall(r"\{(\w+)\}", path):
             assert params[name]["in"] == "path" and params[name]["required"] is True
-        for pair in query.split("&") if query else []:
-            assert params[pair.split("=")[0]]["in"] == "query"
+        for name in re.findall(r"[?&](\w+)=", http):
+            assert params[name]["in"] == "query"
         ok = operation["responses"]["200"]["content"]
-        if returns.startswith('`{"files"'):
+        if returns.startswith("list of metadata"):
             assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/FileList"}
-        elif returns == "metadata":
+        elif returns.startswith("metadata"):
             assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/FileMetadata"}
-        else:  # the raw bytes
+            fields = set(re.findall(r"`(\w+)`", returns))
+            assert set(document["components"]["schemas"]["FileMetadata"]["required"]) == fields
+        else:
+            assert returns.strip() == "`bytes`"
             assert ok["*/*"]["schema"]["format"] == "binary"
-    listed = re.search(r"metadata `\{([^}]*)\}`", section)
-    assert listed is not None
-    fields = set(re.findall(r'"(\w+)"', listed.group(1)))
-    assert fields == {"id", "name", "size", "content_type", "created_at"}
-    assert set(document["components"]["schemas"]["FileMetadata"]["required"]) == fields
 
 
 def test_cli_parser_registers_files_serve(tmp_path: Path) -> None:
