@@ -226,3 +226,14 @@ def test_analysis_files_serve_end_to_end(file_root: Path, token: str) -> None:
 def asgi_app(file_root: Path, token: str) -> Any:
     """The server app for schemathesis (in process, over the sample folder)."""
     return create_app(file_root, token=token)
+
+
+def test_json_file_content_conforms_to_the_document(server_url: str, token: str) -> None:
+    """Found by schemathesis' stateful phase: a JSON file is served as ``application/json``, and
+    the document typed all content as a binary string, which a JSON array is not."""
+    response = _get(server_url, "/api/files/events.json/content", token)
+    assert response.headers["content-type"] == "application/json"
+    assert isinstance(response.json(), list)
+    media = openapi_document()["paths"]["/api/files/{file_id}/content"]["get"]["responses"]["200"]["content"]
+    assert media["application/json"]["schema"] == {}  # any JSON value
+    assert media["*/*"]["schema"] == {"type": "string", "format": "binary"}
