@@ -22,7 +22,7 @@ from analysis.files._errors import (
     FileTooLargeError,
     InvalidFileIdError,
 )
-from analysis.files._http import RETRY_STATUSES, FileApiLimits
+from analysis.files._policy import RETRY_STATUSES, FileApiLimits
 
 __all__ = [
     "FILE_ID_PATTERN",

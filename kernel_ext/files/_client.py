@@ -18,8 +18,9 @@ from analysis.files._errors import (
     FileLoadError,
     InvalidFileIdError,
 )
-from analysis.files._http import FileApiLimits, HttpSession, QueryParams
+from analysis.files._http import HttpSession, QueryParams
 from analysis.files._load import FORMATS, FileFormat, SupportsLoadData, detect_format, load_into, sniff_format
+from analysis.files._policy import FileApiLimits
 
 if TYPE_CHECKING:
     import httpx
