@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from analysis.logs import emit, one_line
+from analysis.redact import Redactor
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from analysis.deadline import Deadline
     from analysis.files import Files
     from analysis.files._load import SupportsLoadData
-    from analysis.sources import Datasources, Params
+    from analysis.sources import Datasource, Datasources, Params
 
 __all__ = ["DataAccess", "LocalAccess"]
 
@@ -79,15 +80,35 @@ class LocalAccess(DataAccess):
         The project's datasources (anything with ``get``, ``names``, ``interrupt``, ``close``).
     settings
         Where the file API is and its token.
+    redactor
+        Learns every secret this access reveals (the token, the secret key, each datasource
+        password when first used) and scrubs them from the errors it raises (README: "Secrets.").
     """
 
-    def __init__(self, sources: Datasources, settings: Settings) -> None:
+    def __init__(self, sources: Datasources, settings: Settings, *, redactor: Redactor | None = None) -> None:
         self.sources = sources
         self.settings = settings
+        self.redactor = redactor if redactor is not None else Redactor()
+        self.redactor.add(settings.backend_token)
+        for key in (settings.secret_key or "").split(","):
+            self.redactor.add(key.strip())
+
+    def _source(self, name: str) -> Datasource:
+        source = self.sources.get(name)
+        # Revealed now: from here on the password is scrubbed from everything the job shows.
+        self.redactor.add(getattr(source, "password", None) or source.config.get("password"))
+        return source
 
     def query(self, name: str, sql: str, params: Params, *, timeout_s: float | None) -> pa.Table:
-        emit("query:datasource", f"{name} {one_line(sql)}")
-        return self.sources.get(name).query(sql, params, timeout_s=timeout_s)
+        try:
+            source = self._source(name)
+        finally:  # logged after the password is known, so the line is scrubbed of it too
+            emit("query:datasource", f"{name} {one_line(sql)}")
+        try:
+            return source.query(sql, params, timeout_s=timeout_s)
+        except BaseException as exc:
+            self.redactor.scrub_exception(exc)
+            raise
 
     def query_into(
         self,
@@ -99,9 +120,15 @@ class LocalAccess(DataAccess):
         *,
         timeout_s: float | None,
     ) -> int:
-        emit("query:datasource", f"{name} {one_line(sql)}")
-        source = self.sources.get(name)
-        return source.query_into(sink, table, sql, params, timeout_s=timeout_s)  # type: ignore[arg-type]
+        try:
+            source = self._source(name)
+        finally:
+            emit("query:datasource", f"{name} {one_line(sql)}")
+        try:
+            return source.query_into(sink, table, sql, params, timeout_s=timeout_s)  # type: ignore[arg-type]
+        except BaseException as exc:
+            self.redactor.scrub_exception(exc)
+            raise
 
     def names(self) -> list[str]:
         return self.sources.names()
@@ -109,7 +136,7 @@ class LocalAccess(DataAccess):
     def files(self, *, deadline: Deadline, duck: SupportsLoadData) -> Files:
         from analysis.files import Files
 
-        return Files(settings=self.settings, deadline=deadline, duck=duck)
+        return Files(settings=self.settings, deadline=deadline, duck=duck, redactor=self.redactor)
 
     def interrupt(self) -> None:
         self.sources.interrupt()

@@ -11,6 +11,7 @@ from analysis.deadline import Deadline
 from analysis.duck import Duck, QueryResult
 from analysis.errors import DatasourceError, JobTimeoutError
 from analysis.logs import emit
+from analysis.redact import Redactor
 from analysis.sources import Datasources
 
 if TYPE_CHECKING:
@@ -56,6 +57,10 @@ class Context:
         self.parameters: dict[str, Any] = dict(parameters or {})
         self.settings = settings if settings is not None else Settings.from_env()
         self.deadline = deadline if deadline is not None else Deadline(None)
+        #: Every secret the job holds, scrubbed from errors, stacks and logs (README: "Secrets.").
+        #: In-process it is the access layer's; in a job the kernel holds no secret, and the
+        #: broker's own access layer scrubs its answers before they reach the kernel.
+        self.redactor = Redactor()
         self._duck = Duck()
         self._access = access or LocalAccess(
             Datasources(
@@ -64,6 +69,7 @@ class Context:
                 environ=self.settings.environ or None,
             ),
             self.settings,
+            redactor=self.redactor,
         )
         self._files: Files | None = None
         self._result: Any = _UNSET
@@ -136,8 +142,10 @@ class Context:
                 count = self._access.query_into(self._duck, into, name, sql, params, timeout_s=timeout_s)
                 return QueryResult(None, row_count=count, loaded_into=into)
             return QueryResult(self._access.query(name, sql, params, timeout_s=timeout_s))
-        except DatasourceError as exc:
-            if self.deadline.expired():  # the statement was cancelled because the job ran out of time
+        except BaseException as exc:  # DuckDB's errors on into= may quote what the driver sent
+            self.redactor.scrub_exception(exc)
+            if isinstance(exc, DatasourceError) and self.deadline.expired():
+                # the statement was cancelled because the job ran out of time
                 raise JobTimeoutError(
                     f"The job ran past {self.deadline.describe()} while querying {name!r}."
                 ) from exc

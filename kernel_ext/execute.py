@@ -155,7 +155,16 @@ def _describe(exc: BaseException) -> str:
 def describe_failure(
     exc: BaseException, ctx: Context, filename: str | None, *, timed_out: bool = False
 ) -> dict[str, Any]:
-    """The outcome of an analysis that raised ``exc``: its error type, sentence and traceback."""
+    """The outcome of an analysis that raised ``exc``: its error type, sentence and traceback.
+
+    The sentence and the traceback are scrubbed of every secret the job holds (``ctx.redactor``).
+    """
+    return ctx.redactor.scrub_outcome(_describe_failure(exc, ctx, filename, timed_out=timed_out))
+
+
+def _describe_failure(
+    exc: BaseException, ctx: Context, filename: str | None, *, timed_out: bool
+) -> dict[str, Any]:
     deadline = ctx.deadline
     if timed_out or (isinstance(exc, KeyboardInterrupt | JobTimeoutError) and deadline.expired()):
         err: AnalysisError = JobTimeoutError(f"The analysis ran past {deadline.describe()} and was stopped.")
@@ -193,7 +202,7 @@ def run_analysis(
     """
     watchdog = Watchdog(ctx, ctx.deadline, interrupt_main=interrupt_main)
     try:
-        with watchdog:
+        with watchdog, ctx.redactor.streams():
             value = run(ctx, ctx.parameters)
             if inspect.isawaitable(value):
                 value = _run_coroutine(value)
@@ -249,21 +258,24 @@ def run_job(job_file: str) -> None:
     ctx = context_from_job(job)
     filename = job["source_path"]
     try:
+        outcome, result = _run_loaded_job(job, ctx, filename)
+    finally:
+        ctx.close()
+    publish(ctx.redactor.scrub_outcome(outcome), result, Path(job_file).with_name("outcome.json"))
+
+
+def _run_loaded_job(
+    job: Mapping[str, Any], ctx: Context, filename: str
+) -> tuple[dict[str, Any], bytes | None]:
+    """Load the analysis and run it; what it prints is scrubbed of the job's secrets."""
+    with ctx.redactor.streams():
         try:
             run = load_run(Path(filename).read_text(encoding="utf-8"), filename)
         except InvalidAnalysisError as exc:
-            outcome, result = failure(exc, None), None
+            return failure(exc, None), None
         except BaseException as exc:
             err = AnalysisError(f"The analysis failed while loading: {_describe(exc)}")
-            outcome, result = failure(err, user_traceback(exc, filename)), None
-        else:
-            outcome, result = run_analysis(
-                run,
-                ctx,
-                filename=filename,
-                max_result_bytes=job.get("max_result_bytes"),
-                interrupt_main=False,
-            )
-    finally:
-        ctx.close()
-    publish(outcome, result, Path(job_file).with_name("outcome.json"))
+            return failure(err, user_traceback(exc, filename)), None
+        return run_analysis(
+            run, ctx, filename=filename, max_result_bytes=job.get("max_result_bytes"), interrupt_main=False
+        )

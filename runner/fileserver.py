@@ -1,4 +1,4 @@
-"""The reference file server: CONTRACT.md section 6 over a folder, ``analysis files serve DIR``.
+"""The reference file server: the file API over a folder, ``analysis files serve DIR``.
 
 Layout of ``DIR``: files at the top level belong to no conversation and have their name as id;
 files in a subfolder ``DIR/<conversation>/`` belong to that conversation and have the id
@@ -24,6 +24,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from analysis.runner.fileserver_openapi import (
+    CONVERSATION_ID_RE,
+    FILE_ID_RE,
+    SEARCH_DEFAULT_LIMIT,
+    SEARCH_MAX_LIMIT,
+    SEARCH_TEXT_RE,
+    openapi_document,
+)
+
 if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -33,11 +42,11 @@ if TYPE_CHECKING:
 __all__ = ["FileStore", "add_subparser", "create_app", "openapi_document", "run_files_command", "serve"]
 
 DEFAULT_PORT = 8765
-FILE_ID_RE = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
-CONVERSATION_ID_RE = r"^[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*$"
 SEARCH_SCAN_BYTES = 8 * 1024 * 1024
+_LIMIT = re.compile(r"0*([0-9]{1,3})")  # ASCII digits; leading zeros allowed, never 4300 digits
 _FILE_ID = re.compile(FILE_ID_RE)
 _CONVERSATION_ID = re.compile(CONVERSATION_ID_RE)
+_SEARCH_TEXT = re.compile(SEARCH_TEXT_RE)
 _SEPARATOR = "--"
 _TYPES = {
     ".csv": "text/csv",
@@ -158,6 +167,16 @@ class FileStore:
         return (by_name + by_content)[:limit]
 
 
+def _search_limit(raw: str) -> int:
+    """``limit`` of a search: ASCII digits only (``'²'.isdigit()`` is true, ``int('')`` fails)."""
+    digits = _LIMIT.fullmatch(raw)
+    if digits is None or not 1 <= int(digits.group(1)) <= SEARCH_MAX_LIMIT:
+        from starlette.exceptions import HTTPException
+
+        raise HTTPException(400, f"limit must be an integer from 1 to {SEARCH_MAX_LIMIT}")
+    return int(digits.group(1))
+
+
 def _is_conversation(name: str) -> bool:
     return len(name) <= 64 and _CONVERSATION_ID.fullmatch(name) is not None
 
@@ -175,122 +194,25 @@ def _text_holds(path: Path, terms: list[str]) -> bool:
     return all(t in text for t in terms)
 
 
-def openapi_document() -> dict[str, Any]:
-    """The server's OpenAPI 3.0 document: CONTRACT.md section 6, with its errors and auth."""
-    ref = {"$ref": "#/components/schemas/Error"}
-    err = {"description": "error", "content": {"application/json": {"schema": ref}}}
-    file_list = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/FileList"}}}}
-    file_id = {
-        "name": "file_id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": FILE_ID_RE, "not": {"enum": ["search"]}},
-    }
-    conversation = {
-        "name": "conversation_id",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "string", "pattern": CONVERSATION_ID_RE, "maxLength": 64},
-    }
-
-    def op(op_id: str, summary: str, ok: dict[str, Any], params: list[Any], *codes: str) -> dict[str, Any]:
-        responses = {"200": {"description": "OK", **ok}, "401": err} | {code: err for code in codes}
-        return {
-            "get": {"operationId": op_id, "summary": summary, "parameters": params, "responses": responses}
-        }
-
-    metadata_props = {
-        "id": {"type": "string"},
-        "name": {"type": "string"},
-        "size": {"type": "integer", "minimum": 0},
-        "content_type": {"type": "string"},
-        "created_at": {"type": "string", "format": "date-time"},
-        "modified_at": {"type": "string", "format": "date-time"},
-        "conversation_id": {"type": "string", "nullable": True},
-        "match": {"type": "string", "enum": ["name", "content"]},
-    }
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "analysis reference file API", "version": "1"},
-        "security": [{"bearer": []}],
-        "paths": {
-            "/api/files": op(
-                "listFiles", "Metadata of all files, or one conversation's", file_list, [conversation], "400"
-            ),
-            "/api/files/search": op(
-                "searchFiles",
-                "Files whose name or text content holds every word of q",
-                file_list,
-                [
-                    {
-                        "name": "q",
-                        "in": "query",
-                        "required": True,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": r"\S"},
-                    },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-                    },
-                    conversation,
-                ],
-                "400",
-            ),
-            "/api/files/{file_id}": op(
-                "getFileMetadata",
-                "Metadata of one file",
-                {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/FileMetadata"}}}},
-                [file_id],
-                "400",
-                "404",
-            ),
-            "/api/files/{file_id}/content": op(
-                "getFileContent",
-                "The raw bytes of one file",
-                {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
-                [file_id],
-                "400",
-                "404",
-            ),
-        },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "FileMetadata": {
-                    "type": "object",
-                    "required": ["id", "name", "size", "content_type", "created_at"],
-                    "properties": metadata_props,
-                },
-                "FileList": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {"type": "array", "items": {"$ref": "#/components/schemas/FileMetadata"}}
-                    },
-                },
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {"type": "string"}},
-                },
-            },
-        },
-    }
-
-
 class _BearerAuth:
-    """ASGI middleware: ``/api/`` requests need ``Authorization: Bearer <token>``."""
+    """ASGI middleware: ``/api/`` requests need ``Authorization: Bearer <token>``.
+
+    The scheme is case-insensitive (RFC 9110 section 11.1: ``bearer`` and ``BEARER`` work too);
+    the token is compared in constant time.
+    """
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
+
+    def _authorized(self, header: bytes) -> bool:
+        scheme, _, credentials = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(b" "), self._expected)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/api/"):
             given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self._expected):
+            if not self._authorized(given):
                 from starlette.responses import JSONResponse
 
                 response = JSONResponse(
@@ -349,13 +271,12 @@ def create_app(root: Path, *, token: str | None = None) -> Starlette:
     def search_files(request: Request) -> Response:
         only(request, "q", "limit", "conversation_id")
         text = query(request, "q") or ""
-        raw_limit = query(request, "limit") or "20"
+        raw_limit = query(request, "limit")
         conversation = conversation_param(request)
-        if not text.strip() or len(text) > 1000:
+        if _SEARCH_TEXT.search(text) is None or len(text) > 1000:
             raise HTTPException(400, "q must be 1 to 1000 characters, not only spaces")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-            raise HTTPException(400, "limit must be an integer from 1 to 100")
-        return JSONResponse({"files": store.search(text, limit=int(raw_limit), conversation_id=conversation)})
+        limit = SEARCH_DEFAULT_LIMIT if raw_limit is None else _search_limit(raw_limit)
+        return JSONResponse({"files": store.search(text, limit=limit, conversation_id=conversation)})
 
     def lookup(request: Request) -> tuple[str, Path, str | None] | JSONResponse:
         file_id = request.path_params["file_id"]
@@ -396,25 +317,43 @@ def create_app(root: Path, *, token: str | None = None) -> Starlette:
 
 
 def serve(root: Path, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None) -> None:
-    """Serve ``root`` with uvicorn until interrupted."""
+    """Serve ``root`` with uvicorn until interrupted.
+
+    The socket is bound before the ``[files] serving ... at http://HOST:PORT`` line is printed,
+    so ``port=0`` picks a free port and the line names it.
+    """
+    import socket
+
     import uvicorn
 
     app = create_app(root, token=token)
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.create_server((host, port), family=family)
+    bound = sock.getsockname()[1]
     auth = "bearer token required" if token else "no token"
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(
-        f"[files] serving {root} at http://{host}:{port} ({auth}); OpenAPI at /openapi.json", file=sys.stderr
+        f"[files] serving {root} at http://{shown}:{bound} ({auth}); OpenAPI at /openapi.json",
+        file=sys.stderr,
+        flush=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off", ws="none")
+    config = uvicorn.Config(app, log_level="info", lifespan="off", ws="none")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``files serve DIR [--host] [--port] [--token]`` on an argparse subparsers object."""
     files: argparse.ArgumentParser = subparsers.add_parser("files", help="the reference backend file API")
     commands = files.add_subparsers(dest="files_command", required=True)
-    parser = commands.add_parser("serve", help="serve a folder over the file API (CONTRACT.md 6)")
+    parser = commands.add_parser("serve", help="serve a folder over the file API")
     parser.add_argument("dir", type=Path, help="folder to serve")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)"
+    )
     parser.add_argument(
         "--token",
         default=None,

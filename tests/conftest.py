@@ -1,7 +1,15 @@
-"""Shared fixtures: a projects root, a helper that runs a script in a real kernel, leak checks."""
+"""Shared fixtures: a projects root, a helper that runs a script in a real kernel, leak checks.
+
+Also the hypothesis profiles (schemathesis runs on hypothesis): with ``CI=true`` the ``ci``
+profile draws the same bounded set of examples on every run (derandomized), so CI passes or
+fails by what the code does; elsewhere the ``dev`` profile draws new random examples each run,
+more of them, to explore. ``HYPOTHESIS_PROFILE=ci|dev`` picks one explicitly. A failure found
+while exploring becomes an explicit regression test (see tests/files/test_fileserver.py).
+"""
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,8 +17,18 @@ from typing import Any
 
 import psutil
 import pytest
+from hypothesis import HealthCheck, settings
 
 from analysis.runner import JobResult, JobSpec, run_job
+
+_SLOW_CHECKS = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile(
+    "ci", derandomize=True, max_examples=40, deadline=None, database=None, suppress_health_check=_SLOW_CHECKS
+)
+settings.register_profile("dev", max_examples=100, deadline=None, suppress_health_check=_SLOW_CHECKS)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI", "").lower() == "true" else "dev")
+)
 
 
 @pytest.fixture

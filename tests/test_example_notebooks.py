@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -40,13 +39,12 @@ def file_backend() -> Iterator[str]:
 
     from analysis.runner.fileserver import create_app
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    # Port 0: the server binds a free port itself (one picked here and bound later could be
+    # taken meanwhile, and the wait below would then never end).
     config = uvicorn.Config(
         create_app(NOTEBOOKS / "sample_files"),
         host="127.0.0.1",
-        port=port,
+        port=0,
         log_level="warning",
         lifespan="off",
     )
@@ -54,7 +52,9 @@ def file_backend() -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
+        assert thread.is_alive(), "the file server did not start"
         time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)

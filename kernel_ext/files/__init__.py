@@ -1,6 +1,6 @@
 """``analysis.files``: the backend file API client behind ``ctx.files``.
 
-``Files`` calls the HTTP API pinned in CONTRACT.md section 6 (``list``, ``get_metadata``,
+``Files`` calls the backend's file API (README, "The file API": ``list``, ``get_metadata``,
 ``read``, ``search``) and adds ``read_text``, ``read_json`` and ``load`` (a CSV, JSON or
 Parquet file straight into DuckDB). The reference server it talks to in tests and the
 quickstart is ``analysis files serve`` (:mod:`analysis.runner.fileserver`).
@@ -22,7 +22,7 @@ from analysis.files._errors import (
     FileTooLargeError,
     InvalidFileIdError,
 )
-from analysis.files._http import RETRY_STATUSES, FileApiLimits
+from analysis.files._policy import RETRY_STATUSES, FileApiLimits
 
 __all__ = [
     "FILE_ID_PATTERN",

@@ -1,4 +1,4 @@
-"""``ctx.files``: the backend file API client (CONTRACT.md sections 2 and 6)."""
+"""``ctx.files``: the backend file API client (README, "The file API")."""
 
 from __future__ import annotations
 
@@ -18,14 +18,16 @@ from analysis.files._errors import (
     FileLoadError,
     InvalidFileIdError,
 )
-from analysis.files._http import FileApiLimits, HttpSession, QueryParams
+from analysis.files._http import HttpSession, QueryParams
 from analysis.files._load import FORMATS, FileFormat, SupportsLoadData, detect_format, load_into, sniff_format
+from analysis.files._policy import FileApiLimits
 
 if TYPE_CHECKING:
     import httpx
 
     from analysis.config import Settings
     from analysis.deadline import Deadline
+    from analysis.redact import Redactor
 
 __all__ = ["FILE_ID_PATTERN", "FileMetadata", "Files", "validate_file_id"]
 
@@ -87,6 +89,9 @@ class Files:
     limits
         Timeouts, retries and size cap; by default :class:`FileApiLimits` with ``max_body_bytes``
         from ``settings``.
+    redactor
+        The job's secrets (``ctx.redactor``); errors are scrubbed of them, and of the token, in
+        every spelling a library may quote it in.
     """
 
     def __init__(
@@ -97,8 +102,13 @@ class Files:
         duck: SupportsLoadData | None = None,
         transport: httpx.BaseTransport | None = None,
         limits: FileApiLimits | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
+        from analysis.redact import Redactor
+
         self._settings = settings
+        self._redactor = redactor if redactor is not None else Redactor()
+        self._redactor.add(settings.backend_token)
         self._deadline = deadline
         self._duck = duck
         self._transport = transport
@@ -125,7 +135,7 @@ class Files:
             self._session.close()
             self._session = None
 
-    # -- the contract (CONTRACT.md 6) ---------------------------------------------------------
+    # -- the four calls of the file API (README, "The file API") ----------------------------
     def list(self, conversation_id: str | None = None) -> _MetadataList:
         """Metadata of the files, all or those of one conversation.
 
@@ -280,6 +290,7 @@ class Files:
                 limits=self.limits,
                 deadline=self._deadline,
                 transport=self._transport,
+                redactor=self._redactor,
             )
         return self._session
 

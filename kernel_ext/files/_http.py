@@ -9,17 +9,16 @@ deadline, and the error says which limit fired.
 
 from __future__ import annotations
 
-import email.utils
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlencode
 
 import httpx
 
+from analysis.files._budget import AttemptBudget, BudgetTransport
 from analysis.files._errors import (
     FileApiConnectionError,
     FileApiError,
@@ -31,53 +30,18 @@ from analysis.files._errors import (
     FileNotFoundInApiError,
     FileTooLargeError,
 )
+from analysis.files._inflate import Inflater, UnsupportedEncodingError
+from analysis.files._policy import RETRY_STATUSES, FileApiLimits, header_token, retry_after_s
 from analysis.logs import emit
 
 if TYPE_CHECKING:
     from analysis.deadline import Deadline
+    from analysis.redact import Redactor
 
-__all__ = ["RETRY_STATUSES", "FileApiLimits", "HttpSession"]
+__all__ = ["HttpSession", "QueryParams"]
 
-#: Statuses on which a GET is retried.
-RETRY_STATUSES: frozenset[int] = frozenset({429, 500, 502, 503, 504})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 QueryParams = Mapping[str, str | int | float | bool]
-
-
-@dataclass(frozen=True)
-class FileApiLimits:
-    """Time, size and retry limits of the file API client. ``None`` disables a limit.
-
-    Parameters
-    ----------
-    connect_timeout_s, read_timeout_s, write_timeout_s, pool_timeout_s
-        httpx's four timeouts: to open a connection, between two reads, between two writes,
-        to get a connection from the pool.
-    request_timeout_s
-        Total time of one attempt, body included (catches a server that trickles bytes).
-    max_body_bytes
-        Largest response body accepted (default 100 MiB).
-    max_attempts
-        Attempts per call, the first included.
-    backoff_initial_s, backoff_max_s
-        Backoff before retry ``n`` is drawn from ``[d/2, d]`` with ``d = min(max, initial * 2**(n-1))``.
-    max_retry_after_s
-        The longest ``Retry-After`` honoured when the job has no deadline.
-    max_redirects
-        Same-origin redirects followed per attempt.
-    """
-
-    connect_timeout_s: float | None = 10.0
-    read_timeout_s: float | None = 30.0
-    write_timeout_s: float | None = 30.0
-    pool_timeout_s: float | None = 10.0
-    request_timeout_s: float | None = 120.0
-    max_body_bytes: int | None = 100 * 1024 * 1024
-    max_attempts: int = 4
-    backoff_initial_s: float = 0.25
-    backoff_max_s: float = 8.0
-    max_retry_after_s: float = 60.0
-    max_redirects: int = 5
 
 
 class _RetryableError(Exception):
@@ -94,20 +58,12 @@ def _origin(url: httpx.URL) -> tuple[str, str, int]:
     return (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 0))
 
 
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
+def _raw_chunks(response: httpx.Response) -> Iterator[bytes]:
+    """The body as it came (still encoded); a response built in memory (a test transport) at once."""
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+        yield from response.iter_raw()
+    except httpx.StreamConsumed:
+        yield response.content
 
 
 class HttpSession:
@@ -125,6 +81,8 @@ class HttpSession:
         The job's deadline; every wait and timeout is clamped to it.
     transport
         An httpx transport, for tests at the protocol edge.
+    redactor
+        Scrubs the token (and the job's other secrets) from every error raised here.
     """
 
     def __init__(
@@ -135,7 +93,13 @@ class HttpSession:
         limits: FileApiLimits,
         deadline: Deadline | None,
         transport: httpx.BaseTransport | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
+        from analysis.redact import Redactor
+
+        self._redactor = redactor if redactor is not None else Redactor()
+        self._redactor.add(token)
+        token = header_token(token)
         url = httpx.URL(base_url)
         if url.scheme not in _DEFAULT_PORTS or not url.host:
             raise FileApiNotConfiguredError(
@@ -145,6 +109,7 @@ class HttpSession:
         self.origin_text = f"{self._origin[0]}://{self._origin[1]}:{self._origin[2]}"
         self._limits = limits
         self._deadline = deadline
+        self._budget = AttemptBudget()
         headers = {"Accept-Encoding": "identity", "User-Agent": "analysis-kernel"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -159,7 +124,7 @@ class HttpSession:
             ),
             follow_redirects=False,
             trust_env=False,
-            transport=transport,
+            transport=transport if transport is not None else BudgetTransport(self._budget),
         )
 
     def close(self) -> None:
@@ -180,6 +145,20 @@ class HttpSession:
         """
         shown = f"{path}?{urlencode(params)}" if params else path
         emit("files", f"GET {shown}")
+        try:
+            return self._get(path, shown, sink, params, file_id)
+        except BaseException as exc:
+            self._redactor.scrub_exception(exc)  # libraries quote what they were given
+            raise
+
+    def _get(
+        self,
+        path: str,
+        shown: str,
+        sink: Callable[[bytes], object],
+        params: QueryParams | None,
+        file_id: str | None,
+    ) -> httpx.Headers:
         attempts = max(1, self._limits.max_attempts)
         for attempt in range(1, attempts + 1):
             try:
@@ -209,6 +188,29 @@ class HttpSession:
     ) -> httpx.Headers:
         started = time.monotonic()
         self._check_time(path, started)
+        with self._budget.until(*self._attempt_end(started)):
+            return self._attempt_within_budget(path, sink, params, file_id, attempt=attempt, started=started)
+
+    def _attempt_end(self, started: float) -> tuple[float | None, str]:
+        """When this attempt must be over (monotonic clock), and the limit that says so."""
+        ends: list[tuple[float, str]] = []
+        if self._limits.request_timeout_s is not None:
+            ends.append((started + self._limits.request_timeout_s, "request_timeout_s"))
+        remaining = self._remaining_s()
+        if remaining is not None:
+            ends.append((time.monotonic() + remaining, "deadline"))
+        return min(ends) if ends else (None, "")
+
+    def _attempt_within_budget(
+        self,
+        path: str,
+        sink: Callable[[bytes], object],
+        params: QueryParams | None,
+        file_id: str | None,
+        *,
+        attempt: int,
+        started: float,
+    ) -> httpx.Headers:
         timeout = self._timeout()
         request = self._client.build_request("GET", path, params=params, timeout=timeout)
         try:
@@ -273,7 +275,7 @@ class HttpSession:
             status=status,
             path=path,
         )
-        wait_s = _retry_after_s(response.headers.get("retry-after"))
+        wait_s = retry_after_s(response.headers.get("retry-after"))
         if wait_s is not None:
             remaining = self._remaining_s()
             budget = remaining if remaining is not None else self._limits.max_retry_after_s
@@ -294,18 +296,19 @@ class HttpSession:
     def _read_body(
         self, response: httpx.Response, path: str, sink: Callable[[bytes], object], started: float
     ) -> None:
+        """Stream the body into ``sink``, decoded step by bounded step, within the size cap."""
         cap = self._limits.max_body_bytes
         declared = response.headers.get("content-length", "")
-        if cap is not None and declared.isdigit() and int(declared) > cap:
+        if cap is not None and declared.isascii() and declared.isdigit() and int(declared) > cap:
             self._too_large(path, cap, f"it declares {int(declared)} bytes")
         received = 0
         try:
-            for chunk in response.iter_bytes():
-                received += len(chunk)
-                if cap is not None and received > cap:
-                    self._too_large(path, cap, f"more than {cap} bytes arrived")
-                self._check_time(path, started)
-                sink(chunk)
+            inflater = Inflater(response.headers.get("content-encoding"))
+            for raw in _raw_chunks(response):
+                for chunk in inflater.feed(raw):
+                    received = self._deliver(chunk, received, path, sink, started)
+            for chunk in inflater.finish():
+                received = self._deliver(chunk, received, path, sink, started)
         except httpx.TimeoutException as exc:
             raise self._timeout_error(path, exc) from exc
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
@@ -313,10 +316,22 @@ class HttpSession:
                 f"the file API's response to GET {path} was truncated after {received} bytes: {exc}.",
                 path=path,
             ) from exc
-        except httpx.DecodingError as exc:
+        except (UnsupportedEncodingError, zlib.error) as exc:
             raise FileApiResponseError(
                 f"the file API's response to GET {path} cannot be decoded: {exc}.", path=path
             ) from exc
+
+    def _deliver(
+        self, chunk: bytes, received: int, path: str, sink: Callable[[bytes], object], started: float
+    ) -> int:
+        """Hand one decoded chunk to the sink unless it takes the body past the cap; return the total."""
+        received += len(chunk)
+        cap = self._limits.max_body_bytes
+        if cap is not None and received > cap:
+            self._too_large(path, cap, f"more than {cap} bytes arrived")
+        self._check_time(path, started)
+        sink(chunk)
+        return received
 
     # -- limits ---------------------------------------------------------------------------------
     def _remaining_s(self) -> float | None:
@@ -354,17 +369,24 @@ class HttpSession:
             raise self._deadline_error(path)
         limit = self._limits.request_timeout_s
         if limit is not None and time.monotonic() - started > limit:
-            raise FileApiTimeoutError(
-                f"GET {path} took longer than the request time limit of {limit:g} s (request_timeout_s).",
-                path=path,
-                limit="request_timeout_s",
-                limit_s=limit,
-            )
+            raise self._request_timeout_error(path)
+
+    def _request_timeout_error(self, path: str) -> FileApiTimeoutError:
+        limit = self._limits.request_timeout_s
+        return FileApiTimeoutError(
+            f"GET {path} took longer than the request time limit of {limit:g} s (request_timeout_s).",
+            path=path,
+            limit="request_timeout_s",
+            limit_s=limit,
+        )
 
     def _timeout_error(self, path: str, exc: httpx.TimeoutException) -> FileApiTimeoutError:
+        fired = self._budget.fired()
         remaining = self._remaining_s()
-        if remaining is not None and remaining <= 0.05:
+        if fired == "deadline" or (remaining is not None and remaining <= 0.05):
             return self._deadline_error(path)
+        if fired == "request_timeout_s":
+            return self._request_timeout_error(path)
         kinds = {
             httpx.ConnectTimeout: ("connect", self._limits.connect_timeout_s),
             httpx.ReadTimeout: ("read", self._limits.read_timeout_s),

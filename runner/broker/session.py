@@ -115,7 +115,7 @@ class BrokerSession:
             return True
         self._access = access
         try:
-            with self._watch(), redirect_emit(self._send_log):
+            with self._watch(), redirect_emit(lambda line: self._send_log(access.redactor.scrub(line))):
                 final = self._answer(access, sources, request)
         except (OSError, WireError):  # the kernel is gone, or it sent bytes mid-answer
             sources.discard()

@@ -40,6 +40,8 @@ def silent_listener() -> Iterator[int]:
 
 
 def _assert_fails_fast(source: Any, within_s: float, match: str, *, into: bool = False) -> DatasourceError:
+    """Assert the fault is reported, within a bound far above its time and below what it costs
+    unhandled (a 10 s connect timeout, a long query), so a loaded machine cannot fail it."""
     from analysis.duck import Duck
 
     started = time.monotonic()
@@ -62,7 +64,7 @@ def _assert_fails_fast(source: Any, within_s: float, match: str, *, into: bool =
 @pytest.mark.parametrize("into", [False, True])
 @pytest.mark.parametrize("kind", ["postgres", "mysql"])
 def test_connection_refused(kind: str, into: bool) -> None:
-    _assert_fails_fast(_make(kind, _Fake(servers.free_port())), 3, "cannot connect", into=into)
+    _assert_fails_fast(_make(kind, _Fake(servers.free_port())), 8, "cannot connect", into=into)
 
 
 @pytest.mark.parametrize("into", [False, True])
@@ -71,7 +73,7 @@ def test_listener_that_never_answers_fails_within_the_connect_timeout(
     kind: str, into: bool, silent_listener: int
 ) -> None:
     source = _make(kind, _Fake(silent_listener), connect_timeout_s=2)
-    _assert_fails_fast(source, 4.5, "cannot connect", into=into)
+    _assert_fails_fast(source, 9, "cannot connect", into=into)  # under the default 10 s
 
 
 @pytest.mark.parametrize("kind", ["postgres", "mysql"])
@@ -81,7 +83,7 @@ def test_wrong_password(kind: str, request: pytest.FixtureRequest) -> None:
     server = request.getfixturevalue("pg_server" if kind == "postgres" else "my_server")
     source = _make(kind, server)
     source.password = Secret("not-" + servers.PASSWORD)
-    error = _assert_fails_fast(source, 3, "cannot connect")
+    error = _assert_fails_fast(source, 8, "cannot connect")
     assert "not-" + servers.PASSWORD not in str(error)
     assert "password" in str(error).lower() or "denied" in str(error).lower()
 
@@ -128,7 +130,7 @@ def test_server_closing_mid_result(kind: str, path: str, request: pytest.Fixture
             else:
                 source.query_into(duck, "partial", sql, None, timeout_s=30)
         thread.join()
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 8  # the query alone takes 10 s
         assert servers.PASSWORD not in str(info.value)
         assert source.query("SELECT 1 AS one", None, timeout_s=5).to_pylist() == [{"one": 1}]  # reconnects
     finally:
@@ -185,7 +187,7 @@ def test_interrupt_from_another_thread_cancels_on_the_server(
     with pytest.raises(DatasourceError, match="cancelled"):
         _run(source, path, sql, duck, 60)()
     timer.join()
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # the query alone takes 60 s
     assert _wait_gone(kind, server, sql.split()[1]) == 0
 
 
@@ -199,7 +201,7 @@ def test_statement_time_limit_stops_the_query_on_the_server(
         started = time.monotonic()
         with pytest.raises(DatasourceError, match=r"cancelled at its time limit of 0\.8 s"):
             _run(source, path, sql, duck, 30)()
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 20  # the query alone takes 60 s, the job's limit 30 s
         assert _wait_gone(kind, server, sql.split()[1]) == 0
         # what is left of the job's deadline is a limit too
         with pytest.raises(DatasourceError, match=r"time limit of 0\.5 s"):

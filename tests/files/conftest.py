@@ -70,7 +70,7 @@ class UvicornThread:
 
     def __enter__(self) -> str:
         self.thread.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # a wait, not a speed check: a loaded machine may be slow
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("uvicorn did not start")
@@ -121,8 +121,9 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
-    #: "normal", "hang" (never answer), "trickle" (a byte a second), "truncate" (close mid-body),
-    #: "chunked" (no content-length, body in chunks), "close" (close without a response)
+    #: "normal", "hang" (never answer), "trickle" (body a byte a second), "trickle_head" (status
+    #: line and headers a byte a second), "truncate" (close mid-body), "chunked" (no
+    #: content-length, body in chunks), "close" (close without a response)
     mode: str = "normal"
 
 
@@ -158,8 +159,15 @@ class _Handler(socketserver.BaseRequestHandler):
         elif "content-length" not in hdrs:
             hdrs["content-length"] = str(len(reply.body))
         lines += [f"{k}: {v}" for k, v in hdrs.items()]
+        head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         try:
-            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            if reply.mode == "trickle_head":
+                for i in range(len(head_bytes)):
+                    if self.server.stop.wait(1.0):
+                        return
+                    sock.sendall(head_bytes[i : i + 1])
+            else:
+                sock.sendall(head_bytes)
             if reply.mode == "trickle":
                 for i in range(len(reply.body)):
                     if self.server.stop.wait(1.0):

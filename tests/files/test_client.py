@@ -1,4 +1,4 @@
-"""``ctx.files`` against the real reference server on loopback: the calls of CONTRACT.md 2 and 6."""
+"""``ctx.files`` against the real reference server on loopback: every call the README lists."""
 
 from __future__ import annotations
 

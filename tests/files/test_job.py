@@ -30,3 +30,39 @@ def test_unhandled_file_error_becomes_file_api_error_envelope(
     assert "[log] loaded 3 3" in logs
     assert "[files] GET /api/files/missing.csv" in logs
     assert token not in repr(envelope)
+
+
+def test_token_with_a_trailing_newline_works_and_never_shows(
+    run_script: Callable[..., Any], server_url: str, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token read from a file keeps its newline; it used to fail with the token quoted in the
+    error and the stack (the HTTP library quotes the bad header value)."""
+    monkeypatch.setenv("ANALYSIS_BACKEND_URL", server_url)
+    monkeypatch.setenv("ANALYSIS_BACKEND_TOKEN", token + "\n")
+    result = run_script(
+        """
+        def run(ctx, parameters):
+            return [f["id"] for f in ctx.files.list(conversation_id="conv-1")]
+        """
+    )
+    assert result.to_dict().get("error") is None
+    assert result.result == ["conv-1--budget.csv"]
+    assert token not in result.to_json()
+
+
+def test_token_that_cannot_be_a_header_is_named_not_shown(
+    run_script: Callable[..., Any], server_url: str, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANALYSIS_BACKEND_URL", server_url)
+    monkeypatch.setenv("ANALYSIS_BACKEND_TOKEN", token[:5] + "\n" + token[5:])
+    result = run_script(
+        """
+        def run(ctx, parameters):
+            return ctx.files.list()
+        """
+    )
+    assert result.error_type == "file_api_error"
+    assert "ANALYSIS_BACKEND_TOKEN holds a character that cannot go in an HTTP header" in (result.error or "")
+    assert "character 6, a control character" in (result.error or "")
+    envelope = result.to_json()
+    assert token[5:] not in envelope and token[:5] + "\\n" not in envelope
