@@ -1,7 +1,7 @@
 """Exceptions raised by ``analysis``, inside the kernel and in the runner.
 
 Every failure a user or a backend can see maps to one ``error_type`` of the result
-envelope (CONTRACT.md section 4). Each exception class names its ``error_type`` and knows
+envelope (README, "The envelope"). Each exception class names its ``error_type`` and knows
 how to become the failure part of an envelope (``to_dict``).
 
 Hierarchy::
@@ -50,7 +50,7 @@ __all__ = [
     "ResultTooLargeError",
 ]
 
-#: Every ``error_type`` the envelope may carry (CONTRACT.md section 4).
+#: Every ``error_type`` the envelope may carry (README, "The envelope").
 ERROR_TYPES: frozenset[str] = frozenset(
     {
         "invalid_analysis",

@@ -11,7 +11,7 @@ from analysis.errors import InvalidParametersError
 
 __all__ = ["ID_PATTERN", "check_id", "parse_assignments"]
 
-#: CONTRACT.md 3: project and analysis ids.
+#: Project and analysis ids (README, "Headless: the runner").
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
