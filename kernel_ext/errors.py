@@ -20,7 +20,8 @@ Hierarchy::
     ├── KernelDiedError                 kernel_died
     ├── KernelStartError                kernel_start_failed
     ├── OutOfMemoryError                out_of_memory        (also MemoryError)
-    └── ResourceLimitError              resource_limit
+    ├── ResourceLimitError              resource_limit
+    └── WorkerLostError                 worker_lost
 
 This module imports nothing heavy: both sides of the kernel boundary use it.
 """
@@ -46,6 +47,7 @@ __all__ = [
     "ResultError",
     "ResultNotSerializableError",
     "ResultTooLargeError",
+    "WorkerLostError",
 ]
 
 #: Every ``error_type`` the envelope may carry (CONTRACT.md section 4).
@@ -65,6 +67,7 @@ ERROR_TYPES: frozenset[str] = frozenset(
         "datasource_error",
         "file_api_error",
         "cancelled",
+        "worker_lost",
     }
 )
 
@@ -169,3 +172,9 @@ class ResourceLimitError(AnalysisError):
     """The job hit a resource limit other than time or memory."""
 
     error_type = "resource_limit"
+
+
+class WorkerLostError(AnalysisError):
+    """The process running the job died (the server was killed); the job was not retried."""
+
+    error_type = "worker_lost"

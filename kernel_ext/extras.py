@@ -25,6 +25,10 @@ EXTRAS: dict[str, str] = {
     "connectorx": "mysql",
     "arrow_odbc": "mysql",
     "vl_convert": "charts",
+    "sqlalchemy": "server",
+    "alembic": "server",
+    "croniter": "server",
+    "prometheus_client": "server",
 }
 
 

@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis.runner import datasource_cli
 
     datasource_cli.add_subparser(commands)
+
+    from analysis.runner import server_cli
+
+    server_cli.add_subparsers(commands)
     return parser
 
 
