@@ -14,9 +14,9 @@ import sys
 import textwrap
 import time
 import uuid
-from functools import partial
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
