@@ -96,7 +96,8 @@ def test_a_project_token_reaches_nothing_of_another_project(serve: Any, root: Pa
     with server.client() as admin:  # the admin token reaches every project
         assert admin.get(f"/v1/projects/alpha/jobs/{ids['job']}").status_code == 200
     # tokens are stored hashed
-    rows = [dict(r) for r in store.engine.connect().execute(store.tokens.select()).mappings()]
+    with store.engine.connect() as db:
+        rows = [dict(r) for r in db.execute(store.tokens.select()).mappings()]
     assert rows and all(server.tokens["alpha"] not in str(row) for row in rows)
     (root / "release").write_text("go")
 
