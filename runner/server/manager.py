@@ -3,8 +3,9 @@
 Every accepted job is a row of the store before the client hears of it, and reaches a final state:
 on start-up the jobs a killed server left ``running`` are failed with ``worker_lost`` (or queued
 again when their analysis declares ``retries``), and their orphaned kernels are killed.
-Dispatch is fair across projects: a free slot goes to the project with the fewest running jobs
-(ties: the oldest queued job), never past ``max_jobs_per_project``.
+Dispatch is fair across projects: a free slot goes to the project with the fewest running jobs,
+then to the one served least recently (round robin), then to the oldest queued job; never past
+``max_jobs_per_project``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class JobManager:
         self._queued_seq: dict[str, int] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._running_by_project: dict[str, int] = {}
+        self._last_served: dict[str, int] = {}
+        self._dispatched = 0
         self._listeners: dict[str, list[asyncio.Queue[dict[str, Any]]]] = {}
         self._done: dict[str, asyncio.Event] = {}
 
@@ -162,20 +165,22 @@ class JobManager:
             job_id = self._queued[project].popleft()
             self._queued_seq.pop(job_id, None)
             self._running_by_project[project] = self._running_by_project.get(project, 0) + 1
+            self._dispatched += 1
+            self._last_served[project] = self._dispatched
             self._running[job_id] = asyncio.get_running_loop().create_task(self._run(job_id, project))
         self.metrics.queue_depth.set(self.queue_depth())
         self.metrics.running.set(len(self._running))
 
     def _next_project(self) -> str | None:
-        best: tuple[int, int, str] | None = None
+        best: tuple[int, int, int, str] | None = None
         for project, waiting in self._queued.items():
             running = self._running_by_project.get(project, 0)
             if not waiting or running >= self.config.project_cap:
                 continue
-            candidate = (running, self._queued_seq[waiting[0]], project)
+            candidate = (running, self._last_served.get(project, 0), self._queued_seq[waiting[0]], project)
             if best is None or candidate < best:
                 best = candidate
-        return None if best is None else best[2]
+        return None if best is None else best[3]
 
     async def _run(self, job_id: str, project: str) -> None:
         try:
