@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from analysis.runner.server.errors import ApiError
 from analysis.runner.server.inputs import caller, field, iso, path_id, read_json, state
-from analysis.runner.server.versions import KINDS, save_version
+from analysis.runner.server.versions import KINDS, VERSION_PATTERN, save_version
 
 __all__ = ["routes"]
 
@@ -86,7 +86,9 @@ async def get_version(request: Request) -> Response:
     caller(request, project)
     analysis_id = path_id(request, "analysis_id", "Analysis")
     version = str(request.path_params["version"])
-    row = state(request).store.get_version(project, analysis_id, version)
+    row = None
+    if VERSION_PATTERN.fullmatch(version):
+        row = state(request).store.get_version(project, analysis_id, version)
     if row is None:
         raise ApiError(404, "not_found", f"Analysis {analysis_id!r} has no version {version!r}.")
     return JSONResponse(_version_document(row))

@@ -69,6 +69,23 @@ async def openapi(_request: Request) -> Response:
     return JSONResponse(openapi_document())
 
 
+def _one_route_per_path(routes: list[Route]) -> list[Route]:
+    """Merge routes that share a path, so a 405 lists every method of the path in ``Allow``."""
+    by_path: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        for method in route.methods or ("GET",):
+            by_path.setdefault(route.path, {})[method] = route.endpoint
+    merged = []
+    for path, handlers in by_path.items():
+
+        async def endpoint(request: Request, handlers: dict[str, Any] = handlers) -> Response:
+            response: Response = await handlers[request.method](request)
+            return response
+
+        merged.append(Route(path, endpoint, methods=list(handlers)))
+    return merged
+
+
 def create_app(config: ServerConfig) -> Starlette:
     """The server app for ``config``; the store opens and jobs recover when it starts."""
 
@@ -92,7 +109,7 @@ def create_app(config: ServerConfig) -> Starlette:
             await manager.shutdown()
             store.close()
 
-    routes: list[Any] = [
+    routes: list[Route] = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
@@ -102,7 +119,7 @@ def create_app(config: ServerConfig) -> Starlette:
         *schedules_api.routes,
     ]
     return Starlette(
-        routes=routes,
+        routes=_one_route_per_path(routes),
         lifespan=lifespan,
         exception_handlers={ApiError: handle_api_error, HTTPException: handle_http_exception},
     )

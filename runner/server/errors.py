@@ -51,4 +51,7 @@ _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed"}
 async def handle_http_exception(_request: Request, exc: Any) -> Response:
     """Starlette's own 404 and 405 in the same shape."""
     status = int(getattr(exc, "status_code", 500))
-    return error_response(status, _HTTP_TYPES.get(status, "http_error"), str(getattr(exc, "detail", "")))
+    detail = str(getattr(exc, "detail", ""))
+    return error_response(
+        status, _HTTP_TYPES.get(status, "http_error"), detail, getattr(exc, "headers", None)
+    )

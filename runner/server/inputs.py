@@ -66,12 +66,16 @@ async def read_json(request: Request) -> dict[str, Any]:
                 413, "payload_too_large", f"The request body is over {limit} bytes (max_body_bytes)."
             )
     try:
-        value = json.loads(body or b"{}")
-    except ValueError as exc:
+        value = json.loads(body or b"{}", parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(value, dict):
         raise ApiError(422, "invalid_request", "The request body must be a JSON object.")
     return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 _TYPES: dict[type, str] = {
@@ -84,8 +88,8 @@ _TYPES: dict[type, str] = {
 
 
 def field(body: dict[str, Any], name: str, kind: type, *, default: Any = None, required: bool = False) -> Any:
-    """``body[name]`` checked to be of ``kind`` (422 naming the field otherwise)."""
-    if name not in body or body[name] is None:
+    """``body[name]`` checked to be of ``kind`` (422 naming the field otherwise; ``null`` is no value)."""
+    if name not in body:
         if required:
             raise ApiError(422, "invalid_request", f"The field {name!r} is required.")
         return default

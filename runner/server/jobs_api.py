@@ -11,14 +11,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from analysis.params import ID_PATTERN
 from analysis.runner.server.errors import ApiError
 from analysis.runner.server.inputs import body_id, caller, field, iso, parse_time, path_id, read_json, state
 from analysis.runner.server.manager import FINAL
-from analysis.runner.server.versions import current_version
+from analysis.runner.server.versions import VERSION_PATTERN, current_version
 
 __all__ = ["job_document", "routes"]
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+TRIGGERS = ("api", "manual", "schedule")
 _MAX_LIMIT = 500
 
 
@@ -77,7 +79,11 @@ async def submit_job(request: Request) -> Response:
     if key is not None and not 1 <= len(key) <= 255:
         raise ApiError(422, "invalid_request", "Idempotency-Key must be 1 to 255 characters.")
     if pinned is not None:
-        version = server.store.get_version(project, analysis_id, pinned)
+        version = (
+            server.store.get_version(project, analysis_id, pinned)
+            if VERSION_PATTERN.fullmatch(pinned)
+            else None
+        )
         if version is None:
             raise ApiError(404, "not_found", f"Analysis {analysis_id!r} has no version {pinned!r}.")
     else:
@@ -123,9 +129,15 @@ async def list_jobs(request: Request) -> Response:
     if cursor is not None and not (cursor.isdigit() and len(cursor) < 19):
         raise ApiError(422, "invalid_request", "cursor must be the next_cursor of a previous page.")
     limit = int(limit_text)
+    analysis_id = query.get("analysis_id")
+    if analysis_id is not None and not ID_PATTERN.fullmatch(analysis_id):
+        raise ApiError(422, "invalid_request", "analysis_id must be an analysis id ([A-Za-z0-9_-]{1,64}).")
+    trigger = query.get("trigger")
+    if trigger is not None and trigger not in TRIGGERS:
+        raise ApiError(422, "invalid_request", f"trigger must be one of {', '.join(TRIGGERS)}.")
     jobs = state(request).store.list_jobs(
         project, limit=limit + 1, before_seq=int(cursor) if cursor else None, status=status,
-        analysis_id=query.get("analysis_id"), trigger=query.get("trigger"),
+        analysis_id=analysis_id, trigger=trigger,
         since=parse_time(query.get("since"), "since"), until=parse_time(query.get("until"), "until"),
     )  # fmt: skip
     next_cursor = str(jobs[limit - 1]["seq"]) if len(jobs) > limit else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -15,9 +16,11 @@ from analysis.runner.server.errors import ApiError
 from analysis.runner.server.store import Store
 from analysis.runner.service import validate_file
 
-__all__ = ["KINDS", "current_version", "save_version"]
+__all__ = ["KINDS", "VERSION_PATTERN", "current_version", "save_version"]
 
 KINDS = ("py", "ipynb")
+#: A version: the SHA-256 of the source, in hex.
+VERSION_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 
 def _digest(source: str) -> str:

@@ -121,47 +121,48 @@ def _descendants(pid: int) -> list[psutil.Process]:
 Serve = Callable[..., ServerProcess]
 
 
-@pytest.fixture
-def serve(root: Path, store_url: str, tmp_path: Path) -> Iterator[Serve]:
-    """Start servers on free ports (``serve(*cli_args, projects=("a", "b"))``); stopped after the test."""
-    started: list[ServerProcess] = []
-    tokens: dict[str, str] = {}
-
-    def start(*args: str, projects: tuple[str, ...] = ("alpha", "beta")) -> ServerProcess:
-        store = open_store(store_url)
+def _launch(
+    root: Path,
+    store_url: str,
+    log: Path,
+    tokens: dict[str, str],
+    *,
+    projects: tuple[str, ...],
+    args: tuple[str, ...],
+) -> ServerProcess:
+    store = open_store(store_url)
+    try:
+        if "admin" not in tokens:
+            tokens["admin"] = create_token(store, project_id=None, admin=True)
+        for project in projects:
+            if project not in tokens:
+                tokens[project] = create_token(store, project_id=project)
+    finally:
+        store.close()
+    port = servers.free_port()
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "analysis.runner.cli", "serve", "--root", str(root), "--db", store_url,
+             "--port", str(port), *args],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    server = ServerProcess(popen, f"http://127.0.0.1:{port}", log, tokens["admin"])
+    server.tokens = {k: v for k, v in tokens.items() if k != "admin"}
+    give_up = time.monotonic() + 60
+    while True:
+        if popen.poll() is not None:
+            raise RuntimeError(f"the server exited ({popen.returncode}): {server.output()}")
         try:
-            if "admin" not in tokens:
-                tokens["admin"] = create_token(store, project_id=None, admin=True)
-            for project in projects:
-                if project not in tokens:
-                    tokens[project] = create_token(store, project_id=project)
-        finally:
-            store.close()
-        port = servers.free_port()
-        log = tmp_path / f"server-{len(started)}.log"
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "analysis.runner.cli", "serve", "--root", str(root), "--db", store_url,
-                 "--port", str(port), *args],
-                stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        server = ServerProcess(popen, f"http://127.0.0.1:{port}", log, tokens["admin"])
-        server.tokens = {k: v for k, v in tokens.items() if k != "admin"}
-        started.append(server)
-        give_up = time.monotonic() + 60
-        while True:
-            if popen.poll() is not None:
-                raise RuntimeError(f"the server exited ({popen.returncode}): {server.output()}")
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > give_up:
-                raise RuntimeError(f"the server did not start: {server.output()}")
-            time.sleep(0.1)
+            if httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > give_up:
+            raise RuntimeError(f"the server did not start: {server.output()}")
+        time.sleep(0.1)
 
-    yield start
+
+def _stop_all(started: list[ServerProcess]) -> None:
     for server in started:
         kids = _descendants(server.popen.pid)
         if server.popen.poll() is None:
@@ -172,6 +173,32 @@ def serve(root: Path, store_url: str, tmp_path: Path) -> Iterator[Serve]:
                 os.killpg(kid.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+@pytest.fixture
+def serve(root: Path, store_url: str, tmp_path: Path) -> Iterator[Serve]:
+    """Start servers on free ports (``serve(*cli_args, projects=("a", "b"))``); stopped after the test."""
+    started: list[ServerProcess] = []
+    tokens: dict[str, str] = {}
+
+    def start(*args: str, projects: tuple[str, ...] = ("alpha", "beta")) -> ServerProcess:
+        log = tmp_path / f"server-{len(started)}.log"
+        started.append(_launch(root, store_url, log, tokens, projects=projects, args=args))
+        return started[-1]
+
+    yield start
+    _stop_all(started)
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for a whole module (SQLite store), with a saved analysis ``hello`` in ``alpha``."""
+    base = tmp_path_factory.mktemp("module-server")
+    root = base / ".clients"
+    _save(root, "alpha", "hello", "def run(ctx, parameters):\n    return parameters\n")
+    started = [_launch(root, default_url(root), base / "server.log", {}, projects=("alpha",), args=())]
+    yield started[0]
+    _stop_all(started)
 
 
 @pytest.fixture

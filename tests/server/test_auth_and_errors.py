@@ -174,7 +174,8 @@ def test_token_create_on_the_command_line(serve: Any, root: Path, store_url: str
     assert httpx.get(f"{server.url}/v1/projects/gamma/jobs", headers=headers).status_code == 200
     assert httpx.get(f"{server.url}/v1/projects/alpha/jobs", headers=headers).status_code == 403
     bad = subprocess.run(
-        [sys.executable, "-m", "analysis.runner.cli", "token", "create", "--project", "no/pe", "--root", str(root)],
+        [sys.executable, "-m", "analysis.runner.cli", "token", "create", "--project", "no/pe",
+         "--root", str(root)],
         capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 2 and "Project id" in bad.stderr
