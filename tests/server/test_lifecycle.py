@@ -116,3 +116,20 @@ def test_sigterm_past_the_grace_period_cancels_running_jobs(serve: Any, root: Pa
     assert '"error_type": "cancelled"' in job["envelope"]
     assert all(_gone(k) for k in kernels)
     assert not list(root.glob("*/analysis/temp/*"))
+
+
+def test_queued_jobs_survive_a_restart(serve: Any, root: Path, final: Any) -> None:
+    server = serve("--grace", "1", "--max-concurrent-jobs", "1")
+    blocked, _ = _start_blocked(server, root)
+    with server.client("alpha") as http:
+        http.put(
+            "/v1/projects/alpha/analyses/hello", json={"source": "def run(ctx, parameters):\n    return 7\n"}
+        )
+        waiting = http.post("/v1/projects/alpha/jobs", json={"analysis_id": "hello"}).json()
+        assert waiting["status"] == "queued"
+    assert server.stop(signal.SIGTERM, timeout=120) in _CLEAN_EXIT
+    restarted = serve()
+    with restarted.client("alpha") as http:
+        assert http.get(f"/v1/projects/alpha/jobs/{blocked}").json()["status"] == "cancelled"
+        done = final(http, "alpha", waiting["id"])
+    assert done["status"] == "succeeded" and done["envelope"]["result"] == 7 and done["attempt"] == 1
