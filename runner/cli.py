@@ -122,9 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasource_cli.add_subparser(commands)
 
-    from analysis.runner import server_cli
+    from analysis.runner import server_cli, server_client
 
     server_cli.add_subparsers(commands)
+    server_client.add_subparsers(commands)
     return parser
 
 
