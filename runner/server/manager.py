@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
@@ -19,12 +20,13 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from analysis.errors import JobCancelledError, WorkerLostError
+from analysis.errors import AnalysisError, JobCancelledError, WorkerLostError
 from analysis.runner.envelope import JobResult
 from analysis.runner.jobs import JobSpec, run_job_async
 from analysis.runner.server.config import ServerConfig
@@ -33,6 +35,8 @@ from analysis.runner.server.metrics import ServerMetrics
 from analysis.runner.server.store import Store
 
 __all__ = ["FINAL", "JobManager"]
+
+log = logging.getLogger("analysis.server")
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -98,11 +102,7 @@ class JobManager:
             f"The server stopped while the job was running (attempt {job['attempt']}); "
             "its kernel was killed and the job was not retried."
         )
-        result = JobResult(
-            success=False, job_id=job["id"], logs=[], duration_ms=0, stack=None, trigger=job["trigger"],
-            **lost.to_dict(),
-        )  # fmt: skip
-        self._finish_row(job, result, "failed")
+        self._finish_row(job, _failure(job, lost), "failed")
 
     # submitting ---------------------------------------------------------------------------------
     def submit(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -167,7 +167,9 @@ class JobManager:
             self._running_by_project[project] = self._running_by_project.get(project, 0) + 1
             self._dispatched += 1
             self._last_served[project] = self._dispatched
-            self._running[job_id] = asyncio.get_running_loop().create_task(self._run(job_id, project))
+            task = asyncio.get_running_loop().create_task(self._run(job_id, project))
+            task.add_done_callback(partial(self._released, job_id, project))
+            self._running[job_id] = task
         self.metrics.queue_depth.set(self.queue_depth())
         self.metrics.running.set(len(self._running))
 
@@ -183,27 +185,34 @@ class JobManager:
         return None if best is None else best[3]
 
     async def _run(self, job_id: str, project: str) -> None:
+        job = self.store.get_job(project, job_id)
+        if job is None or job["status"] != "queued":
+            return
+        started = time.time()
+        if not self.store.update_job(
+            job_id, only_if_status=("queued",), status="running", started_at=started,
+            attempt=job["attempt"] + 1,
+        ):  # fmt: skip
+            return
+        job = {**job, "status": "running", "started_at": started, "attempt": job["attempt"] + 1}
+        self.metrics.queue_wait.labels(project).observe(max(0.0, started - job["created_at"]))
+        self._publish(job_id, {"type": "status", "status": "running"})
         try:
-            job = self.store.get_job(project, job_id)
-            if job is None or job["status"] != "queued":
-                return
-            started = time.time()
-            if not self.store.update_job(
-                job_id, only_if_status=("queued",), status="running", started_at=started,
-                attempt=job["attempt"] + 1,
-            ):  # fmt: skip
-                return
-            self.metrics.queue_wait.labels(project).observe(max(0.0, started - job["created_at"]))
-            self._publish(job_id, {"type": "status", "status": "running"})
             result = await self._execute(job)
-            status = "succeeded" if result.success else (
-                "cancelled" if result.error_type == "cancelled" else "failed"
-            )  # fmt: skip
-            self._finish_row(job, result, status)
-        finally:
-            self._running.pop(job_id, None)
-            self._running_by_project[project] -= 1
-            self._pump()
+        except Exception as exc:  # a fault of the server, not of the job: the job still ends
+            log.exception("job %s could not run", job_id)
+            failure = AnalysisError(f"The server could not run the job: {type(exc).__name__}: {exc}")
+            result = _failure(job, failure)
+        status = "succeeded" if result.success else (
+            "cancelled" if result.error_type == "cancelled" else "failed"
+        )  # fmt: skip
+        self._finish_row(job, result, status)
+
+    def _released(self, job_id: str, project: str, _task: asyncio.Task[None]) -> None:
+        """A job task ended (even one cancelled before it started): free its slot, start the next."""
+        self._running.pop(job_id, None)
+        self._running_by_project[project] -= 1
+        self._pump()
 
     async def _execute(self, job: dict[str, Any]) -> JobResult:
         source = self.materialize(job["project_id"], job["analysis_id"], job["analysis_version"])
@@ -220,11 +229,9 @@ class JobManager:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            cancelled = JobCancelledError("The job was cancelled before it finished; its kernel was stopped.")
-            return JobResult(
-                success=False, job_id=job["id"], logs=[], duration_ms=0, stack=None, trigger=job["trigger"],
-                **cancelled.to_dict(),
-            )  # fmt: skip
+            return _failure(
+                job, JobCancelledError("The job was cancelled before it finished; its kernel was stopped.")
+            )
 
     def materialize(self, project_id: str, analysis_id: str, version: str) -> Path:
         """The immutable file of a stored version, written from the store when missing."""
@@ -252,8 +259,8 @@ class JobManager:
             return
         project = job["project_id"]
         self.metrics.jobs.labels(project, status, result.error_type or "").inc()
-        if job.get("started_at") is not None or status != "cancelled":
-            self.metrics.duration.labels(project).observe(result.duration_ms / 1000)
+        if job.get("started_at") is not None:
+            self.metrics.duration.labels(project).observe(finished - job["started_at"])
         self.metrics.result_bytes.labels(project).observe(len(envelope))
         self._publish(job["id"], {"type": "status", "status": status})
         for line in result.logs:
@@ -272,17 +279,16 @@ class JobManager:
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
-            return
+            job = self.store.get_job(job["project_id"], job["id"]) or job
+            if job["status"] in FINAL:
+                return
         queue = self._queued.get(job["project_id"])
         if queue is not None and job["id"] in queue:
             queue.remove(job["id"])
             self._queued_seq.pop(job["id"], None)
-        cancelled = JobCancelledError("The job was cancelled before it started.")
-        result = JobResult(
-            success=False, job_id=job["id"], logs=[], duration_ms=0, stack=None, trigger=job["trigger"],
-            **cancelled.to_dict(),
-        )  # fmt: skip
-        self._finish_row(job, result, "cancelled")
+        self._finish_row(
+            job, _failure(job, JobCancelledError("The job was cancelled before it started.")), "cancelled"
+        )
         self.metrics.queue_depth.set(self.queue_depth())
 
     async def wait(self, job_id: str, timeout_s: float) -> None:
@@ -320,6 +326,14 @@ class JobManager:
             self._listeners[job["id"]].remove(queue)
             if not self._listeners[job["id"]]:
                 del self._listeners[job["id"]]
+
+
+def _failure(job: dict[str, Any], error: AnalysisError) -> JobResult:
+    """The envelope of a job that ended without running (cancelled, lost, refused)."""
+    return JobResult(
+        success=False, job_id=job["id"], logs=[], duration_ms=0, stack=None, trigger=job["trigger"],
+        **error.to_dict(),
+    )  # fmt: skip
 
 
 def _kill_kernels_of(job_dir: Path) -> None:

@@ -155,3 +155,20 @@ def _wait_file(path: Path, timeout: float = 90) -> None:
     while not path.exists():
         assert time.monotonic() < give_up, f"{path} never appeared"
         time.sleep(0.05)
+
+
+def test_a_server_fault_fails_the_job_instead_of_leaving_it_running(
+    serve: Any, save: Any, root: Path
+) -> None:
+    save("alpha", "hello", HELLO)
+    (root / "alpha" / "analysis" / "versions").write_text("a file where the versions folder goes")
+    server = serve()
+    with server.client("alpha") as http:
+        job = http.post("/v1/projects/alpha/jobs", json={"analysis_id": "hello", "wait": 60}).json()
+        assert job["status"] == "failed", job
+        assert job["envelope"]["error"].startswith("The server could not run the job")
+        assert http.get("/readyz").status_code == 200
+        # the slot was freed: the next job runs once the folder is fixed
+        (root / "alpha" / "analysis" / "versions").unlink()
+        again = http.post("/v1/projects/alpha/jobs", json={"analysis_id": "hello", "wait": 60}).json()
+        assert again["status"] == "succeeded"
