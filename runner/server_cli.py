@@ -50,6 +50,12 @@ def add_subparsers(subparsers: Any) -> None:
     serve.add_argument("--max-queued-jobs", type=int, default=10_000, metavar="N")
     serve.add_argument("--grace", type=float, default=30.0, metavar="SECONDS", help="shutdown grace (30)")
     serve.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="default job deadline")
+    serve.add_argument(
+        "--max-result-bytes", type=int, default=None, metavar="N", help="JSON result limit (10 MiB)"
+    )
+    serve.add_argument(
+        "--max-artifact-bytes", type=int, default=None, metavar="N", help="Parquet artifact limit (1 GiB)"
+    )
     serve.set_defaults(handler=run_serve)
 
     token: argparse.ArgumentParser = subparsers.add_parser("token", help="manage the server's bearer tokens")
@@ -96,7 +102,15 @@ def run_serve(args: argparse.Namespace) -> int:
         max_jobs_per_project=args.max_jobs_per_project,
         max_queued_jobs=args.max_queued_jobs,
         shutdown_grace_s=args.grace,
-        job_options={} if args.timeout is None else {"timeout_s": args.timeout},
+        job_options={
+            name: value
+            for name, value in (
+                ("timeout_s", args.timeout),
+                ("max_result_bytes", args.max_result_bytes),
+                ("max_artifact_bytes", args.max_artifact_bytes),
+            )
+            if value is not None
+        },
     )
     uvicorn.run(
         create_app(config), host=args.host, port=args.port, log_level="warning",

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from analysis.params import ID_PATTERN
+from analysis.runner.server.downloads import FORMATS, stream_artifact
 from analysis.runner.server.errors import ApiError
 from analysis.runner.server.inputs import body_id, caller, field, iso, parse_time, path_id, read_json, state
 from analysis.runner.server.manager import FINAL
@@ -153,12 +154,21 @@ async def cancel_job(request: Request) -> Response:
 
 
 async def job_result(request: Request) -> Response:
-    """GET .../jobs/{job_id}/result: the result of a succeeded job, as JSON."""
+    """GET .../jobs/{job_id}/result: the result of a succeeded job (an artifact as ``format``)."""
     job = _job(request)
+    fmt = request.query_params.get("format")
+    if fmt is not None and fmt not in FORMATS:
+        raise ApiError(422, "invalid_request", f"format must be one of {', '.join(FORMATS)}.")
     if job["status"] != "succeeded":
         raise ApiError(409, "no_result", f"Job {job['id']} has no result (it is {job['status']}).")
-    result = json.loads(job["envelope"])["result"]
-    return JSONResponse(result, headers={"Content-Disposition": f'attachment; filename="{job["id"]}.json"'})
+    envelope = json.loads(job["envelope"])
+    if "result_ref" in envelope:
+        path = state(request).manager.artifact_path(job["project_id"], job["id"])
+        if not path.is_file():
+            raise ApiError(404, "not_found", f"The result artifact of job {job['id']} is gone.")
+        return stream_artifact(path, fmt or "parquet", job["id"])
+    headers = {"Content-Disposition": f'attachment; filename="{job["id"]}.json"'}
+    return JSONResponse(envelope["result"], headers=headers)
 
 
 async def job_events(request: Request) -> Response:

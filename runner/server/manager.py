@@ -221,7 +221,8 @@ class JobManager:
             options["timeout_s"] = job["timeout_s"]
         spec = JobSpec(
             source_path=source, parameters=json.loads(job["parameters"]), project_id=job["project_id"],
-            root=self.root, trigger=job["trigger"], job_id=job["id"], **options,
+            root=self.root, trigger=job["trigger"], job_id=job["id"],
+            artifact_dir=self.artifact_path(job["project_id"], job["id"]).parent, **options,
         )  # fmt: skip
         try:
             return await run_job_async(spec)
@@ -232,6 +233,10 @@ class JobManager:
             return _failure(
                 job, JobCancelledError("The job was cancelled before it finished; its kernel was stopped.")
             )
+
+    def artifact_path(self, project_id: str, job_id: str) -> Path:
+        """Where the Parquet artifact of a job's large table result is kept."""
+        return self.root / project_id / "analysis" / "artifacts" / f"{job_id}.parquet"
 
     def materialize(self, project_id: str, analysis_id: str, version: str) -> Path:
         """The immutable file of a stored version, written from the store when missing."""

@@ -21,6 +21,19 @@ _EVENT = {
 }
 
 
+_BINARY = {"type": "string", "format": "binary"}
+#: A result download: the JSON result, or an artifact in one of three formats.
+_RESULT = {
+    "description": "OK",
+    "content": {
+        "application/json": {"schema": {}},
+        "application/vnd.apache.parquet": {"schema": _BINARY},
+        "application/x-ndjson": {"schema": _BINARY},
+        "text/csv": {"schema": _BINARY},
+    },
+}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -80,6 +93,15 @@ def _schemas() -> dict[str, Any]:
                 "duration_ms": {"type": "integer"},
                 "analysis_version": text,
                 "trigger": text,
+                "result_ref": {
+                    "type": "object",
+                    "properties": {
+                        "rows": {"type": "integer"},
+                        "bytes": {"type": "integer"},
+                        "formats": {"type": "array"},
+                    },
+                },
+                "result_preview": {},
             },
         },
         "Job": {
@@ -292,9 +314,9 @@ def openapi_document() -> dict[str, Any]:
             f"{base}/jobs/{{job_id}}/result": {
                 "get": _op(
                     "getJobResult",
-                    "The result of a succeeded job",
-                    [project, job],
-                    {"200": _json({}), **_errors("404", "409")},
+                    "The result of a succeeded job: JSON, or its Parquet artifact streamed as `format`",
+                    [project, job, _query("format", {"type": "string", "enum": ["parquet", "jsonl", "csv"]})],
+                    {"200": _RESULT, **_errors("404", "409", "422")},
                 )
             },
             f"{base}/jobs/{{job_id}}/events": {
