@@ -9,6 +9,9 @@
    twice (each job appends its index to a file); submit rate, queue-wait p50/p99, drain time.
 3. Server RSS (the server process alone, kernels excluded) idle and at its peak under the burst.
 4. ``/metrics`` scrape time (median of 50).
+5. A ``--artifact-rows`` (1,000,000) row table result: the job's run time (the Parquet write
+   included), the artifact's size, and download throughput as Parquet, JSON Lines and CSV with
+   the server's peak RSS during the downloads.
 """
 
 from __future__ import annotations
@@ -66,6 +69,68 @@ def _start(root: Path) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
         except httpx.TransportError:
             time.sleep(0.1)
     return server, url, {"Authorization": f"Bearer {token}"}
+
+
+TABLE = """
+def run(ctx, parameters):
+    return ctx.query(
+        "SELECT range AS id, 'customer ' || (range % 1000) AS name, range * 0.5 AS amount FROM range(?)",
+        [parameters["rows"]],
+    )
+"""
+
+
+class _PeakRss:
+    """Samples a process's RSS in a thread; ``peak`` in bytes."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        self.process = process
+        self.peak = process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.02)
+
+    def __enter__(self) -> _PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def artifact(http: httpx.Client, server: psutil.Process, rows: int) -> list[tuple[str, float, float, float]]:
+    """(what, seconds, MB, peak server RSS MiB) for the job and each download format."""
+    http.put("/v1/projects/bench/analyses/table", json={"source": TABLE}).raise_for_status()
+    job = http.post(
+        "/v1/projects/bench/jobs", json={"analysis_id": "table", "parameters": {"rows": rows}, "wait": 600}
+    ).json()
+    ref = job["envelope"]["result_ref"]
+    assert ref["rows"] == rows, job["envelope"]
+    figures = [
+        (
+            "job (query + Parquet write)",
+            job["run_ms"] / 1000,
+            ref["bytes"] / 1e6,
+            server.memory_info().rss / 2**20,
+        )
+    ]
+    for fmt in ("parquet", "jsonl", "csv"):
+        size = 0
+        with _PeakRss(server) as rss:
+            started = time.perf_counter()
+            with http.stream(
+                "GET", f"/v1/projects/bench/jobs/{job['id']}/result", params={"format": fmt}
+            ) as answer:
+                for chunk in answer.iter_raw():
+                    size += len(chunk)
+            seconds = time.perf_counter() - started
+        figures.append((f"download {fmt}", seconds, size / 1e6, rss.peak / 2**20))
+    return figures
 
 
 def overhead(http: httpx.Client, repeat: int) -> list[float]:
@@ -128,7 +193,8 @@ def burst(http: httpx.Client, server: psutil.Process, n: int, work: Path) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--burst", type=int, default=1000, help="0: skip the burst")
+    parser.add_argument("--artifact-rows", type=int, default=1_000_000, help="0: skip the artifact figures")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-server-"))
     server, url, headers = _start(work / ".clients")
@@ -143,23 +209,33 @@ def main() -> None:
                 started = time.perf_counter()
                 http.get("/metrics").raise_for_status()
                 scrape.append((time.perf_counter() - started) * 1000)
-            figures = burst(http, process, args.burst, work)
+            figures = burst(http, process, args.burst, work) if args.burst else {}
+            large = artifact(http, process, args.artifact_rows) if args.artifact_rows else []
     finally:
         server.terminate()
         server.wait(120)
     print(f"\nServer overhead of a trivial job with wait ({args.repeat} jobs, {os.cpu_count()} cores)")
     p50_ms, p90_ms = statistics.median(extra), _percentile(extra, 0.9)
     print(f"  p50 {p50_ms:7.1f} ms   p90 {p90_ms:7.1f} ms   (target: p50 <= 10 ms)")
-    print(f"\nBurst of {figures['jobs']:,} jobs")
-    print(f"  submitted at {figures['submit_per_s']:,.0f} jobs/s; all final after {figures['drain_s']:.1f} s")
-    print("  all succeeded, each ran exactly once (checked)")
-    p50, p99 = figures["queue_wait_p50_s"], figures["queue_wait_p99_s"]
-    print(f"  queue wait p50 {p50:.1f} s   p99 {p99:.1f} s")
+    if figures:
+        print(f"\nBurst of {figures['jobs']:,} jobs")
+        rate, drain = figures["submit_per_s"], figures["drain_s"]
+        print(f"  submitted at {rate:,.0f} jobs/s; all final after {drain:.1f} s")
+        print("  all succeeded, each ran exactly once (checked)")
+        p50, p99 = figures["queue_wait_p50_s"], figures["queue_wait_p99_s"]
+        print(f"  queue wait p50 {p50:.1f} s   p99 {p99:.1f} s")
     print("\nServer memory (the server process; kernels excluded)")
-    print(f"  idle {idle_rss:6.1f} MiB   peak under the burst {figures['peak_rss_mib']:6.1f} MiB")
+    print(f"  idle {idle_rss:6.1f} MiB   peak under the burst {figures.get('peak_rss_mib', 0):6.1f} MiB")
+    if large:
+        print(f"\nA {args.artifact_rows:,}-row table result (3 columns)")
+        print(f"  {'step':28} {'seconds':>8} {'MB':>8} {'rows/s':>11} {'server RSS MiB':>15}")
+        for what, seconds, mb, rss_mib in large:
+            print(
+                f"  {what:28} {seconds:8.2f} {mb:8.1f} {args.artifact_rows / seconds:11,.0f} {rss_mib:15.1f}"
+            )
     print(f"\n/metrics scrape: median {statistics.median(scrape):.2f} ms")
     print(json.dumps({"overhead_ms_p50": statistics.median(extra), "idle_rss_mib": idle_rss,
-                      "metrics_ms": statistics.median(scrape), **figures}))  # fmt: skip
+                      "metrics_ms": statistics.median(scrape), **figures, "artifact": large}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from analysis.runner.server.openapi_schemas import ID, VERSION, component_schemas, ref
+
 __all__ = ["openapi_document"]
 
-_ID = "^[A-Za-z0-9_-]{1,64}$"
-_VERSION = "^[0-9a-f]{64}$"
 #: One Server-Sent Event: ``event`` names it, ``data`` is its JSON.
 _EVENT = {
     "type": "object",
@@ -34,15 +34,11 @@ _RESULT = {
 }
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
 def _json(schema: dict[str, Any], description: str = "OK", **extra: Any) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}, **extra}
 
 
-def _path(name: str, pattern: str = _ID) -> dict[str, Any]:
+def _path(name: str, pattern: str = ID) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": pattern}}
 
 
@@ -64,171 +60,14 @@ def _links(targets: dict[str, dict[str, str]]) -> dict[str, Any]:
     return {name: {"operationId": name, "parameters": params} for name, params in targets.items()}
 
 
-def _schemas() -> dict[str, Any]:
-    text = {"type": "string"}
-    time = {"type": "string", "format": "date-time"}
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["type", "message"],
-                    "properties": {"type": text, "message": text},
-                }
-            },
-        },
-        "Envelope": {
-            "type": "object",
-            "required": ["success", "job_id", "logs", "duration_ms"],
-            "properties": {
-                "success": {"type": "boolean"},
-                "job_id": text,
-                "result": {},
-                "error": text,
-                "error_type": text,
-                "stack": {"type": "string", "nullable": True},
-                "logs": {"type": "array", "items": text},
-                "duration_ms": {"type": "integer"},
-                "analysis_version": text,
-                "trigger": text,
-                "result_ref": {
-                    "type": "object",
-                    "properties": {
-                        "rows": {"type": "integer"},
-                        "bytes": {"type": "integer"},
-                        "formats": {"type": "array"},
-                    },
-                },
-                "result_preview": {},
-            },
-        },
-        "Job": {
-            "type": "object",
-            "required": [
-                "id",
-                "project_id",
-                "analysis_id",
-                "analysis_version",
-                "status",
-                "trigger",
-                "attempt",
-            ],
-            "properties": {
-                "id": text,
-                "project_id": text,
-                "analysis_id": text,
-                "analysis_version": text,
-                "status": {
-                    "type": "string",
-                    "enum": ["queued", "running", "succeeded", "failed", "cancelled"],
-                },
-                "trigger": {"type": "string", "enum": ["api", "manual", "schedule"]},
-                "schedule_id": {"type": "string", "nullable": True},
-                "attempt": {"type": "integer", "minimum": 0},
-                "parameters": {"type": "object"},
-                "created_at": time,
-                "started_at": {**time, "nullable": True},
-                "finished_at": {**time, "nullable": True},
-                "queue_wait_ms": {"type": "integer", "nullable": True},
-                "run_ms": {"type": "integer", "nullable": True},
-                "error_type": {"type": "string", "nullable": True},
-                "envelope": {"allOf": [_ref("Envelope")], "nullable": True},
-            },
-        },
-        "JobList": {
-            "type": "object",
-            "required": ["jobs", "next_cursor"],
-            "properties": {
-                "jobs": {"type": "array", "items": _ref("Job")},
-                "next_cursor": {**text, "nullable": True},
-            },
-        },
-        "SubmitJob": {
-            "type": "object",
-            "required": ["analysis_id"],
-            "properties": {
-                "analysis_id": {"type": "string", "pattern": _ID, "example": "hello"},
-                "parameters": {"type": "object"},
-                "version": {"type": "string", "pattern": _VERSION},
-                "wait": {"type": "number", "minimum": 0, "maximum": 300},
-                "timeout_s": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 86400},
-                "trigger": {"type": "string", "enum": ["api", "manual"]},
-            },
-        },
-        "Version": {
-            "type": "object",
-            "required": ["analysis_id", "version", "kind", "size_bytes", "retries", "created_at"],
-            "properties": {
-                "analysis_id": text,
-                "version": {"type": "string", "pattern": _VERSION},
-                "kind": {"type": "string", "enum": ["py", "ipynb"]},
-                "size_bytes": {"type": "integer"},
-                "retries": {"type": "integer"},
-                "created_at": time,
-                "source": text,
-            },
-        },
-        "UploadAnalysis": {
-            "type": "object",
-            "required": ["source"],
-            "properties": {
-                "source": {"type": "string", "example": "def run(ctx, parameters):\n    return 1\n"},
-                "kind": {"type": "string", "enum": ["py", "ipynb"]},
-                "retries": {"type": "integer", "minimum": 0, "maximum": 10},
-            },
-        },
-        "Schedule": {
-            "type": "object",
-            "required": [
-                "id",
-                "project_id",
-                "analysis_id",
-                "cron",
-                "timezone",
-                "overlap",
-                "missed",
-                "paused",
-            ],
-            "properties": {
-                "id": text,
-                "project_id": text,
-                "analysis_id": text,
-                "cron": text,
-                "timezone": text,
-                "parameters": {"type": "object"},
-                "overlap": {"type": "string", "enum": ["skip", "queue", "cancel_previous"]},
-                "missed": {"type": "string", "enum": ["skip", "run_once"]},
-                "paused": {"type": "boolean"},
-                "next_run_at": time,
-                "last_job_id": {"type": "string", "nullable": True},
-                "created_at": time,
-            },
-        },
-        "CreateSchedule": {
-            "type": "object",
-            "required": ["analysis_id", "cron"],
-            "properties": {
-                "analysis_id": {"type": "string", "pattern": _ID, "example": "hello"},
-                "cron": {"type": "string", "example": "0 3 * * *"},
-                "timezone": {"type": "string", "example": "Europe/Paris"},
-                "parameters": {"type": "object"},
-                "overlap": {"type": "string", "enum": ["skip", "queue", "cancel_previous"]},
-                "missed": {"type": "string", "enum": ["skip", "run_once"]},
-            },
-        },
-    }
-
-
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI document of ``analysis serve``."""
     project, job, analysis = _path("project_id"), _path("job_id"), _path("analysis_id")
     job_params = {"project_id": "$request.path.project_id", "job_id": "$response.body#/id"}
     schedule_params = {"project_id": "$request.path.project_id", "schedule_id": "$response.body#/id"}
     job_links = _links(dict.fromkeys(("getJob", "cancelJob", "getJobResult", "getJobEvents"), job_params))
-    job_response = _json(_ref("Job"), links=job_links)
-    schedule_ok = _json(_ref("Schedule"))
+    job_response = _json(ref("Job"), links=job_links)
+    schedule_ok = _json(ref("Schedule"))
     base = "/v1/projects/{project_id}"
     status = {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}
     health = _json({"type": "object", "properties": {"status": {"type": "string"}}})
@@ -281,7 +120,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                     requestBody={
                         "required": True,
-                        "content": {"application/json": {"schema": _ref("SubmitJob")}},
+                        "content": {"application/json": {"schema": ref("SubmitJob")}},
                     },
                 ),
                 "get": _op(
@@ -290,25 +129,25 @@ def openapi_document() -> dict[str, Any]:
                     [
                         project,
                         _query("status", status),
-                        _query("analysis_id", {"type": "string", "pattern": _ID}),
+                        _query("analysis_id", {"type": "string", "pattern": ID}),
                         _query("trigger", {"type": "string", "enum": ["api", "manual", "schedule"]}),
                         _query("since", {"type": "string", "format": "date-time"}),
                         _query("until", {"type": "string", "format": "date-time"}),
                         _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
                         _query("cursor", {"type": "string", "pattern": "^[0-9]{1,18}$"}),
                     ],
-                    {"200": _json(_ref("JobList")), **_errors("404", "422")},
+                    {"200": _json(ref("JobList")), **_errors("404", "422")},
                 ),
             },
             f"{base}/jobs/{{job_id}}": {
-                "get": _op("getJob", "One job", [project, job], {"200": _json(_ref("Job")), **_errors("404")})
+                "get": _op("getJob", "One job", [project, job], {"200": _json(ref("Job")), **_errors("404")})
             },
             f"{base}/jobs/{{job_id}}/cancel": {
                 "post": _op(
                     "cancelJob",
                     "Cancel a queued or running job",
                     [project, job],
-                    {"200": _json(_ref("Job")), **_errors("404", "409")},
+                    {"200": _json(ref("Job")), **_errors("404", "409")},
                 )
             },
             f"{base}/jobs/{{job_id}}/result": {
@@ -356,9 +195,9 @@ def openapi_document() -> dict[str, Any]:
                     "Upload a new version (validated first)",
                     [project, analysis],
                     {
-                        "200": _json(_ref("Version")),
+                        "200": _json(ref("Version")),
                         "201": _json(
-                            _ref("Version"),
+                            ref("Version"),
                             links=_links(
                                 {
                                     "getVersion": {
@@ -373,7 +212,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                     requestBody={
                         "required": True,
-                        "content": {"application/json": {"schema": _ref("UploadAnalysis")}},
+                        "content": {"application/json": {"schema": ref("UploadAnalysis")}},
                     },
                 )
             },
@@ -387,7 +226,7 @@ def openapi_document() -> dict[str, Any]:
                             {
                                 "type": "object",
                                 "required": ["versions"],
-                                "properties": {"versions": {"type": "array", "items": _ref("Version")}},
+                                "properties": {"versions": {"type": "array", "items": ref("Version")}},
                             }
                         ),
                         **_errors("404"),
@@ -398,8 +237,8 @@ def openapi_document() -> dict[str, Any]:
                 "get": _op(
                     "getVersion",
                     "One version, with its source",
-                    [project, analysis, _path("version", _VERSION)],
-                    {"200": _json(_ref("Version")), **_errors("404")},
+                    [project, analysis, _path("version", VERSION)],
+                    {"200": _json(ref("Version")), **_errors("404")},
                 )
             },
             f"{base}/schedules": {
@@ -409,7 +248,7 @@ def openapi_document() -> dict[str, Any]:
                     [project],
                     {
                         "201": _json(
-                            _ref("Schedule"),
+                            ref("Schedule"),
                             links=_links(
                                 dict.fromkeys(
                                     ("getSchedule", "pauseSchedule", "resumeSchedule", "deleteSchedule"),
@@ -421,7 +260,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                     requestBody={
                         "required": True,
-                        "content": {"application/json": {"schema": _ref("CreateSchedule")}},
+                        "content": {"application/json": {"schema": ref("CreateSchedule")}},
                     },
                 ),
                 "get": _op(
@@ -433,7 +272,7 @@ def openapi_document() -> dict[str, Any]:
                             {
                                 "type": "object",
                                 "required": ["schedules"],
-                                "properties": {"schedules": {"type": "array", "items": _ref("Schedule")}},
+                                "properties": {"schedules": {"type": "array", "items": ref("Schedule")}},
                             }
                         ),
                         **_errors("404"),
@@ -473,7 +312,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": _schemas(),
-            "responses": {"Error": _json(_ref("Error"), "An error")},
+            "schemas": component_schemas(),
+            "responses": {"Error": _json(ref("Error"), "An error")},
         },
     }
