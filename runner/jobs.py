@@ -94,6 +94,9 @@ class JobSpec:
         ``result_too_large``.
     max_artifact_bytes
         Limit of that Parquet file.
+    on_log
+        Called with ``(stream, text)`` for every chunk the analysis prints, as it prints it
+        (the envelope's ``logs`` are still captured and capped as usual).
     """
 
     source_path: Path
@@ -115,6 +118,7 @@ class JobSpec:
     progress: bool = False
     artifact_dir: Path | None = None
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
+    on_log: Callable[[str, str], None] | None = field(default=None, compare=False, repr=False)
 
 
 class _Job:
@@ -294,6 +298,8 @@ async def run_code(
             continue
         if kind == "stream":
             job.logs.write(content.get("name", "stdout"), content.get("text", ""))
+            if job.spec.on_log is not None:
+                job.spec.on_log(content.get("name", "stdout"), content.get("text", ""))
         elif kind == "error":
             run.error = content
         if on_output is not None:

@@ -68,6 +68,7 @@ class JobManager:
         self._dispatched = 0
         self._listeners: dict[str, list[asyncio.Queue[dict[str, Any]]]] = {}
         self._done: dict[str, asyncio.Event] = {}
+        self._partial_lines: dict[tuple[str, str], str] = {}
 
     # life cycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -222,7 +223,8 @@ class JobManager:
         spec = JobSpec(
             source_path=source, parameters=json.loads(job["parameters"]), project_id=job["project_id"],
             root=self.root, trigger=job["trigger"], job_id=job["id"],
-            artifact_dir=self.artifact_path(job["project_id"], job["id"]).parent, **options,
+            artifact_dir=self.artifact_path(job["project_id"], job["id"]).parent,
+            on_log=partial(self._on_log, job["id"]), **options,
         )  # fmt: skip
         try:
             return await run_job_async(spec)
@@ -267,9 +269,11 @@ class JobManager:
         if job.get("started_at") is not None:
             self.metrics.duration.labels(project).observe(finished - job["started_at"])
         self.metrics.result_bytes.labels(project).observe(len(envelope))
+        for stream in ("stdout", "stderr"):
+            rest = self._partial_lines.pop((job["id"], stream), "")
+            if rest:
+                self._publish(job["id"], {"type": "log", "line": rest})
         self._publish(job["id"], {"type": "status", "status": status})
-        for line in result.logs:
-            self._publish(job["id"], {"type": "log", "line": line})
         self._publish(job["id"], {"type": "end", "status": status})
         done = self._done.pop(job["id"], None)
         if done is not None:
@@ -305,6 +309,15 @@ class JobManager:
             await asyncio.wait_for(event.wait(), timeout_s)
         except TimeoutError:
             pass
+
+    def _on_log(self, job_id: str, stream: str, text: str) -> None:
+        """Publish each complete line a running job prints, as it prints it."""
+        pending = self._partial_lines.pop((job_id, stream), "") + text
+        *lines, rest = pending.split("\n")
+        if rest:
+            self._partial_lines[job_id, stream] = rest
+        for line in lines:
+            self._publish(job_id, {"type": "log", "line": line})
 
     def _publish(self, job_id: str, event: dict[str, Any]) -> None:
         for queue in self._listeners.get(job_id, []):

@@ -12,6 +12,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 CHATTY = """
+import time
 from pathlib import Path
 
 def run(ctx, parameters):
@@ -62,12 +63,15 @@ def test_events_stream_status_changes_and_logs(serve: Any, save: Any, root: Path
                 if not line.startswith("data: "):
                     continue
                 events.append(json.loads(line.removeprefix("data: ")))
-                if events[-1] == {"type": "status", "status": "running"}:
+                if events[-1] == {"type": "log", "line": "first line"}:  # live: the job still waits
                     (root / "go").write_text("go")
                 if events[-1]["type"] == "end":
                     break
     statuses = [e["status"] for e in events if e["type"] == "status"]
     assert statuses[-2:] == ["running", "succeeded"]
+    assert events.index({"type": "log", "line": "first line"}) < events.index(
+        {"type": "status", "status": "succeeded"}
+    )
     assert [e["line"] for e in events if e["type"] == "log"] == ["first line", "second line"]
     assert events[-1] == {"type": "end", "status": "succeeded"}
     # a finished job replays its status and logs at once
