@@ -97,6 +97,8 @@ class JobSpec:
     on_log
         Called with ``(stream, text)`` for every chunk the analysis prints, as it prints it
         (the envelope's ``logs`` are still captured and capped as usual).
+    on_kernel_ready
+        Called with the seconds the kernel took to start and answer, once it has.
     """
 
     source_path: Path
@@ -119,6 +121,7 @@ class JobSpec:
     artifact_dir: Path | None = None
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
     on_log: Callable[[str, str], None] | None = field(default=None, compare=False, repr=False)
+    on_kernel_ready: Callable[[float], None] | None = field(default=None, compare=False, repr=False)
 
 
 class _Job:
@@ -421,6 +424,8 @@ async def run_job_async(spec: JobSpec) -> JobResult:
         client.load_connection_info(job.kernel.connection_info)
         client.start_channels()
         await _wait_ready(job, client)
+        if spec.on_kernel_ready is not None:
+            spec.on_kernel_ready(time.monotonic() - job.started)
         if notebook is not None:
             outcome, result_json = await _execute_notebook(job, client, job_file, notebook)
         else:

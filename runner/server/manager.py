@@ -224,7 +224,8 @@ class JobManager:
             source_path=source, parameters=json.loads(job["parameters"]), project_id=job["project_id"],
             root=self.root, trigger=job["trigger"], job_id=job["id"],
             artifact_dir=self.artifact_path(job["project_id"], job["id"]).parent,
-            on_log=partial(self._on_log, job["id"]), **options,
+            on_log=partial(self._on_log, job["id"]),
+            on_kernel_ready=self.metrics.kernel_start.labels(job["project_id"]).observe, **options,
         )  # fmt: skip
         try:
             return await run_job_async(spec)

@@ -34,6 +34,10 @@ class ServerMetrics:
             "analysis_job_result_bytes", "Size of the envelopes of finished jobs.", ["project"],
             buckets=_BYTES, registry=r,
         )  # fmt: skip
+        self.kernel_start = Histogram(
+            "analysis_kernel_start_seconds", "Time from job start to a kernel that answers.", ["project"],
+            buckets=_SECONDS, registry=r,
+        )  # fmt: skip
         self.queue_depth = Gauge("analysis_queue_depth", "Jobs waiting to start.", registry=r)
         self.running = Gauge("analysis_running_jobs", "Jobs running now.", registry=r)
 

@@ -44,6 +44,7 @@ def test_health_ready_and_metrics(serve: Any, save: Any) -> None:
     assert 'analysis_job_duration_seconds_count{project="alpha"} 1.0' in text
     assert 'analysis_job_queue_wait_seconds_count{project="beta"} 1.0' in text
     assert 'analysis_job_result_bytes_count{project="alpha"} 1.0' in text
+    assert 'analysis_kernel_start_seconds_count{project="beta"} 1.0' in text
     assert "analysis_queue_depth 0.0" in text and "analysis_running_jobs 0.0" in text
     assert httpx.get(f"{server.url}/metrics").status_code == 401
 
