@@ -61,7 +61,7 @@ class JobManager:
         self.root = config.root.resolve()
         self.accepting = False
         self._queued: dict[str, deque[str]] = {}
-        self._queued_seq: dict[str, int] = {}
+        self._queued_rows: dict[str, dict[str, Any]] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._running_by_project: dict[str, int] = {}
         self._last_served: dict[str, int] = {}
@@ -152,7 +152,7 @@ class JobManager:
 
     def _enqueue(self, job: dict[str, Any]) -> None:
         self._queued.setdefault(job["project_id"], deque()).append(job["id"])
-        self._queued_seq[job["id"]] = job["seq"]
+        self._queued_rows[job["id"]] = job
         self._done.setdefault(job["id"], asyncio.Event())
         self.metrics.queue_depth.set(self.queue_depth())
 
@@ -164,11 +164,11 @@ class JobManager:
             if project is None:
                 break
             job_id = self._queued[project].popleft()
-            self._queued_seq.pop(job_id, None)
+            row = self._queued_rows.pop(job_id)
             self._running_by_project[project] = self._running_by_project.get(project, 0) + 1
             self._dispatched += 1
             self._last_served[project] = self._dispatched
-            task = asyncio.get_running_loop().create_task(self._run(job_id, project))
+            task = asyncio.get_running_loop().create_task(self._run(row))
             task.add_done_callback(partial(self._released, job_id, project))
             self._running[job_id] = task
         self.metrics.queue_depth.set(self.queue_depth())
@@ -180,15 +180,18 @@ class JobManager:
             running = self._running_by_project.get(project, 0)
             if not waiting or running >= self.config.project_cap:
                 continue
-            candidate = (running, self._last_served.get(project, 0), self._queued_seq[waiting[0]], project)
+            candidate = (
+                running,
+                self._last_served.get(project, 0),
+                self._queued_rows[waiting[0]]["seq"],
+                project,
+            )
             if best is None or candidate < best:
                 best = candidate
         return None if best is None else best[3]
 
-    async def _run(self, job_id: str, project: str) -> None:
-        job = self.store.get_job(project, job_id)
-        if job is None or job["status"] != "queued":
-            return
+    async def _run(self, job: dict[str, Any]) -> None:
+        job_id, project = job["id"], job["project_id"]
         started = time.time()
         if not self.store.update_job(
             job_id, only_if_status=("queued",), status="running", started_at=started,
@@ -295,7 +298,7 @@ class JobManager:
         queue = self._queued.get(job["project_id"])
         if queue is not None and job["id"] in queue:
             queue.remove(job["id"])
-            self._queued_seq.pop(job["id"], None)
+            self._queued_rows.pop(job["id"], None)
         self._finish_row(
             job, _failure(job, JobCancelledError("The job was cancelled before it started.")), "cancelled"
         )

@@ -93,10 +93,11 @@ class Store:
         """Insert a job; ``None`` when its (project, idempotency key) is already taken."""
         try:
             with self._begin() as db:
-                db.execute(self.jobs.insert().values(**row))
+                inserted = db.execute(self.jobs.insert().values(**row))
         except sa.exc.IntegrityError:
             return None
-        return self.get_job(row["project_id"], row["id"])
+        (seq,) = inserted.inserted_primary_key or (None,)
+        return {**dict.fromkeys(self.jobs.c.keys()), **row, "seq": seq}
 
     def get_job(self, project_id: str, job_id: str) -> dict[str, Any] | None:
         """One job of ``project_id`` (``None`` when that project has no such job)."""
