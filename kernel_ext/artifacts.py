@@ -22,6 +22,7 @@ __all__ = ["DEFAULT_MAX_ARTIFACT_BYTES", "FORMATS", "encode_outcome"]
 DEFAULT_MAX_ARTIFACT_BYTES = 1024**3
 FORMATS = ["parquet", "jsonl", "csv"]
 _PREVIEW_ROWS = 100
+_ROW_GROUP_ROWS = 65_536  # downloads read one row group at a time
 
 
 def encode_outcome(
@@ -32,15 +33,31 @@ def encode_outcome(
     Raises ``ResultTooLargeError`` (or ``ResultNotSerializableError``) as ``encode_result`` does
     when the value cannot become an artifact.
     """
-    try:
-        return {"success": True}, encode_result(value, max_bytes=max_bytes)
-    except ResultTooLargeError:
-        table = _as_table(value) if artifact is not None else None
-        if table is None or artifact is None:
-            raise
+    table = None
+    if artifact is not None and max_bytes is not None and _is_columnar(value):
+        # A row's JSON takes at least 3/4 of its Arrow bytes (int64 under one-letter keys being the
+        # tightest case): past twice the limit in Arrow, encoding the JSON only to refuse it is skipped.
+        table = _as_table(value)
+        if table is not None and table.nbytes <= 2 * max_bytes:
+            table = None
+    if table is None:
+        try:
+            return {"success": True}, encode_result(value, max_bytes=max_bytes)
+        except ResultTooLargeError:
+            table = _as_table(value) if artifact is not None else None
+            if table is None or artifact is None:
+                raise
     ref = _write(table, Path(artifact["path"]), int(artifact.get("max_bytes") or DEFAULT_MAX_ARTIFACT_BYTES))
     preview = _preview(table, max_bytes)
     return {"success": True, "result_ref": ref, "result_preview": preview}, b"null"
+
+
+def _is_columnar(value: Any) -> bool:
+    """Whether ``value`` already holds its data as columns (converting it to Arrow is cheap)."""
+    module, name = type(value).__module__.split(".")[0], type(value).__name__
+    return name == "QueryResult" or (
+        module in ("pyarrow", "pandas", "polars") and name in ("Table", "DataFrame")
+    )
 
 
 def _as_table(value: Any) -> Any:
@@ -71,7 +88,7 @@ def _write(table: Any, path: Path, max_bytes: int) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     partial = path.with_name(path.name + ".partial")
-    pq.write_table(table, partial, compression="zstd")
+    pq.write_table(table, partial, compression="zstd", row_group_size=_ROW_GROUP_ROWS)
     size = partial.stat().st_size
     if size > max_bytes:
         partial.unlink()
