@@ -33,8 +33,10 @@ def encode_outcome(
     Raises ``ResultTooLargeError`` (or ``ResultNotSerializableError``) as ``encode_result`` does
     when the value cannot become an artifact.
     """
+    if artifact is None:
+        return {"success": True}, encode_result(value, max_bytes=max_bytes)
     table = None
-    if artifact is not None and max_bytes is not None and _is_columnar(value):
+    if max_bytes is not None and _is_columnar(value):
         # A row's JSON takes at least 3/4 of its Arrow bytes (int64 under one-letter keys being the
         # tightest case): past twice the limit in Arrow, encoding the JSON only to refuse it is skipped.
         table = _as_table(value)
@@ -44,8 +46,8 @@ def encode_outcome(
         try:
             return {"success": True}, encode_result(value, max_bytes=max_bytes)
         except ResultTooLargeError:
-            table = _as_table(value) if artifact is not None else None
-            if table is None or artifact is None:
+            table = _as_table(value)
+            if table is None:
                 raise
     ref = _write(table, Path(artifact["path"]), int(artifact.get("max_bytes") or DEFAULT_MAX_ARTIFACT_BYTES))
     preview = _preview(table, max_bytes)
