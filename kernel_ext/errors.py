@@ -21,7 +21,8 @@ Hierarchy::
     ├── KernelDiedError                 kernel_died
     ├── KernelStartError                kernel_start_failed
     ├── OutOfMemoryError                out_of_memory        (also MemoryError)
-    └── ResourceLimitError              resource_limit
+    ├── ResourceLimitError              resource_limit
+    └── WorkerLostError                 worker_lost
 
 This module imports nothing heavy: both sides of the kernel boundary use it.
 """
@@ -48,6 +49,7 @@ __all__ = [
     "ResultError",
     "ResultNotSerializableError",
     "ResultTooLargeError",
+    "WorkerLostError",
 ]
 
 #: Every ``error_type`` the envelope may carry (README, "The envelope").
@@ -68,6 +70,7 @@ ERROR_TYPES: frozenset[str] = frozenset(
         "file_api_error",
         "cancelled",
         "dependency_error",
+        "worker_lost",
     }
 )
 
@@ -190,3 +193,9 @@ class ResourceLimitError(AnalysisError):
     """The job hit a resource limit other than time or memory."""
 
     error_type = "resource_limit"
+
+
+class WorkerLostError(AnalysisError):
+    """The process running the job died (the server was killed); the job was not retried."""
+
+    error_type = "worker_lost"

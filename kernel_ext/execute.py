@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from analysis.artifacts import encode_outcome
 from analysis.config import Settings
 from analysis.context import Context
 from analysis.deadline import Deadline
@@ -34,7 +35,7 @@ from analysis.errors import (
     OutOfMemoryError,
     ResultError,
 )
-from analysis.results import OUTCOME_MIME, encode_result, format_bytes
+from analysis.results import OUTCOME_MIME, format_bytes
 from analysis.validate import check_run_signature, validate_source
 
 __all__ = [
@@ -194,6 +195,7 @@ def run_analysis(
     filename: str,
     max_result_bytes: int | None,
     interrupt_main: bool,
+    artifact: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], bytes | None]:
     """Call ``run(ctx, ctx.parameters)`` under the context's deadline and encode the result.
 
@@ -206,7 +208,7 @@ def run_analysis(
             value = run(ctx, ctx.parameters)
             if inspect.isawaitable(value):
                 value = _run_coroutine(value)
-        return {"success": True}, encode_result(value, max_bytes=max_result_bytes)
+        return encode_outcome(value, max_bytes=max_result_bytes, artifact=artifact)
     except BaseException as exc:
         return describe_failure(exc, ctx, filename, timed_out=watchdog.fired), None
 
@@ -277,5 +279,10 @@ def _run_loaded_job(
             err = AnalysisError(f"The analysis failed while loading: {_describe(exc)}")
             return failure(err, user_traceback(exc, filename)), None
         return run_analysis(
-            run, ctx, filename=filename, max_result_bytes=job.get("max_result_bytes"), interrupt_main=False
+            run,
+            ctx,
+            filename=filename,
+            max_result_bytes=job.get("max_result_bytes"),
+            interrupt_main=False,
+            artifact=job.get("artifact"),
         )

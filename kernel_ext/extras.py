@@ -29,6 +29,10 @@ EXTRAS: dict[str, str] = {
     "vl_convert": "charts",
     "starlette": "server",
     "uvicorn": "server",
+    "sqlalchemy": "server",
+    "alembic": "server",
+    "croniter": "server",
+    "prometheus_client": "server",
 }
 
 

@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from analysis.artifacts import encode_outcome
 from analysis.context import Context
 from analysis.execute import Watchdog, context_from_job, describe_failure, failure, publish, read_job
-from analysis.results import encode_result
 
 __all__ = ["describe_error", "finish", "start"]
 
@@ -60,7 +60,9 @@ def finish() -> None:
     """Publish the notebook's result (``ctx.set_result``), encoded and size-checked; close ``ctx``."""
     ctx, _, job, job_file = _end()
     try:
-        outcome, result = {"success": True}, encode_result(ctx.result, max_bytes=job.get("max_result_bytes"))
+        outcome, result = encode_outcome(
+            ctx.result, max_bytes=job.get("max_result_bytes"), artifact=job.get("artifact")
+        )
     except BaseException as exc:
         outcome, result = describe_failure(exc, ctx, None), None
     finally:

@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis.runner import deps_cli
 
     deps_cli.add_subparser(commands)
+
+    from analysis.runner import server_cli, server_client
+
+    server_cli.add_subparsers(commands)
+    server_client.add_subparsers(commands)
     return parser
 
 

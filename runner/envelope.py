@@ -26,6 +26,9 @@ class JobResult:
     stack: str | None = None
     result_json: str = field(default="null", repr=False)
     trigger: str = "manual"
+    #: For a table result stored as a Parquet artifact: ``{"rows", "bytes", "formats"}``, and its first rows.
+    result_ref: dict[str, Any] | None = None
+    result_preview: Any = None
 
     @property
     def result(self) -> Any:
@@ -39,6 +42,7 @@ class JobResult:
                 "success": True,
                 "job_id": self.job_id,
                 "result": self.result,
+                **self._artifact(),
                 "logs": self.logs,
                 "duration_ms": self.duration_ms,
             }
@@ -57,5 +61,13 @@ class JobResult:
         if not self.success:
             return json.dumps(self.to_dict(), ensure_ascii=False)
         head = json.dumps({"success": True, "job_id": self.job_id}, ensure_ascii=False)
-        tail = json.dumps({"logs": self.logs, "duration_ms": self.duration_ms}, ensure_ascii=False)
+        tail = json.dumps(
+            {**self._artifact(), "logs": self.logs, "duration_ms": self.duration_ms}, ensure_ascii=False
+        )
         return f'{head[:-1]}, "result": {self.result_json}, {tail[1:]}'
+
+    def _artifact(self) -> dict[str, Any]:
+        """``result_ref`` and ``result_preview`` when the result went to an artifact."""
+        if self.result_ref is None:
+            return {}
+        return {"result_ref": self.result_ref, "result_preview": self.result_preview}

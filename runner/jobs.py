@@ -25,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from analysis.artifacts import DEFAULT_MAX_ARTIFACT_BYTES
 from analysis.config import Settings
 from analysis.deadline import Deadline
 from analysis.errors import (
@@ -50,6 +51,7 @@ __all__ = ["DEFAULT_TIMEOUT_S", "JobSpec", "run_job", "run_job_async"]
 #: CONTRACT.md 4: the whole-run deadline.
 DEFAULT_TIMEOUT_S = 300.0
 _POLL_S = 0.1
+_ARTIFACT = "result.parquet"
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,17 @@ class JobSpec:
         For a notebook analysis: where to write the executed notebook (after every cell).
     progress
         For a notebook analysis: show a per-cell progress bar on stderr.
+    artifact_dir
+        Where a table result over ``max_result_bytes`` may go as ``{job_id}.parquet`` (the
+        envelope then has ``result_ref`` and ``result_preview``); ``None``: such a result is
+        ``result_too_large``.
+    max_artifact_bytes
+        Limit of that Parquet file.
+    on_log
+        Called with ``(stream, text)`` for every chunk the analysis prints, as it prints it
+        (the envelope's ``logs`` are still captured and capped as usual).
+    on_kernel_ready
+        Called with the seconds the kernel took to start and answer, once it has.
     """
 
     source_path: Path
@@ -111,6 +124,10 @@ class JobSpec:
     trigger: str = "manual"
     output_notebook: Path | None = None
     progress: bool = False
+    artifact_dir: Path | None = None
+    max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
+    on_log: Callable[[str, str], None] | None = field(default=None, compare=False, repr=False)
+    on_kernel_ready: Callable[[float], None] | None = field(default=None, compare=False, repr=False)
 
 
 class _Job:
@@ -137,6 +154,8 @@ class _Job:
             stack=outcome.get("stack"),
             result_json=result_json,
             trigger=self.spec.trigger,
+            result_ref=outcome.get("result_ref"),
+            result_preview=outcome.get("result_preview"),
         )
 
     def timeout_error(self, killed: bool) -> JobTimeoutError:
@@ -172,6 +191,9 @@ def _write_job_document(spec: JobSpec, job_dir: Path, source: Path, wall_deadlin
         "max_memory_bytes": spec.max_memory_bytes,
         "datasources_file": str(spec.datasources_file.resolve()) if spec.datasources_file else None,
         "broker": SOCKET_NAME,  # datasources and files go through the broker (relative to the job dir)
+        "artifact": None
+        if spec.artifact_dir is None
+        else {"path": str(job_dir.resolve() / _ARTIFACT), "max_bytes": spec.max_artifact_bytes},
     }
     path = job_dir / "job.json"
     path.write_bytes(to_json_fragment(document))
@@ -285,6 +307,8 @@ async def run_code(
             continue
         if kind == "stream":
             job.logs.write(content.get("name", "stdout"), content.get("text", ""))
+            if job.spec.on_log is not None:
+                job.spec.on_log(content.get("name", "stdout"), content.get("text", ""))
         elif kind == "error":
             run.error = content
         if on_output is not None:
@@ -384,7 +408,7 @@ def _parse_outcome(text: str, job_dir: Path) -> tuple[dict[str, Any], str]:
     if "outcome_file" in outcome:
         text = (job_dir / Path(outcome["outcome_file"]).name).read_text(encoding="utf-8")
         outcome = json.loads(text)
-    if not outcome.get("success"):
+    if not outcome.get("success") or "result_ref" in outcome:
         return outcome, "null"
     # The result is the last member, spliced in by the kernel: keep its exact text.
     start = text.index('"result": ') + len('"result": ')
@@ -444,10 +468,15 @@ async def run_job_async(spec: JobSpec) -> JobResult:
         client.load_connection_info(job.kernel.connection_info)
         client.start_channels()
         await _wait_ready(job, client)
+        if spec.on_kernel_ready is not None:
+            spec.on_kernel_ready(time.monotonic() - job.started)
         if notebook is not None:
             outcome, result_json = await _execute_notebook(job, client, job_file, notebook)
         else:
             outcome, result_json = await _execute(job, client, job_file)
+        if "result_ref" in outcome and spec.artifact_dir is not None:
+            spec.artifact_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(job_dir / _ARTIFACT, spec.artifact_dir / f"{spec.job_id}.parquet")
         return job.envelope(outcome, result_json)
     except AnalysisError as exc:
         failed = {"success": False, **exc.to_dict(), "stack": None}

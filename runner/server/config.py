@@ -1,0 +1,55 @@
+"""``ServerConfig``: the limits and defaults of one ``analysis serve``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ServerConfig"]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Options of the server. ``None`` means the default named below.
+
+    Parameters
+    ----------
+    root
+        Root folder of the projects (where saved analyses and job directories live).
+    db_url
+        The store: a SQLAlchemy URL (``postgresql://...``); default: SQLite under ``root``.
+    max_concurrent_jobs
+        Jobs running at once, over every project (default: the number of cores).
+    max_jobs_per_project
+        Jobs of one project running at once (default: ``max_concurrent_jobs``).
+    max_queued_jobs
+        Past this many queued jobs, a submit answers 429 with ``Retry-After``.
+    shutdown_grace_s
+        On SIGTERM, how long running jobs may take to finish before they are cancelled.
+    max_body_bytes
+        Largest request body accepted (413 beyond).
+    max_wait_s
+        Longest ``wait`` a submit may ask for.
+    schedule_tick_s
+        How often schedules are checked.
+    job_options
+        Defaults of every job (``timeout_s``, ``max_result_bytes``...; see ``JobSpec``).
+    """
+
+    root: Path
+    db_url: str | None = None
+    max_concurrent_jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_jobs_per_project: int | None = None
+    max_queued_jobs: int = 10_000
+    shutdown_grace_s: float = 30.0
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_wait_s: float = 300.0
+    schedule_tick_s: float = 1.0
+    job_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def project_cap(self) -> int:
+        """Jobs of one project that may run at once."""
+        return self.max_jobs_per_project or self.max_concurrent_jobs

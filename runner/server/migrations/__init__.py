@@ -1,0 +1,1 @@
+"""Alembic migrations of the server's store (run by :func:`analysis.runner.server.store.open_store`)."""

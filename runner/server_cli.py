@@ -1,0 +1,142 @@
+"""``analysis serve`` and ``analysis token create``: run the HTTP service, mint its tokens.
+
+* ``serve --root R [--host 127.0.0.1] [--port 8000] [--db URL]``: the server under uvicorn.
+  SIGTERM stops accepting, lets running jobs finish within ``--grace`` seconds, then cancels them.
+* ``token create --project P`` (or ``--admin``): prints a new bearer token once; only its hash
+  is stored.
+
+This module imports only argparse: the server's libraries (the ``server`` extra) load when a
+command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_subparsers", "run_serve", "run_token"]
+
+EXIT_OK, EXIT_USAGE = 0, 2
+_SERVER_MODULES = ("sqlalchemy", "alembic", "croniter", "prometheus_client", "uvicorn")
+
+
+def _store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="projects root (default: $ANALYSIS_ROOT or .clients)",
+    )
+    parser.add_argument(
+        "--db",
+        default=None,
+        metavar="URL",
+        help="store URL (default: SQLite under the root); postgresql://...",
+    )
+
+
+def add_subparsers(subparsers: Any) -> None:
+    """Register ``serve`` and ``token`` on an argparse subparsers object."""
+    serve: argparse.ArgumentParser = subparsers.add_parser("serve", help="run the analysis HTTP service")
+    _store_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--max-concurrent-jobs", type=int, default=None, metavar="N", help="default: cores")
+    serve.add_argument("--max-jobs-per-project", type=int, default=None, metavar="N")
+    serve.add_argument("--max-queued-jobs", type=int, default=10_000, metavar="N")
+    serve.add_argument("--grace", type=float, default=30.0, metavar="SECONDS", help="shutdown grace (30)")
+    serve.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="default job deadline")
+    serve.add_argument(
+        "--max-result-bytes", type=int, default=None, metavar="N", help="JSON result limit (10 MiB)"
+    )
+    serve.add_argument(
+        "--max-artifact-bytes", type=int, default=None, metavar="N", help="Parquet artifact limit (1 GiB)"
+    )
+    serve.set_defaults(handler=run_serve)
+
+    token: argparse.ArgumentParser = subparsers.add_parser("token", help="manage the server's bearer tokens")
+    commands = token.add_subparsers(dest="token_command", required=True)
+    create = commands.add_parser("create", help="print a new token (scoped to a project, or admin)")
+    _store_arguments(create)
+    scope = create.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--project", metavar="ID", help="the one project the token may use")
+    scope.add_argument("--admin", action="store_true", help="a token for every project and /metrics")
+    create.set_defaults(handler=run_token)
+
+
+def _root(args: argparse.Namespace) -> Path:
+    from analysis.config import Settings
+
+    root: Path = args.root or Settings.from_env().root
+    return root
+
+
+def _require_server() -> None:
+    from analysis.extras import require
+
+    for module in _SERVER_MODULES:
+        require(module, "analysis serve")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGINT or SIGTERM."""
+    _require_server()
+    import uvicorn
+
+    from analysis.runner.server.app import create_app
+    from analysis.runner.server.config import ServerConfig
+
+    for name in ("max_concurrent_jobs", "max_jobs_per_project", "max_queued_jobs"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            sys.stderr.write(f"analysis serve: --{name.replace('_', '-')} must be at least 1\n")
+            return EXIT_USAGE
+    config = ServerConfig(
+        root=_root(args),
+        db_url=args.db,
+        max_concurrent_jobs=args.max_concurrent_jobs or os.cpu_count() or 1,
+        max_jobs_per_project=args.max_jobs_per_project,
+        max_queued_jobs=args.max_queued_jobs,
+        shutdown_grace_s=args.grace,
+        job_options={
+            name: value
+            for name, value in (
+                ("timeout_s", args.timeout),
+                ("max_result_bytes", args.max_result_bytes),
+                ("max_artifact_bytes", args.max_artifact_bytes),
+            )
+            if value is not None
+        },
+    )
+    uvicorn.run(
+        create_app(config), host=args.host, port=args.port, log_level="warning",
+        timeout_graceful_shutdown=5, lifespan="on",
+    )  # fmt: skip
+    return EXIT_OK
+
+
+def run_token(args: argparse.Namespace) -> int:
+    """Create a token and print it."""
+    _require_server()
+    from analysis.params import check_id
+    from analysis.runner.server.auth import create_token
+    from analysis.runner.server.store import default_url, open_store
+
+    if args.project is not None:
+        try:
+            check_id(args.project, "Project id")
+        except ValueError as exc:
+            sys.stderr.write(f"analysis token: {exc}\n")
+            return EXIT_USAGE
+    root = _root(args)
+    store = open_store(args.db or default_url(root.resolve()))
+    try:
+        token = create_token(store, project_id=args.project, admin=args.admin)
+    finally:
+        store.close()
+    sys.stdout.write(token + "\n")
+    return EXIT_OK
