@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis.errors import AnalysisError
@@ -207,6 +208,11 @@ class Duck:
 
     def __init__(self) -> None:
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._job_dir: Path | None = None
+
+    def lock_down(self, job_dir: Path) -> None:
+        """Inside a job: file access only under ``job_dir``, no extensions, configuration locked."""
+        self._job_dir = job_dir
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
@@ -214,7 +220,18 @@ class Duck:
         if self._con is None:
             import duckdb
 
-            self._con = duckdb.connect(":memory:")
+            if self._job_dir is None:
+                self._con = duckdb.connect(":memory:")
+            else:
+                self._con = duckdb.connect(
+                    ":memory:",
+                    config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
+                )
+                # allowed_directories only counts once external access is off; then lock it all
+                self._con.execute("SET allowed_directories = [?]", [f"{self._job_dir}/"])
+                self._con.execute("SET temp_directory = ?", [str(self._job_dir / "duckdb.tmp")])
+                self._con.execute("SET enable_external_access = false")
+                self._con.execute("SET lock_configuration = true")
         return self._con
 
     @property

@@ -13,9 +13,11 @@ from __future__ import annotations
 import _thread
 import asyncio
 import dataclasses
+import errno
 import inspect
 import json
 import linecache
+import signal
 import threading
 import traceback
 from collections.abc import Callable, Mapping
@@ -32,6 +34,7 @@ from analysis.errors import (
     JobCancelledError,
     JobTimeoutError,
     OutOfMemoryError,
+    ResourceLimitError,
     ResultError,
 )
 from analysis.results import OUTCOME_MIME, encode_result, format_bytes
@@ -153,15 +156,28 @@ def _describe(exc: BaseException) -> str:
 
 
 def describe_failure(
-    exc: BaseException, ctx: Context, filename: str | None, *, timed_out: bool = False
+    exc: BaseException,
+    ctx: Context,
+    filename: str | None,
+    *,
+    timed_out: bool = False,
+    interrupted: bool = True,
 ) -> dict[str, Any]:
-    """The outcome of an analysis that raised ``exc``: its error type, sentence and traceback."""
+    """The outcome of an analysis that raised ``exc``: its error type, sentence and traceback.
+
+    ``interrupted`` says whether an interrupt (SIGINT) arrived: a ``KeyboardInterrupt`` without
+    one is the analysis raising it (``analysis_error``), not a cancellation.
+    """
     deadline = ctx.deadline
     if timed_out or (isinstance(exc, KeyboardInterrupt | JobTimeoutError) and deadline.expired()):
         err: AnalysisError = JobTimeoutError(f"The analysis ran past {deadline.describe()} and was stopped.")
         return failure(err, user_traceback(exc, filename))
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt) and interrupted:
         return failure(JobCancelledError("The analysis was interrupted before it finished."), None)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        hit = _disk_limit_hit(exc, ctx)
+        if hit:
+            return failure(ResourceLimitError(hit), user_traceback(exc, filename))
     if isinstance(exc, MemoryError):
         limit = ctx.max_memory_bytes
         where = f" of {format_bytes(limit)} (max_memory_bytes)" if limit else ""
@@ -178,6 +194,51 @@ def describe_failure(
     return failure(AnalysisError(message), user_traceback(exc, filename))
 
 
+def _disk_limit_hit(exc: OSError, ctx: Context) -> str | None:
+    """The sentence naming the disk limit a failed write hit, if the job has one."""
+    disk, tmp = ctx.disk_limits.get("max_disk_bytes"), ctx.disk_limits.get("max_tmp_bytes")
+    if exc.errno == errno.EFBIG and disk:
+        return (
+            f"The analysis wrote a file past its disk limit of {format_bytes(disk)} "
+            f"(max_disk_bytes): {exc.strerror}."
+        )
+    in_tmp = exc.filename is None or str(exc.filename).startswith("/tmp")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) and tmp and in_tmp:
+        return (
+            f"The analysis filled its /tmp, limited to {format_bytes(tmp)} (max_tmp_bytes): {exc.strerror}."
+        )
+    return None
+
+
+class _InterruptSeen:
+    """Notes whether SIGINT arrived (an interrupt) while installed; chains to the previous handler."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        previous = self._previous
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _InterruptSeen:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
+        else:  # cannot tell: treat every KeyboardInterrupt as an interrupt
+            self.seen = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def run_analysis(
     run: Callable[..., Any],
     ctx: Context,
@@ -192,14 +253,15 @@ def run_analysis(
     Never raises for anything the analysis did.
     """
     watchdog = Watchdog(ctx, ctx.deadline, interrupt_main=interrupt_main)
+    sigint = _InterruptSeen()
     try:
-        with watchdog:
+        with sigint, watchdog:
             value = run(ctx, ctx.parameters)
             if inspect.isawaitable(value):
                 value = _run_coroutine(value)
         return {"success": True}, encode_result(value, max_bytes=max_result_bytes)
     except BaseException as exc:
-        return describe_failure(exc, ctx, filename, timed_out=watchdog.fired), None
+        return describe_failure(exc, ctx, filename, timed_out=watchdog.fired, interrupted=sigint.seen), None
 
 
 def publish(outcome: dict[str, Any], result: bytes | None, result_path: Path) -> None:
@@ -217,6 +279,8 @@ def publish(outcome: dict[str, Any], result: bytes | None, result_path: Path) ->
 def context_from_job(job: Mapping[str, Any]) -> Context:
     """The ``Context`` a job document describes."""
     settings = Settings.from_env()
+    if job.get("root"):  # the runner's projects root, not this process's working directory
+        settings = dataclasses.replace(settings, root=Path(job["root"]))
     if job.get("datasources_file"):
         settings = dataclasses.replace(settings, datasources_file=Path(job["datasources_file"]))
     ctx = Context(
@@ -227,6 +291,9 @@ def context_from_job(job: Mapping[str, Any]) -> Context:
         deadline=Deadline(job.get("deadline_at"), job.get("timeout_s")),
     )
     ctx.max_memory_bytes = job.get("max_memory_bytes")
+    ctx.disk_limits = {key: job.get(key) for key in ("max_disk_bytes", "max_tmp_bytes")}
+    if job.get("job_dir"):
+        ctx.lock_down(Path(job["job_dir"]))
     return ctx
 
 
