@@ -62,8 +62,8 @@ class Context:
         self._result: Any = _UNSET
         #: The job's memory limit, if the runner set one (for error messages).
         self.max_memory_bytes: int | None = None
-        #: The job's disk limits (``max_disk_bytes``, ``max_tmp_bytes``), for error messages.
-        self.disk_limits: dict[str, int | None] = {}
+        #: The job's limits (``max_disk_bytes``, ``max_tmp_bytes``, ``max_processes``), for error messages.
+        self.job_limits: dict[str, int | None] = {}
 
     def __repr__(self) -> str:
         return f"<Context project_id={self.project_id!r} job_id={self.job_id!r}>"

@@ -230,6 +230,8 @@ class Duck:
                 # allowed_directories only counts once external access is off; then lock it all
                 self._con.execute("SET allowed_directories = [?]", [f"{self._job_dir}/"])
                 self._con.execute("SET temp_directory = ?", [str(self._job_dir / "duckdb.tmp")])
+                # outside the allowed directories: INSTALL is refused even where a download could work
+                self._con.execute("SET extension_directory = '/nonexistent/duckdb-extensions'")
                 self._con.execute("SET enable_external_access = false")
                 self._con.execute("SET lock_configuration = true")
         return self._con

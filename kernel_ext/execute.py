@@ -174,10 +174,9 @@ def describe_failure(
         return failure(err, user_traceback(exc, filename))
     if isinstance(exc, KeyboardInterrupt) and interrupted:
         return failure(JobCancelledError("The analysis was interrupted before it finished."), None)
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        hit = _disk_limit_hit(exc, ctx)
-        if hit:
-            return failure(ResourceLimitError(hit), user_traceback(exc, filename))
+    hit = _limit_hit(exc, ctx)
+    if hit:
+        return failure(ResourceLimitError(hit), user_traceback(exc, filename))
     if isinstance(exc, MemoryError):
         limit = ctx.max_memory_bytes
         where = f" of {format_bytes(limit)} (max_memory_bytes)" if limit else ""
@@ -194,9 +193,19 @@ def describe_failure(
     return failure(AnalysisError(message), user_traceback(exc, filename))
 
 
-def _disk_limit_hit(exc: OSError, ctx: Context) -> str | None:
-    """The sentence naming the disk limit a failed write hit, if the job has one."""
-    disk, tmp = ctx.disk_limits.get("max_disk_bytes"), ctx.disk_limits.get("max_tmp_bytes")
+def _limit_hit(exc: BaseException, ctx: Context) -> str | None:
+    """The sentence naming the job limit (disk, /tmp, processes) that ``exc`` ran into, if any."""
+    processes = ctx.job_limits.get("max_processes")
+    no_thread = isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
+    no_fork = isinstance(exc, BlockingIOError) and exc.errno == errno.EAGAIN and exc.filename is None
+    if processes and (no_thread or no_fork):
+        return (
+            f"The analysis could not start another process or thread: the job may run at most "
+            f"{processes} (max_processes)."
+        )
+    if not isinstance(exc, OSError):
+        return None
+    disk, tmp = ctx.job_limits.get("max_disk_bytes"), ctx.job_limits.get("max_tmp_bytes")
     if exc.errno == errno.EFBIG and disk:
         return (
             f"The analysis wrote a file past its disk limit of {format_bytes(disk)} "
@@ -291,7 +300,7 @@ def context_from_job(job: Mapping[str, Any]) -> Context:
         deadline=Deadline(job.get("deadline_at"), job.get("timeout_s")),
     )
     ctx.max_memory_bytes = job.get("max_memory_bytes")
-    ctx.disk_limits = {key: job.get(key) for key in ("max_disk_bytes", "max_tmp_bytes")}
+    ctx.job_limits = {key: job.get(key) for key in ("max_disk_bytes", "max_tmp_bytes", "max_processes")}
     if job.get("job_dir"):
         ctx.lock_down(Path(job["job_dir"]))
     return ctx

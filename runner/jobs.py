@@ -557,15 +557,19 @@ async def run_job_async(
         error = failed(f"The runner failed while running the job: {type(exc).__name__}: {exc}")
         return job.envelope({"success": False, **error.to_dict(), "stack": None})
     finally:
-        if bar is not None:
-            bar.close()
-        if client is not None:
-            client.stop_channels()
-        if job.kernel is not None:
-            job.kernel.kill()
-            job.kernel.cleanup()
-        if claimed:
-            shutil.rmtree(job_dir, ignore_errors=True)
+        try:
+            if bar is not None:
+                bar.close()
+            if client is not None:
+                client.stop_channels()
+        finally:
+            try:
+                if job.kernel is not None:
+                    job.kernel.kill()
+                    job.kernel.cleanup()
+            finally:
+                if claimed:
+                    shutil.rmtree(job_dir, ignore_errors=True)
 
 
 async def run_job_to_envelope(spec: JobSpec) -> JobResult:

@@ -129,34 +129,50 @@ class KernelProcess:
     def cleanup(self) -> None:
         """Remove the socket folder if it lives outside the job directory."""
         if self.owns_socket_dir:
-            for path in self.socket_dir.iterdir():
-                path.unlink(missing_ok=True)
-            self.socket_dir.rmdir()
+            _remove_short_dir(self.socket_dir)
 
 
-def _socket_dir(job_dir: Path) -> tuple[Path, bool]:
-    """Where the IPC sockets go: the job directory, or a short private temp folder if its path is too long."""
+def _remove_short_dir(socket_dir: Path) -> None:
+    """Remove the short private folder of :func:`_socket_dir` (sockets, or the symlink)."""
+    folder = socket_dir.parent if socket_dir.is_symlink() else socket_dir
+    for path in folder.iterdir():
+        path.unlink(missing_ok=True)
+    folder.rmdir()
+
+
+def _socket_dir(job_dir: Path, *, sandboxed: bool) -> tuple[Path, bool]:
+    """Where the runner finds the IPC sockets: the job directory, or a short path if its path is too long.
+
+    Unsandboxed, the short path is a private temp folder holding the sockets. Sandboxed, the
+    kernel binds its sockets in ``/job`` whatever the host path is, and the runner reaches them
+    through a short private symlink to the job directory.
+    """
     longest = len(str((job_dir / "k-5").resolve()).encode())
     if longest <= _MAX_SOCKET_PATH:
         return job_dir.resolve(), False
-    return Path(tempfile.mkdtemp(prefix="analysis-k-")), True
+    short = Path(tempfile.mkdtemp(prefix="analysis-k-"))
+    if not sandboxed:
+        return short, True
+    (short / "j").symlink_to(job_dir.resolve())
+    return short / "j", True
 
 
 _PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child must not dlopen after fork
 
 
-def _child_setup(limits: dict[int, int], sandboxed: bool) -> Callable[[], None]:
+def _child_setup(limits: dict[int, int], plan: sandboxing.SandboxPlan | None) -> Callable[[], None]:
     """What the child runs before ``exec``: drop root for a sandbox, set limits, die with the runner."""
     parent = os.getpid()
 
     def setup() -> None:
-        if sandboxed:
-            sandboxing._drop_to_nobody()
+        if plan is not None:
+            sandboxing.stage_and_drop(plan.stage)
         for which, value in limits.items():
             soft, hard = (value, value + 5) if which == resource.RLIMIT_CPU else (value, value)
             resource.setrlimit(which, (soft, hard))
         # after setuid: changing credentials clears the parent-death signal
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the runner died before prctl
             os._exit(1)
 
@@ -198,7 +214,7 @@ def launch_kernel(
     sandboxed
         Run the kernel inside bubblewrap (see :mod:`analysis.runner.sandbox`).
     """
-    socket_dir, owns = _socket_dir(job_dir) if not sandboxed else (job_dir.resolve(), False)
+    socket_dir, owns = _socket_dir(job_dir, sandboxed=sandboxed)
     inside = sandboxing.JOB_DIR if sandboxed else socket_dir
     info: dict[str, Any] = {name: i + 1 for i, name in enumerate(_PORTS)}
     info.update(
@@ -253,11 +269,11 @@ def launch_kernel(
                 start_new_session=True,
                 pass_fds=plan.pass_fds if plan else (),
                 # only the child can set its parent-death signal; the setup calls no locks
-                preexec_fn=_child_setup(limits, sandboxed),  # noqa: PLW1509
+                preexec_fn=_child_setup(limits, plan),  # noqa: PLW1509
             )
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         if owns:
-            socket_dir.rmdir()
+            _remove_short_dir(socket_dir)
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise KernelStartError(f"The kernel could not be started ({argv[0]}): {detail}.") from exc
     finally:

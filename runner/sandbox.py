@@ -7,8 +7,13 @@ the job directory read-write at ``/job``, and a private size-limited ``/tmp``. T
 is :data:`ENV_ALLOWLIST` plus fixed values, never the runner's environment.
 
 When the runner is root, the sandbox is started as user ``nobody`` (uid 65534) so that the job
-is not root on the host either, whatever the user namespace maps. The job directory is then
-owned by ``nobody`` and every folder above it must be searchable by it.
+is not root on the host either, whatever the user namespace maps (and so that the process limit
+holds: the kernel does not enforce it for root). ``nobody`` may not be able to reach the folders
+to bind (a Python under ``/root``, a projects root below a 0700 folder), so the launching child,
+still root, first stages them: in a private mount namespace of its own it mounts a small tmpfs
+on :data:`STAGE` and bind-mounts each folder there; then it becomes ``nobody`` and runs
+bubblewrap, which binds from the stage. The host's mounts are untouched. The job directory is
+owned by ``nobody``.
 
 ``--die-with-parent`` ties the sandbox to the runner: when the runner dies (SIGKILL included),
 the kernel gets SIGKILL, the PID namespace's init goes with it, and the kernel ends every
@@ -17,6 +22,7 @@ process in the namespace, daemons included.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import shutil
@@ -36,6 +42,7 @@ __all__ = [
     "host_uid",
     "plan",
     "sandbox_available",
+    "stage_and_drop",
     "use_sandbox",
 ]
 
@@ -74,11 +81,37 @@ def host_uid() -> int | None:
     return NOBODY if os.geteuid() == 0 else None
 
 
-def _drop_to_nobody() -> None:
-    if os.geteuid() == 0:
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+#: Where a root runner's launching child stages bind sources (in its private mount namespace).
+STAGE = Path("/mnt")
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child must not dlopen after fork
+_CLONE_NEWNS, _MS_REC, _MS_PRIVATE, _MS_BIND = 0x00020000, 16384, 1 << 18, 4096
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def stage_and_drop(stage: list[tuple[str, str]]) -> None:
+    """In the launching child of a root runner: stage ``(source, name)`` bind mounts, become nobody.
+
+    Runs between ``fork`` and ``exec``: only system calls, no allocation-heavy Python.
+    """
+    if os.geteuid() != 0:
+        return
+    _check(_LIBC.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _check(_LIBC.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
+    _check(_LIBC.mount(b"tmpfs", bytes(STAGE), b"tmpfs", 0, b"mode=0755,size=64k"), "mounting the stage")
+    for source, name in stage:
+        target = STAGE / name
+        os.mkdir(target)
+        _check(
+            _LIBC.mount(source.encode(), bytes(target), None, _MS_BIND | _MS_REC, None), f"staging {source}"
+        )
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
 
 
 @functools.cache
@@ -137,20 +170,6 @@ def _python_paths() -> list[Path]:
     return [p for p in outside_usr if not any(p != q and p.is_relative_to(q) for q in outside_usr)]
 
 
-def _check_reachable(path: Path, uid: int | None) -> None:
-    """Refuse a bind source that the sandbox's host user cannot reach (a 0700 folder above it)."""
-    if uid is None:
-        return
-    for parent in [path, *path.parents]:
-        st = parent.stat()
-        if st.st_uid != uid and not st.st_mode & 0o001:
-            raise KernelStartError(
-                f"The sandbox runs as uid {uid} (the runner is root) and cannot reach {path}: "
-                f"{parent} is not searchable by others; make the projects root's folders "
-                "searchable (chmod o+x) or run the runner as its own user."
-            )
-
-
 def _data_fd(text: str) -> int:
     """A pipe's read end already holding ``text`` (for bwrap's ``--ro-bind-data``)."""
     read, write = os.pipe()
@@ -166,6 +185,8 @@ class SandboxPlan:
     argv: list[str]
     env: dict[str, str]
     pass_fds: tuple[int, ...]
+    #: For a root runner: ``(host folder, name)`` to bind under :data:`STAGE` before dropping root.
+    stage: list[tuple[str, str]]
 
     def close_fds(self) -> None:
         """Close the descriptors once bubblewrap has started (it has its own copies)."""
@@ -179,7 +200,14 @@ def plan(kernel_argv: list[str], *, job_dir: Path, max_tmp_bytes: int | None) ->
     if bwrap is None:  # pragma: no cover - use_sandbox checked it
         raise KernelStartError("bubblewrap (bwrap) is not installed.")
     job_dir = job_dir.resolve()
-    _check_reachable(job_dir, host_uid())
+    stage: list[tuple[str, str]] = []
+
+    def source(path: Path) -> str:
+        if host_uid() is None:
+            return str(path)
+        stage.append((str(path), f"s{len(stage)}"))
+        return str(STAGE / stage[-1][1])
+
     argv = [bwrap, "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--unshare-cgroup-try"]
     argv += ["--die-with-parent", "--new-session", "--hostname", "job", "--disable-userns"]
@@ -199,19 +227,18 @@ def plan(kernel_argv: list[str], *, job_dir: Path, max_tmp_bytes: int | None) ->
         fds.append(fd)
         argv += ["--perms", "0444", "--ro-bind-data", str(fd), dest]
     for path in _python_paths():
-        _check_reachable(path, host_uid())
-        argv += ["--ro-bind", str(path), str(path)]
+        argv += ["--ro-bind", source(path), str(path)]
     argv += ["--proc", "/proc", "--dev", "/dev"]
     if max_tmp_bytes is not None:
         argv += ["--size", str(max_tmp_bytes)]
     argv += ["--perms", "1777", "--tmpfs", "/tmp"]
-    argv += ["--bind", str(job_dir), str(JOB_DIR), "--chdir", str(JOB_DIR)]
+    argv += ["--bind", source(job_dir), str(JOB_DIR), "--chdir", str(JOB_DIR)]
     argv += ["--clearenv"]
     env = {**{k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}, **FIXED_ENV}
     for key, value in env.items():
         argv += ["--setenv", key, value]
     argv += ["--", *kernel_argv]
-    return SandboxPlan(argv, env, tuple(fds))
+    return SandboxPlan(argv, env, tuple(fds), stage)
 
 
 def prepare_job_dir(job_dir: Path) -> None:
