@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,12 +125,28 @@ class KernelProcess:
             except psutil.Error:
                 pass
         self.popen.wait()
-        psutil.wait_procs(victims, timeout=2)
+        _wait_dead(victims, timeout_s=2.0)
 
     def cleanup(self) -> None:
         """Remove the socket folder if it lives outside the job directory."""
         if self.owns_socket_dir:
             _remove_short_dir(self.socket_dir)
+
+
+def _wait_dead(procs: list[psutil.Process], *, timeout_s: float) -> None:
+    """Wait until ``procs`` are gone or zombies (dead; reaped by whoever adopted them)."""
+    give_up = time.monotonic() + timeout_s
+    while procs and time.monotonic() < give_up:
+        procs = [p for p in procs if _alive(p)]
+        if procs:
+            time.sleep(0.01)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _remove_short_dir(socket_dir: Path) -> None:
