@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from analysis.config import Settings
 from analysis.errors import (
     AnalysisError,
     InvalidParametersError,
@@ -498,7 +499,7 @@ async def run_job_async(
     bar = None
     try:
         _check_parameters(spec.parameters)
-        mode = spec.sandbox or os.environ.get("ANALYSIS_SANDBOX") or "off"
+        mode = spec.sandbox or Settings.from_env().sandbox
         job.sandboxed = sandboxing.use_sandbox(mode)
         if not job.sandboxed:
             why = sandboxing.sandbox_available() if mode == "auto" else 'sandbox = "off"'

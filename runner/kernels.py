@@ -144,7 +144,7 @@ def _wait_dead(procs: list[psutil.Process], *, timeout_s: float) -> None:
 
 def _alive(proc: psutil.Process) -> bool:
     try:
-        return proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
