@@ -65,7 +65,7 @@ class KernelProcess:
         if self._kernel_pid is None:
             try:
                 for proc in psutil.Process(self.pid).children(recursive=True):
-                    if "analysis.kernel_app" in proc.cmdline():
+                    if proc.cmdline()[1:3] == ["-m", "analysis.kernel_app"]:  # not bwrap's own
                         self._kernel_pid = proc.pid
                         break
             except psutil.Error:

@@ -426,3 +426,30 @@ def test_sandbox_from_the_environment(run_sandboxed: RunSandboxed, monkeypatch: 
     monkeypatch.setenv("ANALYSIS_SANDBOX", "on")
     result = run_sandboxed("import os\ndef run(ctx, parameters):\n    return os.getcwd()\n", sandbox=None)
     assert result.result == "/job"
+
+
+def test_the_deadline_interrupts_a_sandboxed_kernel(run_sandboxed: RunSandboxed) -> None:
+    result = run_sandboxed(
+        "import time\ndef run(ctx, parameters):\n    while True:\n        time.sleep(0.01)\n",
+        timeout_s=3,
+        interrupt_grace_s=20,
+    )
+    assert result.error_type == "timeout"
+    assert "was stopped" in (result.error or "")  # the interrupt reached the kernel in the sandbox
+
+
+def test_a_notebook_runs_sandboxed(
+    tmp_path: Path, root: Path, no_leftovers: None, sandbox_ready: None
+) -> None:
+    import nbformat
+
+    from analysis.runner import JobSpec, run_job
+
+    params = nbformat.v4.new_code_cell("n = 1")
+    params.metadata["tags"] = ["parameters"]
+    cells = [params, nbformat.v4.new_code_cell("import os\nctx.set_result({'n': n, 'cwd': os.getcwd()})")]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
+    result = run_job(JobSpec(source_path=path, parameters={"n": 5}, root=root, sandbox="on"))
+    assert result.success, result.to_dict()
+    assert result.result == {"n": 5, "cwd": "/job"}
