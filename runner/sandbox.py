@@ -120,21 +120,20 @@ def sandbox_available() -> str | None:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return "bubblewrap (bwrap) is not installed"
-    probe = [bwrap, "--unshare-all", "--share-net", "--unshare-net", "--die-with-parent"]
+    probe = [bwrap, "--unshare-all", "--die-with-parent"]
     probe += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "true"]
-    try:
-        root = os.geteuid() == 0
+    if os.geteuid() == 0:
+        STAGE.mkdir(exist_ok=True)
+    try:  # the launch path of a job: staging (as root), then bubblewrap as nobody
         done = subprocess.run(
             probe,
             capture_output=True,
             text=True,
             timeout=30,
             check=False,
-            user=NOBODY if root else None,
-            group=NOBODY if root else None,
-            extra_groups=[] if root else None,
+            preexec_fn=functools.partial(stage_and_drop, []),
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except (OSError, subprocess.SubprocessError) as exc:
         return f"bubblewrap could not be run: {exc}"
     if done.returncode != 0:
         return f"bubblewrap cannot create namespaces here: {done.stderr.strip() or done.returncode}"

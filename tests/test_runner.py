@@ -160,6 +160,7 @@ def test_kernel_death_is_reported_within_two_seconds(
             {death}
         """,
         timeout_s=60,
+        sandbox="off",  # the stamp is a host file, which a sandboxed job cannot write
     )
     reported_at = time.time()
     assert result.error_type == "kernel_died"
@@ -172,7 +173,8 @@ def test_kernel_start_failure(run_script: RunScript, tmp_path: Path, monkeypatch
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("import sys\nsys.stderr.write('no kernel here\\n')\nsys.exit(7)\n")
     monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
-    result = run_script("def run(ctx, parameters):\n    return 1\n")
+    # sandbox off: the runner's PYTHONPATH reaches only an unsandboxed kernel (README, Security model)
+    result = run_script("def run(ctx, parameters):\n    return 1\n", sandbox="off")
     assert result.error_type == "kernel_start_failed"
     assert "exited with code 7 during start-up" in (result.error or "")
 
@@ -205,12 +207,14 @@ def test_datasource_not_found_and_datasource_error(run_script: RunScript, tmp_pa
     missing = run_script(
         "def run(ctx, parameters):\n    return ctx.query_datasource('warehouse', 'SELECT 1').rows\n",
         datasources_file=config,
+        sandbox="off",  # datasources are read from the host until the broker (issue 9) serves them
     )
     assert missing.error_type == "datasource_not_found"
     assert "'warehouse' is not configured (configured: shop" in (missing.error or "")
     broken = run_script(
         "def run(ctx, parameters):\n    return ctx.query_datasource('shop', 'SELECT * FROM nope').rows\n",
         datasources_file=config,
+        sandbox="off",
     )
     assert broken.error_type == "datasource_error"
     assert "'shop'" in (broken.error or "") and "no such table: nope" in (broken.error or "")
@@ -399,7 +403,8 @@ def test_service_root_reaches_the_kernel(
     )
     monkeypatch.chdir(tmp_path)  # the working directory has no .clients
     monkeypatch.delenv("ANALYSIS_ROOT", raising=False)
-    result = AnalysisService(root=root).submit_analysis_job("q", {}, project_id="acme")
+    # sandbox off: datasources are read from the host until the broker (issue 9) serves them
+    result = AnalysisService(root=root, sandbox="off").submit_analysis_job("q", {}, project_id="acme")
     assert result.success, result.to_dict()
     assert result.result == [{"x": 42}]
     assert not list(root.glob("*/analysis/temp/*"))
