@@ -10,6 +10,7 @@ variable                       meaning
 ``ANALYSIS_BACKEND_URL``       base URL of the backend file API (also ``BACKEND_URL``)
 ``ANALYSIS_BACKEND_TOKEN``     bearer token for the file API
 ``ANALYSIS_FILES_MAX_BYTES``   largest file API response body accepted (104857600 = 100 MiB)
+``ANALYSIS_SANDBOX``           sandbox of headless jobs: ``auto``, ``on`` or ``off`` (``auto``)
 =============================  ==========================================================
 """
 
@@ -34,6 +35,7 @@ class Settings:
     backend_url: str | None = None
     backend_token: str | None = field(default=None, repr=False)
     files_max_bytes: int = 100 * 1024 * 1024
+    sandbox: str = "auto"
     #: The environment the settings were read from, where ``password_env`` variables are looked up.
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -50,6 +52,7 @@ class Settings:
             backend_url=env.get("ANALYSIS_BACKEND_URL") or env.get("BACKEND_URL") or None,
             backend_token=env.get("ANALYSIS_BACKEND_TOKEN") or None,
             files_max_bytes=_positive_int(env, "ANALYSIS_FILES_MAX_BYTES", 100 * 1024 * 1024),
+            sandbox=env.get("ANALYSIS_SANDBOX") or "auto",
             environ=dict(env),
         )
 

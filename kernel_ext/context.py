@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis.access import DataAccess, LocalAccess
@@ -75,6 +76,8 @@ class Context:
         self._result: Any = _UNSET
         #: The job's memory limit, if the runner set one (for error messages).
         self.max_memory_bytes: int | None = None
+        #: The job's limits (``max_disk_bytes``, ``max_tmp_bytes``, ``max_processes``), for error messages.
+        self.job_limits: dict[str, int | None] = {}
 
     def __repr__(self) -> str:
         return f"<Context project_id={self.project_id!r} job_id={self.job_id!r}>"
@@ -111,6 +114,10 @@ class Context:
     def duckdb(self) -> Any:
         """The job's DuckDB connection, for what ``query`` does not cover."""
         return self._duck.connection
+
+    def lock_down(self, job_dir: Path) -> None:
+        """Inside a job: DuckDB may reach only files under ``job_dir`` and install nothing."""
+        self._duck.lock_down(job_dir)
 
     # -- datasources ----------------------------------------------------------------------------
     def query_datasource(

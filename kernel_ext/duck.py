@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from operator import itemgetter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis.errors import AnalysisError
@@ -225,6 +226,11 @@ class Duck:
 
     def __init__(self) -> None:
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._job_dir: Path | None = None
+
+    def lock_down(self, job_dir: Path) -> None:
+        """Inside a job: file access only under ``job_dir``, no extensions, configuration locked."""
+        self._job_dir = job_dir
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
@@ -232,7 +238,20 @@ class Duck:
         if self._con is None:
             import duckdb
 
-            self._con = duckdb.connect(":memory:")
+            if self._job_dir is None:
+                self._con = duckdb.connect(":memory:")
+            else:
+                self._con = duckdb.connect(
+                    ":memory:",
+                    config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
+                )
+                # allowed_directories only counts once external access is off; then lock it all
+                self._con.execute("SET allowed_directories = [?]", [f"{self._job_dir}/"])
+                self._con.execute("SET temp_directory = ?", [str(self._job_dir / "duckdb.tmp")])
+                # outside the allowed directories: INSTALL is refused even where a download could work
+                self._con.execute("SET extension_directory = '/nonexistent/duckdb-extensions'")
+                self._con.execute("SET enable_external_access = false")
+                self._con.execute("SET lock_configuration = true")
         return self._con
 
     @property

@@ -13,9 +13,11 @@ from __future__ import annotations
 import _thread
 import asyncio
 import dataclasses
+import errno
 import inspect
 import json
 import linecache
+import signal
 import threading
 import traceback
 from collections.abc import Callable, Mapping
@@ -33,6 +35,7 @@ from analysis.errors import (
     JobCancelledError,
     JobTimeoutError,
     OutOfMemoryError,
+    ResourceLimitError,
     ResultError,
 )
 from analysis.results import OUTCOME_MIME, format_bytes
@@ -154,24 +157,36 @@ def _describe(exc: BaseException) -> str:
 
 
 def describe_failure(
-    exc: BaseException, ctx: Context, filename: str | None, *, timed_out: bool = False
+    exc: BaseException,
+    ctx: Context,
+    filename: str | None,
+    *,
+    timed_out: bool = False,
+    interrupted: bool = True,
 ) -> dict[str, Any]:
     """The outcome of an analysis that raised ``exc``: its error type, sentence and traceback.
 
-    The sentence and the traceback are scrubbed of every secret the job holds (``ctx.redactor``).
+    ``interrupted`` says whether an interrupt (SIGINT) arrived: a ``KeyboardInterrupt`` without
+    one is the analysis raising it (``analysis_error``), not a cancellation. The sentence and the
+    traceback are scrubbed of every secret the job holds (``ctx.redactor``).
     """
-    return ctx.redactor.scrub_outcome(_describe_failure(exc, ctx, filename, timed_out=timed_out))
+    return ctx.redactor.scrub_outcome(
+        _describe_failure(exc, ctx, filename, timed_out=timed_out, interrupted=interrupted)
+    )
 
 
 def _describe_failure(
-    exc: BaseException, ctx: Context, filename: str | None, *, timed_out: bool
+    exc: BaseException, ctx: Context, filename: str | None, *, timed_out: bool, interrupted: bool
 ) -> dict[str, Any]:
     deadline = ctx.deadline
     if timed_out or (isinstance(exc, KeyboardInterrupt | JobTimeoutError) and deadline.expired()):
         err: AnalysisError = JobTimeoutError(f"The analysis ran past {deadline.describe()} and was stopped.")
         return failure(err, user_traceback(exc, filename))
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt) and interrupted:
         return failure(JobCancelledError("The analysis was interrupted before it finished."), None)
+    hit = _limit_hit(exc, ctx)
+    if hit:
+        return failure(ResourceLimitError(hit), user_traceback(exc, filename))
     if isinstance(exc, MemoryError):
         limit = ctx.max_memory_bytes
         where = f" of {format_bytes(limit)} (max_memory_bytes)" if limit else ""
@@ -186,6 +201,61 @@ def _describe_failure(
         return failure(exc, user_traceback(exc, filename))
     message = f"The analysis raised {_describe(exc)}"
     return failure(AnalysisError(message), user_traceback(exc, filename))
+
+
+def _limit_hit(exc: BaseException, ctx: Context) -> str | None:
+    """The sentence naming the job limit (disk, /tmp, processes) that ``exc`` ran into, if any."""
+    processes = ctx.job_limits.get("max_processes")
+    no_thread = isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
+    no_fork = isinstance(exc, BlockingIOError) and exc.errno == errno.EAGAIN and exc.filename is None
+    if processes and (no_thread or no_fork):
+        return (
+            f"The analysis could not start another process or thread: the job may run at most "
+            f"{processes} (max_processes)."
+        )
+    if not isinstance(exc, OSError):
+        return None
+    disk, tmp = ctx.job_limits.get("max_disk_bytes"), ctx.job_limits.get("max_tmp_bytes")
+    if exc.errno == errno.EFBIG and disk:
+        return (
+            f"The analysis wrote a file past its disk limit of {format_bytes(disk)} "
+            f"(max_disk_bytes): {exc.strerror}."
+        )
+    in_tmp = exc.filename is None or str(exc.filename).startswith("/tmp")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) and tmp and in_tmp:
+        return (
+            f"The analysis filled its /tmp, limited to {format_bytes(tmp)} (max_tmp_bytes): {exc.strerror}."
+        )
+    return None
+
+
+class _InterruptSeen:
+    """Notes whether SIGINT arrived (an interrupt) while installed; chains to the previous handler."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        previous = self._previous
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _InterruptSeen:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
+        else:  # cannot tell: treat every KeyboardInterrupt as an interrupt
+            self.seen = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def run_analysis(
@@ -203,14 +273,15 @@ def run_analysis(
     Never raises for anything the analysis did.
     """
     watchdog = Watchdog(ctx, ctx.deadline, interrupt_main=interrupt_main)
+    sigint = _InterruptSeen()
     try:
-        with watchdog, ctx.redactor.streams():
+        with sigint, watchdog, ctx.redactor.streams():
             value = run(ctx, ctx.parameters)
             if inspect.isawaitable(value):
                 value = _run_coroutine(value)
         return encode_outcome(value, max_bytes=max_result_bytes, artifact=artifact)
     except BaseException as exc:
-        return describe_failure(exc, ctx, filename, timed_out=watchdog.fired), None
+        return describe_failure(exc, ctx, filename, timed_out=watchdog.fired, interrupted=sigint.seen), None
 
 
 def publish(outcome: dict[str, Any], result: bytes | None, result_path: Path) -> None:
@@ -228,6 +299,8 @@ def publish(outcome: dict[str, Any], result: bytes | None, result_path: Path) ->
 def context_from_job(job: Mapping[str, Any]) -> Context:
     """The ``Context`` a job document describes."""
     settings = Settings.from_env()
+    if job.get("root"):  # the runner's projects root, not this process's working directory
+        settings = dataclasses.replace(settings, root=Path(job["root"]))
     if job.get("datasources_file"):
         settings = dataclasses.replace(settings, datasources_file=Path(job["datasources_file"]))
     access = None
@@ -244,6 +317,9 @@ def context_from_job(job: Mapping[str, Any]) -> Context:
         access=access,
     )
     ctx.max_memory_bytes = job.get("max_memory_bytes")
+    ctx.job_limits = {key: job.get(key) for key in ("max_disk_bytes", "max_tmp_bytes", "max_processes")}
+    if job.get("job_dir"):
+        ctx.lock_down(Path(job["job_dir"]))
     return ctx
 
 

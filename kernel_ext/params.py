@@ -22,10 +22,14 @@ def check_id(value: str, what: str) -> str:
     return value
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_value(text: str) -> Any:
-    """A parameter value: JSON where ``text`` is valid JSON, else the string itself."""
+    """A parameter value: JSON where ``text`` is valid JSON (``NaN`` is not), else the string itself."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json)
     except ValueError:
         return text
 

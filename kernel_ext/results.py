@@ -96,6 +96,8 @@ def _default(value: Any) -> Any:
         return value.__json__()
     if name == "MonthDayNano":  # pyarrow's interval scalar, a tuple subclass
         return _duration(value.days, value.nanoseconds / 1e9, value.months)
+    if isinstance(value, tuple):  # namedtuples and other tuple subclasses: arrays, like tuples
+        return list(value)
     if module == "pyarrow":
         if hasattr(value, "to_pylist"):
             return (
@@ -170,23 +172,26 @@ def _find_unserializable(value: Any, path: str, depth: int = 0) -> tuple[str, st
     return path, type(value).__qualname__
 
 
-def to_json_fragment(value: Any) -> bytes:
-    """``value`` as JSON bytes, without a size limit; raises ``ResultNotSerializableError``."""
+def to_json_fragment(value: Any, *, what: str = "result") -> bytes:
+    """``value`` as JSON bytes, without a size limit; raises ``ResultNotSerializableError``.
+
+    ``what`` names the value in error messages (``"result"``, ``"parameters"``).
+    """
     try:
         return orjson.dumps(value, default=_default, option=_OPTIONS)
     except orjson.JSONEncodeError as exc:
         if "64-bit" in str(exc):
-            return to_json_fragment(_big_ints_as_fragments(value))
+            return to_json_fragment(_big_ints_as_fragments(value), what=what)
+        subject = f"The {what} {'are' if what.endswith('s') else 'is'} not JSON-serializable"
         if "recursion" in str(exc).lower():
             raise ResultNotSerializableError(
-                "The result is not JSON-serializable: "
-                "it is nested more than 254 levels deep or refers to itself."
+                f"{subject}: nested more than 254 levels deep, or a value refers to itself."
             ) from None
-        found = _find_unserializable(value, "result")
-        where, what = found if found else ("result", type(value).__qualname__)
+        found = _find_unserializable(value, what)
+        where, kind = found if found else (what, type(value).__qualname__)
+        hint = " (return plain values, a QueryResult or a DataFrame)" if what == "result" else ""
         raise ResultNotSerializableError(
-            f"The result is not JSON-serializable: {where} is a {what}, which has no JSON encoding "
-            "(return plain values, a QueryResult or a DataFrame)."
+            f"{subject}: {where} is a {kind}, which has no JSON encoding{hint}."
         ) from None
 
 

@@ -1,15 +1,19 @@
 """The ``analysis`` command line: ``run`` and ``validate`` (CONTRACT.md section 5), and friends.
 
-Exit codes: 0 success, 1 the analysis failed (the envelope is still printed), 2 usage error.
+Exit codes: 0 success, 1 the analysis failed (the envelope is still printed; Ctrl-C and SIGTERM
+cancel the job and print its ``cancelled`` envelope), 2 usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["build_parser", "main"]
 
@@ -24,22 +28,38 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
     return value
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("analysis-kernel")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``analysis`` argument parser with every subcommand."""
     parser = _Parser(prog="analysis", description="Run and check analyses headless.")
+    parser.add_argument("--version", action="version", version=f"analysis {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser(
@@ -75,14 +95,41 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="address-space limit of the kernel (default: none)",
+        help="address-space limit of each process of the job (default: none)",
     )
     run.add_argument(
         "--max-cpu-s",
         type=_positive_int,
         default=None,
         metavar="SECONDS",
-        help="CPU-time limit of the kernel (default: none)",
+        help="CPU-time limit of each process of the job (default: none)",
+    )
+    run.add_argument(
+        "--max-disk-bytes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="limit of the job directory and of any one file (default: 1073741824)",
+    )
+    run.add_argument(
+        "--max-tmp-bytes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="sandboxed: size of the private /tmp (default: 536870912)",
+    )
+    run.add_argument(
+        "--max-processes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="sandboxed: processes and threads of the job (default: 256)",
+    )
+    run.add_argument(
+        "--sandbox",
+        choices=("auto", "on", "off"),
+        default=None,
+        help="run the kernel in a bubblewrap sandbox (default: $ANALYSIS_SANDBOX, else off)",
     )
     run.add_argument(
         "--root",
@@ -106,13 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a notebook: write the executed notebook here (after every cell)",
     )
     run.add_argument(
-        "--progress", action="store_true", help="for a notebook: a per-cell progress bar on stderr"
+        "--progress",
+        action="store_true",
+        help="progress on stderr: per cell for a notebook, per step for a script",
     )
-    run.set_defaults(handler=_cmd_run)
+    run.add_argument(
+        "--log-output",
+        action="store_true",
+        help="copy the job's output and log lines to stderr as they are printed",
+    )
+    run.set_defaults(handler=_cmd_run, parser=run)
 
     validate = commands.add_parser("validate", help="check an analysis without running it")
     validate.add_argument("path", type=Path)
-    validate.set_defaults(handler=_cmd_validate)
+    validate.set_defaults(handler=_cmd_validate, parser=validate)
 
     from analysis.runner import fileserver
 
@@ -137,7 +191,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from analysis.config import Settings
     from analysis.errors import InvalidParametersError
     from analysis.params import check_id, parse_assignments
-    from analysis.runner.jobs import JobSpec, run_job
+    from analysis.runner.jobs import JobSpec
 
     try:
         check_id(args.project, "Project id")
@@ -152,12 +206,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.datasources is not None and not args.datasources.is_file():
         raise _usage(f"datasources file {args.datasources} does not exist")
     try:
-        parameters = json.loads(args.params_json) if args.params_json else {}
+        parameters = _strict_json(args.params_json) if args.params_json else {}
         if not isinstance(parameters, dict):
             raise InvalidParametersError("--params-json must be a JSON object")
         parameters.update(parse_assignments(args.param))
+    except RecursionError:
+        raise _usage("invalid parameters: nested too deeply to be read") from None
     except (ValueError, InvalidParametersError) as exc:
         raise _usage(f"invalid parameters: {exc}") from None
+    limits = {
+        name: getattr(args, name)
+        for name in ("max_disk_bytes", "max_tmp_bytes", "max_processes")
+        if getattr(args, name) is not None
+    }
     spec = JobSpec(
         source_path=args.path,
         parameters=parameters,
@@ -170,10 +231,36 @@ def _cmd_run(args: argparse.Namespace) -> int:
         datasources_file=args.datasources,
         output_notebook=args.output_notebook,
         progress=args.progress,
+        log_output=args.log_output,
+        sandbox=args.sandbox,
+        **limits,
     )
-    result = run_job(spec)
+    result = asyncio.run(_run_until_stopped(spec))
     sys.stdout.write(result.to_json() + "\n")
     return EXIT_OK if result.success else EXIT_FAILED
+
+
+async def _run_until_stopped(spec: Any) -> Any:
+    """Run the job; SIGTERM (what service managers send) cancels it like Ctrl-C does."""
+    from analysis.runner.jobs import run_job_to_envelope
+
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await run_job_to_envelope(spec)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _strict_json(text: str) -> Any:
+    """``json.loads`` that refuses ``NaN`` and ``Infinity``, which are not JSON."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -203,7 +290,9 @@ def _usage(message: str) -> _UsageError:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``analysis`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # name the subcommand's own usage, not the top-level one
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         code: int = args.handler(args)
     except _UsageError as exc:

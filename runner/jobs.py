@@ -3,7 +3,11 @@
 The runner owns the deadline. At the deadline it interrupts the kernel (the kernel's own
 watchdog cancels DuckDB and datasource queries at the same moment); if no outcome arrives
 within the grace period it kills the kernel's process tree. Whatever happens, the kernel is
-killed and the job directory removed before ``run_job`` returns.
+killed and the job directory removed before ``run_job`` returns (or, when the caller cancels
+the job, before ``CancelledError`` propagates).
+
+Every job setting the kernel needs (root, project, limits, datasources, paths) travels in the
+job document ``job.json``, never in the environment.
 """
 
 from __future__ import annotations
@@ -35,23 +39,41 @@ from analysis.errors import (
     JobTimeoutError,
     KernelDiedError,
     KernelStartError,
+    OutOfMemoryError,
     ResourceLimitError,
 )
 from analysis.params import check_id
-from analysis.results import DEFAULT_MAX_RESULT_BYTES, OUTCOME_MIME, to_json_fragment
+from analysis.results import DEFAULT_MAX_RESULT_BYTES, OUTCOME_MIME, format_bytes, to_json_fragment
+from analysis.runner import sandbox as sandboxing
 from analysis.runner.broker import SOCKET_NAME, kernel_environ, serve_broker
 from analysis.runner.deps import EnvironmentLease, lease_environment
 from analysis.runner.envelope import JobResult
+from analysis.runner.jobdirs import claim_job_dir, disk_usage, sweep_orphans
 from analysis.runner.kernels import KernelProcess, launch_kernel
 from analysis.runner.logbuffer import DEFAULT_MAX_LOG_BYTES, LogBuffer
 from analysis.runner.notebooks import NotebookRun, error_stack, load_notebook
 
-__all__ = ["DEFAULT_TIMEOUT_S", "JobSpec", "run_job", "run_job_async"]
+__all__ = [
+    "DEFAULT_MAX_DISK_BYTES",
+    "DEFAULT_MAX_PROCESSES",
+    "DEFAULT_MAX_TMP_BYTES",
+    "DEFAULT_TIMEOUT_S",
+    "JobSpec",
+    "run_job",
+    "run_job_async",
+]
 
 #: CONTRACT.md 4: the whole-run deadline.
 DEFAULT_TIMEOUT_S = 300.0
+#: Default disk limit of a job: its job directory, and any one file it writes.
+DEFAULT_MAX_DISK_BYTES = 1024**3
+#: Default size of a sandboxed job's private ``/tmp``.
+DEFAULT_MAX_TMP_BYTES = 512 * 1024**2
+#: Default limit of processes (and threads) of a sandboxed job.
+DEFAULT_MAX_PROCESSES = 256
 _POLL_S = 0.1
 _ARTIFACT = "result.parquet"
+_DISK_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +100,15 @@ class JobSpec:
         Address-space limit of the kernel; past it allocations fail (``out_of_memory``).
     max_cpu_s
         CPU-time limit of the kernel in seconds, kernel start included (``resource_limit``).
+    max_disk_bytes
+        Size limit of the job directory, and of any one file the job writes (``resource_limit``).
+    max_tmp_bytes
+        Sandboxed: size of the job's private ``/tmp`` (``resource_limit``).
+    max_processes
+        Sandboxed: how many processes and threads the job may run at once (``resource_limit``).
+    sandbox
+        ``"auto"`` (sandboxed when bubblewrap works here), ``"on"`` (required) or ``"off"``;
+        default ``$ANALYSIS_SANDBOX``, else ``"off"`` (README, "Security model").
     interrupt_grace_s
         How long an interrupted kernel may take to stop before it is killed.
     kernel_start_timeout_s
@@ -93,7 +124,9 @@ class JobSpec:
     output_notebook
         For a notebook analysis: where to write the executed notebook (after every cell).
     progress
-        For a notebook analysis: show a per-cell progress bar on stderr.
+        Show progress on stderr: per cell for a notebook, per step for a script.
+    log_output
+        Copy the job's output (stdout, stderr, log lines) to the runner's stderr as it arrives.
     artifact_dir
         Where a table result over ``max_result_bytes`` may go as ``{job_id}.parquet`` (the
         envelope then has ``result_ref`` and ``result_preview``); ``None``: such a result is
@@ -116,6 +149,10 @@ class JobSpec:
     max_log_bytes: int | None = DEFAULT_MAX_LOG_BYTES
     max_memory_bytes: int | None = None
     max_cpu_s: int | None = None
+    max_disk_bytes: int | None = DEFAULT_MAX_DISK_BYTES
+    max_tmp_bytes: int | None = DEFAULT_MAX_TMP_BYTES
+    max_processes: int | None = DEFAULT_MAX_PROCESSES
+    sandbox: str | None = None
     interrupt_grace_s: float = 2.0
     kernel_start_timeout_s: float = 60.0
     datasources_file: Path | None = None
@@ -124,6 +161,7 @@ class JobSpec:
     trigger: str = "manual"
     output_notebook: Path | None = None
     progress: bool = False
+    log_output: bool = False
     artifact_dir: Path | None = None
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
     on_log: Callable[[str, str], None] | None = field(default=None, compare=False, repr=False)
@@ -139,6 +177,30 @@ class _Job:
         self.deadline = None if spec.timeout_s is None else self.started + spec.timeout_s
         self.logs = LogBuffer(spec.max_log_bytes)
         self.kernel: KernelProcess | None = None
+        self.job_dir: Path | None = None
+        self.sandboxed = False
+        self._disk_checked = self.started
+
+    def output(self, stream: str, text: str) -> None:
+        """Keep stream text in the logs (and echo it live when asked)."""
+        self.logs.write(stream, text)
+        if self.spec.log_output:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+    def check_disk(self) -> None:
+        """Stop the job if its directory grew past ``max_disk_bytes`` (checked about once a second)."""
+        limit, now = self.spec.max_disk_bytes, time.monotonic()
+        if limit is None or self.job_dir is None or now - self._disk_checked < _DISK_CHECK_S:
+            return
+        self._disk_checked = now
+        used = disk_usage(self.job_dir)
+        if used > limit and self.kernel is not None:
+            self.kernel.kill()
+            raise ResourceLimitError(
+                f"The job wrote {format_bytes(used)} to its job directory, over its disk limit of "
+                f"{format_bytes(limit)} (max_disk_bytes); the kernel was stopped."
+            )
 
     def remaining(self) -> float:
         return float("inf") if self.deadline is None else self.deadline - time.monotonic()
@@ -171,7 +233,9 @@ class _Job:
     def died_error(self) -> AnalysisError:
         assert self.kernel is not None
         how = self.kernel.exit_description()
-        if self.kernel.popen.returncode == -signal.SIGXCPU and self.spec.max_cpu_s is not None:
+        code = self.kernel.popen.returncode
+        # a sandbox reports its kernel's death by a signal as exit code 128 + signal
+        if self.spec.max_cpu_s is not None and code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
             return ResourceLimitError(
                 f"The analysis used up its CPU time limit of {self.spec.max_cpu_s} s (max_cpu_s); "
                 f"the kernel {how}."
@@ -179,21 +243,38 @@ class _Job:
         return KernelDiedError(f"The kernel {how} while running the analysis.")
 
 
-def _write_job_document(spec: JobSpec, job_dir: Path, source: Path, wall_deadline: float | None) -> Path:
+def _write_job_document(job: _Job, job_dir: Path, source: Path, wall_deadline: float | None) -> Path:
+    """The job document: every setting the kernel needs, as data (paths as the kernel sees them)."""
+    spec = job.spec
+    inside = sandboxing.JOB_DIR if job.sandboxed else job_dir.resolve()
+    if job.sandboxed:  # the kernel sees its own copy of the analysis, not the host's folders
+        copy = job_dir / "source" / source.name
+        copy.parent.mkdir()
+        shutil.copyfile(source, copy)
+        source_seen = inside / "source" / source.name
+    else:
+        source_seen = source
     document = {
         "job_id": spec.job_id,
         "project_id": spec.project_id,
+        "root": str(spec.root.resolve()),
         "parameters": spec.parameters,
-        "source_path": str(source),
+        "source_path": str(source_seen),
+        "job_dir": str(inside),
+        # the runner's broker, for this job's datasource and file requests (relative to job_dir)
+        "broker": SOCKET_NAME,
+        "sandboxed": job.sandboxed,
         "deadline_at": wall_deadline,
         "timeout_s": spec.timeout_s,
         "max_result_bytes": spec.max_result_bytes,
         "max_memory_bytes": spec.max_memory_bytes,
+        "max_disk_bytes": spec.max_disk_bytes,
+        "max_tmp_bytes": spec.max_tmp_bytes if job.sandboxed else None,
+        "max_processes": spec.max_processes if job.sandboxed else None,
         "datasources_file": str(spec.datasources_file.resolve()) if spec.datasources_file else None,
-        "broker": SOCKET_NAME,  # datasources and files go through the broker (relative to the job dir)
         "artifact": None
         if spec.artifact_dir is None
-        else {"path": str(job_dir.resolve() / _ARTIFACT), "max_bytes": spec.max_artifact_bytes},
+        else {"path": str(inside / _ARTIFACT), "max_bytes": spec.max_artifact_bytes},
     }
     path = job_dir / "job.json"
     path.write_bytes(to_json_fragment(document))
@@ -202,14 +283,16 @@ def _write_job_document(spec: JobSpec, job_dir: Path, source: Path, wall_deadlin
 
 def _check_parameters(parameters: Any) -> None:
     if not isinstance(parameters, dict):
-        raise InvalidParametersError(f"Parameters must be a JSON object, not {type(parameters).__name__}.")
+        raise InvalidParametersError(
+            f"Parameters must be a JSON object (names to values), not {type(parameters).__name__}."
+        )
     for key in parameters:
         if not isinstance(key, str):
             raise InvalidParametersError(f"Parameter names must be strings; got {key!r}.")
     try:
-        to_json_fragment(parameters)
+        to_json_fragment(parameters, what="parameters")
     except AnalysisError as exc:
-        raise InvalidParametersError(f"Parameters must be JSON data: {exc.message}") from None
+        raise InvalidParametersError(exc.message) from None
 
 
 async def _wait_ready(job: _Job, client: Any) -> None:
@@ -221,6 +304,13 @@ async def _wait_ready(job: _Job, client: Any) -> None:
     while not (shell_ok and iopub_ok):
         if not job.kernel.is_alive():
             tail = job.kernel.log_tail()
+            out_of_memory = "MemoryError" in tail or "can't start new thread" in tail
+            if out_of_memory and job.spec.max_memory_bytes is not None:
+                raise OutOfMemoryError(
+                    "The kernel could not start within the memory limit of "
+                    f"{format_bytes(job.spec.max_memory_bytes)} (max_memory_bytes): it ran out of "
+                    "address space while importing; a kernel needs about 1 GiB."
+                )
             raise KernelStartError(
                 f"The kernel {job.kernel.exit_description()} during start-up"
                 + (f": {tail.splitlines()[-1]}" if tail else ".")
@@ -284,6 +374,7 @@ async def run_code(
             if interrupted_at is not None:
                 raise job.timeout_error(killed=True)
             raise job.died_error()
+        job.check_disk()
         if interrupted_at is None and job.remaining() <= 0:
             job.kernel.interrupt()
             interrupted_at = time.monotonic()
@@ -306,7 +397,7 @@ async def run_code(
             run.outcome_text = content["data"][OUTCOME_MIME]
             continue
         if kind == "stream":
-            job.logs.write(content.get("name", "stdout"), content.get("text", ""))
+            job.output(content.get("name", "stdout"), content.get("text", ""))
             if job.spec.on_log is not None:
                 job.spec.on_log(content.get("name", "stdout"), content.get("text", ""))
         elif kind == "error":
@@ -315,10 +406,15 @@ async def run_code(
             on_output(kind, content)
 
 
-async def _execute(job: _Job, client: Any, job_file: Path) -> tuple[dict[str, Any], str]:
+async def _execute(job: _Job, client: Any, job_file: str, bar: Any) -> tuple[dict[str, Any], str]:
     """Run a script job in the ready kernel; return the outcome and the result's JSON text."""
-    code = f"__import__('analysis.execute').execute.run_job({str(job_file)!r})"
-    return outcome_of(job, await run_code(job, client, code), job_file.parent)
+    code = f"__import__('analysis.execute').execute.run_job({job_file!r})"
+    if bar is not None:
+        bar.set_description_str("analysis: running")
+    outcome = outcome_of(job, await run_code(job, client, code), job.job_dir or Path())
+    if bar is not None:
+        bar.update(1)
+    return outcome
 
 
 def outcome_of(job: _Job, run: CodeRun, job_dir: Path) -> tuple[dict[str, Any], str]:
@@ -333,12 +429,13 @@ def outcome_of(job: _Job, run: CodeRun, job_dir: Path) -> tuple[dict[str, Any], 
 
 
 async def _execute_notebook(
-    job: _Job, client: Any, job_file: Path, run: NotebookRun
+    job: _Job, client: Any, job_file: str, run: NotebookRun
 ) -> tuple[dict[str, Any], str]:
     """Run a notebook job cell by cell, writing the output notebook after every cell."""
-    job_dir = job_file.parent
+    assert job.job_dir is not None
+    job_dir = job.job_dir
     started = await run_code(
-        job, client, f"__import__('analysis.notebook_job').notebook_job.start({str(job_file)!r})"
+        job, client, f"__import__('analysis.notebook_job').notebook_job.start({job_file!r})"
     )
     if started.error or started.interrupted:
         return outcome_of(job, started, job_dir)
@@ -415,8 +512,21 @@ def _parse_outcome(text: str, job_dir: Path) -> tuple[dict[str, Any], str]:
     return outcome, text[start:-1]
 
 
-async def run_job_async(spec: JobSpec) -> JobResult:
-    """Run one analysis job in a fresh kernel and return its result (never raises for job faults)."""
+def _steps_bar() -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=2, unit="step", file=sys.stderr, desc="analysis: starting kernel", leave=True)
+
+
+async def run_job_async(
+    spec: JobSpec, *, on_cancelled: Callable[[JobResult], None] | None = None
+) -> JobResult:
+    """Run one analysis job in a fresh kernel and return its result (never raises for job faults).
+
+    When the task running it is cancelled, the kernel is stopped and the job directory removed,
+    ``on_cancelled`` (if given) receives the ``cancelled`` envelope, and ``CancelledError``
+    propagates, so ``asyncio.timeout()`` and cancelled request handlers behave as usual.
+    """
     job = _Job(spec)
     try:  # ids become path components: refuse bad ones before anything is touched
         check_id(spec.project_id, "Project id")
@@ -429,8 +539,16 @@ async def run_job_async(spec: JobSpec) -> JobResult:
     notebook: NotebookRun | None = None
     lease: EnvironmentLease | None = None
     broker = contextlib.AsyncExitStack()
+    claimed = False
+    bar = None
     try:
         _check_parameters(spec.parameters)
+        settings = dataclasses.replace(Settings.from_env(), root=spec.root)
+        mode = spec.sandbox or settings.sandbox
+        job.sandboxed = sandboxing.use_sandbox(mode)
+        if not job.sandboxed:
+            why = sandboxing.sandbox_available() if mode == "auto" else 'sandbox = "off"'
+            job.logs.write("stderr", f"[sandbox] this job ran unsandboxed ({why}): README, Security model\n")
         if source.suffix == ".ipynb":
             notebook = NotebookRun(
                 load_notebook(source), spec.parameters, spec.output_notebook, spec.max_log_bytes
@@ -444,14 +562,26 @@ async def run_job_async(spec: JobSpec) -> JobResult:
             )
             spec = dataclasses.replace(spec, cwd=cwd, datasources_file=datasources)
             notebook.save()  # the output notebook exists whatever happens next
-        job_dir.mkdir(mode=0o700, parents=True)
-        os.chmod(job_dir, 0o700)
-        settings = dataclasses.replace(Settings.from_env(), root=spec.root)
+        elif spec.progress:
+            bar = _steps_bar()
+        sweep_orphans(spec.root)
+        try:
+            job_dir.mkdir(mode=0o700, parents=True)
+            os.chmod(job_dir, 0o700)
+        except OSError as exc:
+            raise KernelStartError(
+                f"The job directory {job_dir} could not be created: {exc.strerror or exc} "
+                "(check the projects root, --root)."
+            ) from None
+        claimed = True
+        job.job_dir = job_dir
+        claim_job_dir(job_dir)
         if spec.datasources_file is not None:
             settings = dataclasses.replace(settings, datasources_file=spec.datasources_file.resolve())
         deadline = Deadline.after(spec.timeout_s)
         await broker.enter_async_context(serve_broker(job_dir, spec.project_id, settings, deadline=deadline))
-        job_file = _write_job_document(spec, job_dir, source, deadline.at)  # the broker's deadline too
+        job_file = _write_job_document(job, job_dir, source, deadline.at)  # the broker's deadline too
+        job_file_seen = str((sandboxing.JOB_DIR if job.sandboxed else job_dir.resolve()) / job_file.name)
         from jupyter_client.asynchronous.client import AsyncKernelClient
 
         project_dir, log = spec.root / spec.project_id / "analysis", partial(job.logs.write, "stderr")
@@ -462,7 +592,12 @@ async def run_job_async(spec: JobSpec) -> JobResult:
             base_env=kernel_environ(os.environ, settings),
             max_memory_bytes=spec.max_memory_bytes,
             max_cpu_s=spec.max_cpu_s,
+            max_file_bytes=spec.max_disk_bytes,
+            max_processes=spec.max_processes,
+            max_tmp_bytes=spec.max_tmp_bytes,
+            sandboxed=job.sandboxed,
             python=lease.python,
+            python_env=lease.path,
         )
         client = AsyncKernelClient()
         client.load_connection_info(job.kernel.connection_info)
@@ -470,10 +605,12 @@ async def run_job_async(spec: JobSpec) -> JobResult:
         await _wait_ready(job, client)
         if spec.on_kernel_ready is not None:
             spec.on_kernel_ready(time.monotonic() - job.started)
+        if bar is not None:
+            bar.update(1)
         if notebook is not None:
-            outcome, result_json = await _execute_notebook(job, client, job_file, notebook)
+            outcome, result_json = await _execute_notebook(job, client, job_file_seen, notebook)
         else:
-            outcome, result_json = await _execute(job, client, job_file)
+            outcome, result_json = await _execute(job, client, job_file_seen, bar)
         if "result_ref" in outcome and spec.artifact_dir is not None:
             spec.artifact_dir.mkdir(parents=True, exist_ok=True)
             os.replace(job_dir / _ARTIFACT, spec.artifact_dir / f"{spec.job_id}.parquet")
@@ -482,25 +619,51 @@ async def run_job_async(spec: JobSpec) -> JobResult:
         failed = {"success": False, **exc.to_dict(), "stack": None}
         _finish_notebook(notebook, failed)
         return job.envelope(failed)
-    except asyncio.CancelledError:  # the caller cancelled the job (Ctrl-C on the CLI, task.cancel())
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
+    except asyncio.CancelledError:  # the caller cancelled the job (Ctrl-C, SIGTERM, task.cancel())
         cancelled = JobCancelledError("The job was cancelled before it finished; its kernel was stopped.")
         _finish_notebook(notebook, {"success": False, **cancelled.to_dict()})
-        return job.envelope({"success": False, **cancelled.to_dict(), "stack": None})
+        if on_cancelled is not None:
+            on_cancelled(job.envelope({"success": False, **cancelled.to_dict(), "stack": None}))
+        raise
+    except Exception as exc:  # a fault of the runner itself: still an envelope, never a traceback
+        failed_cls = KernelStartError if job.kernel is None else KernelDiedError
+        error = failed_cls(f"The runner failed while running the job: {type(exc).__name__}: {exc}")
+        failed = {"success": False, **error.to_dict(), "stack": None}
+        _finish_notebook(notebook, failed)
+        return job.envelope(failed)
     finally:
-        if client is not None:
-            client.stop_channels()
-        if job.kernel is not None:
-            job.kernel.kill()
-            job.kernel.cleanup()
-        if lease is not None:
-            lease.release()
-        await broker.aclose()
-        shutil.rmtree(job_dir, ignore_errors=True)
+        try:
+            if bar is not None:
+                bar.close()
+            if client is not None:
+                client.stop_channels()
+        finally:
+            try:
+                if job.kernel is not None:
+                    job.kernel.kill()
+                    job.kernel.cleanup()
+            finally:
+                if lease is not None:
+                    lease.release()
+                await broker.aclose()
+                if claimed:
+                    shutil.rmtree(job_dir, ignore_errors=True)
+
+
+async def run_job_to_envelope(spec: JobSpec) -> JobResult:
+    """:func:`run_job_async`, returning the ``cancelled`` envelope instead of raising when cancelled."""
+    cancelled: list[JobResult] = []
+    try:
+        return await run_job_async(spec, on_cancelled=cancelled.append)
+    except asyncio.CancelledError:
+        if cancelled:
+            return cancelled[0]
+        raise
 
 
 def run_job(spec: JobSpec) -> JobResult:
-    """Synchronous :func:`run_job_async` (for callers without an event loop)."""
-    return asyncio.run(run_job_async(spec))
+    """Synchronous :func:`run_job_async` (for callers without an event loop).
+
+    Ctrl-C cancels the job and returns its ``cancelled`` envelope.
+    """
+    return asyncio.run(run_job_to_envelope(spec))

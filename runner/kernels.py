@@ -1,12 +1,20 @@
 """Starting and stopping job kernels: the one place a kernel process is launched.
 
-A kernel is ``python -m ipykernel_launcher`` from the runner's own environment (so a plain venv
-install needs no kernelspec), talking over IPC sockets in the job directory (mode 0700), in a
-process group of its own so that stopping it stops everything it started.
+A kernel is ``python -m analysis.kernel_app`` (ipykernel with bounded output and no TCP socket)
+from the runner's own environment (so a plain venv install needs no kernelspec), talking over
+IPC sockets in the job directory (mode 0700), in a process group of its own so that stopping it
+stops everything it started. Sandboxed, it runs inside bubblewrap (:mod:`.sandbox`).
+
+Limits are set in the child before it runs anything (``preexec_fn``), and the child gets
+``PR_SET_PDEATHSIG``: when the runner dies, however it dies, the kernel (or the sandbox, whose
+PID namespace then ends every process of the job) gets SIGKILL. The signal fires when the
+*thread* that launched the kernel ends, so launch kernels from a long-lived thread (the event
+loop's).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import resource
@@ -15,6 +23,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +32,7 @@ from typing import Any
 import psutil
 
 from analysis.errors import KernelStartError
+from analysis.runner import sandbox as sandboxing
 
 __all__ = ["KernelProcess", "launch_kernel"]
 
@@ -39,12 +50,27 @@ class KernelProcess:
     log_path: Path
     socket_dir: Path
     owns_socket_dir: bool = False
-    _group: int | None = field(default=None, repr=False)
+    sandboxed: bool = False
+    _kernel_pid: int | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
-        """The kernel's process id."""
+        """The process id of what the runner started (the kernel, or bubblewrap around it)."""
         return self.popen.pid
+
+    def kernel_pid(self) -> int | None:
+        """The host process id of the kernel itself (inside the sandbox, bubblewrap's grandchild)."""
+        if not self.sandboxed:
+            return self.pid
+        if self._kernel_pid is None:
+            try:
+                for proc in psutil.Process(self.pid).children(recursive=True):
+                    if proc.cmdline()[1:3] == ["-m", "analysis.kernel_app"]:  # not bwrap's own
+                        self._kernel_pid = proc.pid
+                        break
+            except psutil.Error:
+                return None
+        return self._kernel_pid
 
     def is_alive(self) -> bool:
         """Whether the kernel process is still running."""
@@ -75,9 +101,10 @@ class KernelProcess:
 
     def interrupt(self) -> None:
         """Send SIGINT to the kernel (ipykernel turns it into KeyboardInterrupt)."""
-        if self.is_alive():
+        pid = self.kernel_pid() if self.is_alive() else None
+        if pid is not None:
             try:
-                os.kill(self.pid, signal.SIGINT)
+                os.kill(pid, signal.SIGINT)
             except ProcessLookupError:
                 pass
 
@@ -98,22 +125,75 @@ class KernelProcess:
             except psutil.Error:
                 pass
         self.popen.wait()
-        psutil.wait_procs(victims, timeout=2)
+        _wait_dead(victims, timeout_s=2.0)
 
     def cleanup(self) -> None:
         """Remove the socket folder if it lives outside the job directory."""
         if self.owns_socket_dir:
-            for path in self.socket_dir.iterdir():
-                path.unlink(missing_ok=True)
-            self.socket_dir.rmdir()
+            _remove_short_dir(self.socket_dir)
 
 
-def _socket_dir(job_dir: Path) -> tuple[Path, bool]:
-    """Where the IPC sockets go: the job directory, or a short private temp folder if its path is too long."""
+def _wait_dead(procs: list[psutil.Process], *, timeout_s: float) -> None:
+    """Wait until ``procs`` are gone or zombies (dead; reaped by whoever adopted them)."""
+    give_up = time.monotonic() + timeout_s
+    while procs and time.monotonic() < give_up:
+        procs = [p for p in procs if _alive(p)]
+        if procs:
+            time.sleep(0.01)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _remove_short_dir(socket_dir: Path) -> None:
+    """Remove the short private folder of :func:`_socket_dir` (sockets, or the symlink)."""
+    folder = socket_dir.parent if socket_dir.is_symlink() else socket_dir
+    for path in folder.iterdir():
+        path.unlink(missing_ok=True)
+    folder.rmdir()
+
+
+def _socket_dir(job_dir: Path, *, sandboxed: bool) -> tuple[Path, bool]:
+    """Where the runner finds the IPC sockets: the job directory, or a short path if its path is too long.
+
+    Unsandboxed, the short path is a private temp folder holding the sockets. Sandboxed, the
+    kernel binds its sockets in ``/job`` whatever the host path is, and the runner reaches them
+    through a short private symlink to the job directory.
+    """
     longest = len(str((job_dir / "k-5").resolve()).encode())
     if longest <= _MAX_SOCKET_PATH:
         return job_dir.resolve(), False
-    return Path(tempfile.mkdtemp(prefix="analysis-k-")), True
+    short = Path(tempfile.mkdtemp(prefix="analysis-k-"))
+    if not sandboxed:
+        return short, True
+    (short / "j").symlink_to(job_dir.resolve())
+    return short / "j", True
+
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child must not dlopen after fork
+
+
+def _child_setup(limits: dict[int, int], plan: sandboxing.SandboxPlan | None) -> Callable[[], None]:
+    """What the child runs before ``exec``: drop root for a sandbox, set limits, die with the runner."""
+    parent = os.getpid()
+
+    def setup() -> None:
+        if plan is not None:
+            sandboxing.stage_and_drop(plan.stage)
+        for which, value in limits.items():
+            soft, hard = (value, value + 5) if which == resource.RLIMIT_CPU else (value, value)
+            resource.setrlimit(which, (soft, hard))
+        # after setuid: changing credentials clears the parent-death signal
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the runner died before prctl
+            os._exit(1)
+
+    return setup
 
 
 def launch_kernel(
@@ -124,31 +204,49 @@ def launch_kernel(
     base_env: dict[str, str] | None = None,
     max_memory_bytes: int | None = None,
     max_cpu_s: int | None = None,
+    max_file_bytes: int | None = None,
+    max_processes: int | None = None,
+    max_tmp_bytes: int | None = None,
+    sandboxed: bool = False,
     python: str | None = None,
+    python_env: Path | None = None,
 ) -> KernelProcess:
-    """Start an ipykernel for one job, with its sockets and files in ``job_dir``.
+    """Start a kernel for one job, with its sockets and files in ``job_dir``.
 
     Parameters
     ----------
     job_dir
         The job's private directory (mode 0700); it must exist.
     cwd
-        Working directory of the kernel; default the runner's.
+        Working directory of an unsandboxed kernel; default the runner's (sandboxed: ``/job``).
     env
-        Extra environment variables for the kernel.
+        Extra environment variables for an unsandboxed kernel.
     base_env
-        The environment the kernel starts from; default the runner's (``os.environ``).
+        The environment an unsandboxed kernel starts from; default the runner's (``os.environ``).
+        A sandboxed kernel gets only the sandbox's allow-list.
     max_memory_bytes
-        Address-space limit of the kernel (``RLIMIT_AS``): allocations past it raise MemoryError.
+        Address-space limit of each process (``RLIMIT_AS``): allocations past it raise MemoryError.
     max_cpu_s
-        CPU-time limit of the kernel (``RLIMIT_CPU``): past it the kernel gets SIGXCPU.
+        CPU-time limit of each process (``RLIMIT_CPU``): past it the process gets SIGXCPU.
+    max_file_bytes
+        Largest file a process may write (``RLIMIT_FSIZE``): past it writes fail with EFBIG.
+    max_processes
+        Sandboxed only: processes of the job (``RLIMIT_NPROC`` in the sandbox's user namespace).
+    max_tmp_bytes
+        Sandboxed only: size of the private ``/tmp``.
+    sandboxed
+        Run the kernel inside bubblewrap (see :mod:`analysis.runner.sandbox`).
     python
         The interpreter to run the kernel with (an analysis's own environment); default the runner's.
+    python_env
+        The environment ``python`` belongs to, when it is not the runner's: a sandbox binds it
+        read-only.
     """
-    socket_dir, owns = _socket_dir(job_dir)
+    socket_dir, owns = _socket_dir(job_dir, sandboxed=sandboxed)
+    inside = sandboxing.JOB_DIR if sandboxed else socket_dir
     info: dict[str, Any] = {name: i + 1 for i, name in enumerate(_PORTS)}
     info.update(
-        ip=str(socket_dir / "k"),
+        ip=str(inside / "k"),
         key=secrets.token_hex(32),
         transport="ipc",
         signature_scheme="hmac-sha256",
@@ -158,22 +256,40 @@ def launch_kernel(
     fd = os.open(connection_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(info, fh)
-    kernel_env = {
-        **(os.environ if base_env is None else base_env),
-        "IPYTHONDIR": str(job_dir / "ipython"),
-        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
-        "JUPYTER_PLATFORM_DIRS": "1",
-        **(env or {}),
+    info["ip"] = str(socket_dir / "k")  # where the runner connects
+    kernel_args = ["--HistoryManager.enabled=False", "--IPKernelApp.quiet=True"]
+    if max_processes is not None and sandboxed:
+        kernel_args.append(f"--max-processes={max_processes}")
+    limits = {
+        which: value
+        for which, value in (
+            (resource.RLIMIT_AS, max_memory_bytes),
+            (resource.RLIMIT_CPU, max_cpu_s),
+            (resource.RLIMIT_FSIZE, max_file_bytes),
+        )
+        if value is not None
     }
-    argv = [
-        python or sys.executable,
-        "-m",
-        "ipykernel_launcher",
-        "-f",
-        str(connection_file),
-        "--HistoryManager.enabled=False",
-        "--IPKernelApp.quiet=True",
-    ]
+    plan: sandboxing.SandboxPlan | None = None
+    interpreter = python or sys.executable
+    if sandboxed:
+        sandboxing.prepare_job_dir(job_dir)
+        kernel_argv = [interpreter, "-m", "analysis.kernel_app", "-f", str(inside / "kernel.json")]
+        plan = sandboxing.plan(
+            kernel_argv + kernel_args,
+            job_dir=job_dir,
+            max_tmp_bytes=max_tmp_bytes,
+            read_only=[python_env] if python_env is not None else [],
+        )
+        argv, kernel_env, cwd = plan.argv, plan.env, None
+    else:
+        argv = [interpreter, "-m", "analysis.kernel_app", "-f", str(connection_file), *kernel_args]
+        kernel_env = {
+            **(os.environ if base_env is None else base_env),
+            "IPYTHONDIR": str(job_dir / "ipython"),
+            "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+            "JUPYTER_PLATFORM_DIRS": "1",
+            **(env or {}),
+        }
     log_path = job_dir / "kernel.log"
     try:
         with log_path.open("wb") as log:
@@ -185,19 +301,16 @@ def launch_kernel(
                 cwd=cwd,
                 env=kernel_env,
                 start_new_session=True,
+                pass_fds=plan.pass_fds if plan else (),
+                # only the child can set its parent-death signal; the setup calls no locks
+                preexec_fn=_child_setup(limits, plan),  # noqa: PLW1509
             )
-    except OSError as exc:
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
         if owns:
-            socket_dir.rmdir()
-        raise KernelStartError(f"The kernel could not be started ({argv[0]}): {exc.strerror}.") from exc
-    kernel = KernelProcess(popen, info, log_path, socket_dir, owns)
-    try:  # set at once, long before the kernel runs any analysis code (it is still importing)
-        if max_memory_bytes is not None:
-            resource.prlimit(popen.pid, resource.RLIMIT_AS, (max_memory_bytes, max_memory_bytes))
-        if max_cpu_s is not None:
-            resource.prlimit(popen.pid, resource.RLIMIT_CPU, (max_cpu_s, max_cpu_s + 5))
-    except (OSError, ValueError) as exc:
-        kernel.kill()
-        kernel.cleanup()
-        raise KernelStartError(f"The kernel's resource limits could not be set: {exc}.") from exc
-    return kernel
+            _remove_short_dir(socket_dir)
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise KernelStartError(f"The kernel could not be started ({argv[0]}): {detail}.") from exc
+    finally:
+        if plan is not None:
+            plan.close_fds()
+    return KernelProcess(popen, info, log_path, socket_dir, owns, sandboxed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,14 @@ class AnalysisService:
         trigger: str = "manual",
         *,
         project_id: str = "default",
+        on_cancelled: Callable[[JobResult], None] | None = None,
         **job_options: Any,
     ) -> JobResult:
-        """Run saved analysis ``analysis_id`` of ``project_id`` in a fresh kernel; see the sync form."""
+        """Run saved analysis ``analysis_id`` of ``project_id`` in a fresh kernel; see the sync form.
+
+        When the task is cancelled, the kernel is stopped, ``on_cancelled`` (if given) receives the
+        ``cancelled`` envelope, and ``CancelledError`` propagates.
+        """
         started = time.monotonic()
         try:
             path = self.script_path(analysis_id, project_id=project_id)
@@ -87,15 +93,18 @@ class AnalysisService:
                 ),
                 started,
             )
-        spec = JobSpec(
-            source_path=path,
-            parameters=parameters if parameters is not None else {},
-            project_id=project_id,
-            root=self.root,
-            trigger=trigger,
-            **{**self.job_options, **job_options},
-        )
-        return await run_job_async(spec)
+        try:
+            spec = JobSpec(
+                source_path=path,
+                parameters=parameters if parameters is not None else {},
+                project_id=project_id,
+                root=self.root,
+                trigger=trigger,
+                **{**self.job_options, **job_options},
+            )
+        except TypeError as exc:  # an unknown job option
+            return _refused(InvalidParametersError(f"Invalid job option: {exc}."), started)
+        return await run_job_async(spec, on_cancelled=on_cancelled)
 
     def submit_analysis_job(
         self,
@@ -126,11 +135,24 @@ class AnalysisService:
         JobResult
             The envelope; failures are results too, never exceptions.
         """
-        return asyncio.run(
-            self.submit_analysis_job_async(
-                analysis_id, parameters, trigger, project_id=project_id, **job_options
-            )
-        )
+
+        async def submit() -> JobResult:
+            cancelled: list[JobResult] = []
+            try:
+                return await self.submit_analysis_job_async(
+                    analysis_id,
+                    parameters,
+                    trigger,
+                    project_id=project_id,
+                    on_cancelled=cancelled.append,
+                    **job_options,
+                )
+            except asyncio.CancelledError:  # Ctrl-C: the cancelled envelope is the result
+                if cancelled:
+                    return cancelled[0]
+                raise
+
+        return asyncio.run(submit())
 
 
 def _refused(error: InvalidParametersError | InvalidAnalysisError, started: float) -> JobResult:

@@ -71,14 +71,20 @@ def test_failed_analysis_exits_1_with_the_envelope(tmp_path: Path) -> None:
         (["run", "{script}", "-p", "novalue"], "KEY=VALUE"),
         (["run", "{script}", "--params-json", "[1]"], "JSON object"),
         (["run", "{script}", "--timeout", "-1"], "positive"),
-        (["run", "{script}", "--max-result-bytes", "abc"], "invalid"),
+        (["run", "{script}", "--max-result-bytes", "abc"], "must be a positive integer, not 'abc'"),
         (["frobnicate"], "invalid choice"),
+        (["run", "{script}", "--timeout", "abc"], "must be a positive number of seconds, not 'abc'"),
+        (["run", "{script}", "--params-json", '{"x": NaN}'], "NaN is not JSON"),
+        (["run", "{script}", "--params-json", "[" * 10_000 + "]" * 10_000], "nested too deeply"),
+        (["run", "{script}", "-p", "x=" + "[" * 10_000 + "]" * 10_000], "nested too deeply"),
+        (["run", "{script}", "--timeuot", "3"], "usage: analysis run"),
     ],
 )
 def test_usage_errors_exit_2(script: Path, tmp_path: Path, args: list[str], message: str) -> None:
     done = cli(*[a.replace("{script}", str(script)) for a in args], cwd=tmp_path)
-    assert done.returncode == 2
+    assert done.returncode == 2, done.stderr
     assert message in done.stderr
+    assert "Traceback" not in done.stderr
     assert done.stdout == ""
     assert not (tmp_path / ".clients").exists()
 
@@ -144,3 +150,110 @@ def test_ctrl_c_cancels_the_job_and_still_prints_the_envelope(tmp_path: Path) ->
     envelope = json.loads(out)
     assert envelope["error_type"] == "cancelled"
     assert not list((tmp_path / ".clients").glob("*/analysis/temp/*"))
+
+
+def test_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    done = cli("--version", cwd=tmp_path)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"analysis {version('analysis-kernel')}"
+
+
+def test_root_option_reaches_the_kernel(tmp_path: Path) -> None:
+    import sqlite3
+
+    root = tmp_path / "srv" / "projects"
+    project = root / "acme" / "analysis"
+    project.mkdir(parents=True)
+    sqlite3.connect(project / "shop.db").executescript("CREATE TABLE t(x); INSERT INTO t VALUES (7);")
+    (project / "datasources.toml").write_text(f'[shop]\nkind = "sqlite"\npath = "{project / "shop.db"}"\n')
+    script = tmp_path / "q.py"
+    script.write_text(
+        "def run(ctx, parameters):\n    return ctx.query_datasource('shop', 'SELECT x FROM t').rows\n"
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    done = cli("run", str(script), "--root", str(root), "--project", "acme", cwd=work)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["result"] == [{"x": 7}]
+
+
+def test_log_output_streams_lines_while_the_job_runs(tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "chatty.py"
+    path.write_text(
+        "import time\ndef run(ctx, parameters):\n    ctx.log('first')\n    time.sleep(30)\n    return 1\n"
+    )
+    proc = subprocess.Popen(
+        [*ANALYSIS, "run", str(path), "--log-output", "--timeout", "60"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        started = time.monotonic()
+        line = proc.stderr.readline()
+        while line and "first" not in line:
+            line = proc.stderr.readline()
+        assert line.strip() == "[log] first"
+        assert time.monotonic() - started < 25  # seen long before the job ends
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_progress_for_a_script(script: Path, tmp_path: Path) -> None:
+    done = cli("run", str(script), "--progress", cwd=tmp_path)
+    assert done.returncode == 0
+    assert "2/2" in done.stderr and "analysis" in done.stderr
+
+
+def _job_pids(root: Path) -> list[int]:
+    import psutil
+
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if any(str(root) in part for part in (p.info["cmdline"] or []))
+    ]
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_stopping_the_runner_stops_the_kernel(tmp_path: Path, how: str) -> None:
+    import signal
+
+    import psutil
+
+    root = tmp_path / "projects"
+    path = tmp_path / "slow.py"
+    path.write_text(
+        "import time\ndef run(ctx, parameters):\n    print('started', flush=True)\n    time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [*ANALYSIS, "run", str(path), "--root", str(root), "--log-output"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    while "started" not in (proc.stderr.readline() or "started"):
+        pass
+    kernels = [p for p in psutil.Process(proc.pid).children(recursive=True)]
+    assert kernels
+    proc.send_signal(getattr(signal, how))
+    out, _ = proc.communicate(timeout=30)
+    if how == "SIGTERM":
+        assert proc.returncode == 1
+        assert json.loads(out)["error_type"] == "cancelled"
+        assert not list(root.glob("*/analysis/temp/*"))
+    _, alive = psutil.wait_procs(kernels, timeout=5)
+    assert not alive, f"kernel processes outlived their runner: {alive}"
+    if how == "SIGKILL":  # the next runner sweeps the job directory the dead one left
+        assert list(root.glob("*/analysis/temp/*"))
+        assert cli("run", str(tmp_path / "slow.py"), "--root", str(root), "--timeout", "1", cwd=tmp_path)
+        assert not list(root.glob("*/analysis/temp/*"))

@@ -160,6 +160,7 @@ def test_kernel_death_is_reported_within_two_seconds(
             {death}
         """,
         timeout_s=60,
+        sandbox="off",  # the stamp is a host file, which a sandboxed job cannot write
     )
     reported_at = time.time()
     assert result.error_type == "kernel_died"
@@ -168,13 +169,12 @@ def test_kernel_death_is_reported_within_two_seconds(
 
 
 def test_kernel_start_failure(run_script: RunScript, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    shadow = tmp_path / "shadow"
-    shadow.mkdir()
-    (shadow / "ipykernel_launcher.py").write_text(
-        "import sys\nsys.stderr.write('no kernel here\\n')\nsys.exit(7)\n"
-    )
-    monkeypatch.setenv("PYTHONPATH", str(shadow))
-    result = run_script("def run(ctx, parameters):\n    return 1\n")
+    shadow = tmp_path / "shadow" / "ipykernel"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("import sys\nsys.stderr.write('no kernel here\\n')\nsys.exit(7)\n")
+    monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
+    # sandbox off: the runner's PYTHONPATH reaches only an unsandboxed kernel (README, Security model)
+    result = run_script("def run(ctx, parameters):\n    return 1\n", sandbox="off")
     assert result.error_type == "kernel_start_failed"
     assert "exited with code 7 during start-up" in (result.error or "")
 
@@ -324,7 +324,37 @@ def test_resource_limit_on_cpu_time(run_script: RunScript) -> None:
     assert time.monotonic() - started < 15
 
 
-def test_cancelling_the_job_task_stops_the_kernel(tmp_path: Path, root: Path, no_leftovers: None) -> None:
+def test_cancelling_the_job_task_stops_the_kernel_and_propagates(
+    tmp_path: Path, root: Path, no_leftovers: None
+) -> None:
+    import asyncio
+
+    from analysis.runner import JobResult, JobSpec, run_job_async
+
+    script = tmp_path / "slow.py"
+    script.write_text("import time\ndef run(ctx, parameters):\n    time.sleep(60)\n")
+    envelopes: list[JobResult] = []
+
+    async def scenario() -> tuple[bool, float]:
+        task = asyncio.create_task(
+            run_job_async(JobSpec(source_path=script, root=root), on_cancelled=envelopes.append)
+        )
+        await asyncio.sleep(1.5)
+        started = time.monotonic()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return True, time.monotonic() - started
+        return False, time.monotonic() - started
+
+    raised, took = asyncio.run(scenario())
+    assert raised, "the caller's cancellation was swallowed"
+    assert [e.error_type for e in envelopes] == ["cancelled"]
+    assert took < 5
+
+
+def test_asyncio_timeout_around_a_job_fires(tmp_path: Path, root: Path, no_leftovers: None) -> None:
     import asyncio
 
     from analysis.runner import JobSpec, run_job_async
@@ -332,17 +362,15 @@ def test_cancelling_the_job_task_stops_the_kernel(tmp_path: Path, root: Path, no
     script = tmp_path / "slow.py"
     script.write_text("import time\ndef run(ctx, parameters):\n    time.sleep(60)\n")
 
-    async def scenario() -> tuple[str | None, float]:
-        task = asyncio.create_task(run_job_async(JobSpec(source_path=script, root=root)))
-        await asyncio.sleep(1.5)
-        started = time.monotonic()
-        task.cancel()
-        result = await task
-        return result.error_type, time.monotonic() - started
+    async def scenario() -> str:
+        try:
+            async with asyncio.timeout(3):
+                await run_job_async(JobSpec(source_path=script, root=root))
+        except TimeoutError:
+            return "timed out"
+        return "returned"
 
-    error_type, took = asyncio.run(scenario())
-    assert error_type == "cancelled"
-    assert took < 3
+    assert asyncio.run(scenario()) == "timed out"
 
 
 @pytest.mark.parametrize(("field", "value"), [("job_id", "../../escape"), ("project_id", "a b")])
@@ -356,3 +384,124 @@ def test_job_and_project_ids_are_checked_before_any_file(
     result = run_job(JobSpec(source_path=script, root=root, **{field: value}))
     assert result.error_type == "invalid_parameters" and "invalid" in (result.error or "")
     assert not root.exists() and not (tmp_path / "escape").exists()
+
+
+def test_service_root_reaches_the_kernel(
+    tmp_path: Path, no_leftovers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    root = tmp_path / "elsewhere" / "projects"
+    project = root / "acme" / "analysis"
+    (project / "scripts").mkdir(parents=True)
+    sqlite3.connect(project / "shop.db").executescript("CREATE TABLE t(x); INSERT INTO t VALUES (42);")
+    (project / "datasources.toml").write_text(f'[shop]\nkind = "sqlite"\npath = "{project / "shop.db"}"\n')
+    (project / "scripts" / "q.py").write_text(
+        "def run(ctx, parameters):\n    return ctx.query_datasource('shop', 'SELECT x FROM t').rows\n"
+    )
+    monkeypatch.chdir(tmp_path)  # the working directory has no .clients
+    monkeypatch.delenv("ANALYSIS_ROOT", raising=False)
+    result = AnalysisService(root=root).submit_analysis_job("q", {}, project_id="acme")
+    assert result.success, result.to_dict()
+    assert result.result == [{"x": 42}]
+    assert not list(root.glob("*/analysis/temp/*"))
+
+
+def test_keyboard_interrupt_raised_by_the_analysis_is_an_analysis_error(run_script: RunScript) -> None:
+    result = run_script("def run(ctx, parameters):\n    raise KeyboardInterrupt('mine')\n")
+    assert result.error_type == "analysis_error"
+    assert "KeyboardInterrupt: mine" in (result.error or "")
+
+
+def test_namedtuple_result_is_an_array(run_script: RunScript) -> None:
+    result = run_script(
+        "from collections import namedtuple\nP = namedtuple('P', 'x y')\n"
+        "def run(ctx, parameters):\n    return {'p': P(1, 2)}\n"
+    )
+    assert result.success, result.to_dict()
+    assert result.result == {"p": [1, 2]}
+
+
+def test_deeply_nested_parameters_are_refused_about_the_parameters(root: Path, tmp_path: Path) -> None:
+    scripts = root / "p" / "analysis" / "scripts"
+    scripts.mkdir(parents=True)
+    (scripts / "a.py").write_text("def run(ctx, parameters):\n    return 1\n")
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(10_000):
+        node["x"] = {}
+        node = node["x"]  # type: ignore[assignment]
+    result = AnalysisService(root=root).submit_analysis_job("a", deep, project_id="p")
+    assert result.error_type == "invalid_parameters"
+    assert "parameters" in (result.error or "") and "result" not in (result.error or "")
+    listed = AnalysisService(root=root).submit_analysis_job("a", [1], project_id="p")  # type: ignore[arg-type]
+    assert "JSON object" in (listed.error or "") and "result" not in (listed.error or "")
+
+
+@pytest.mark.parametrize("obstacle", ["root_is_a_file", "temp_is_a_file"])
+def test_unusable_root_or_temp_gives_an_envelope(tmp_path: Path, obstacle: str) -> None:
+    from analysis.runner import JobSpec, run_job
+
+    script = tmp_path / "a.py"
+    script.write_text("def run(ctx, parameters):\n    return 1\n")
+    root = tmp_path / "root"
+    if obstacle == "root_is_a_file":
+        root.write_text("not a folder")
+    else:
+        (root / "default" / "analysis").mkdir(parents=True)
+        (root / "default" / "analysis" / "temp").write_text("not a folder")
+    result = run_job(JobSpec(source_path=script, root=root))
+    assert result.error_type == "kernel_start_failed"
+    assert "job directory" in (result.error or "") and str(root) in (result.error or "")
+
+
+def test_memory_limit_too_small_to_start_names_the_limit(run_script: RunScript) -> None:
+    result = run_script("def run(ctx, parameters):\n    return 1\n", max_memory_bytes=64 * 1024**2)
+    assert result.error_type == "out_of_memory"
+    assert "64 MiB" in (result.error or "") and "max_memory_bytes" in (result.error or "")
+
+
+def test_a_huge_print_is_streamed_in_pieces(run_script: RunScript) -> None:
+    import threading
+
+    me = psutil.Process()
+    before = me.memory_info().rss
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], me.memory_info().rss)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = run_script('def run(ctx, parameters):\n    print("y" * 200_000_000)\n    return "done"\n')
+    finally:
+        done.set()
+        sampler.join()
+    assert result.success
+    grown = peak[0] - before
+    assert grown < 100 * 1024 * 1024, f"the runner's memory peaked {grown / 2**20:.0f} MiB above its start"
+
+
+def test_the_kernel_listens_on_no_tcp_port(run_script: RunScript) -> None:
+    result = run_script(
+        """
+        import os, psutil
+        def run(ctx, parameters):
+            me = psutil.Process(os.getpid())
+            return [c.laddr.port for c in me.net_connections(kind="tcp") if c.status == "LISTEN"]
+        """
+    )
+    assert result.success, result.to_dict()
+    assert result.result == []
+
+
+def test_unknown_job_option_is_an_envelope_not_an_exception(root: Path) -> None:
+    scripts = root / "p" / "analysis" / "scripts"
+    scripts.mkdir(parents=True)
+    (scripts / "a.py").write_text("def run(ctx, parameters):\n    return 1\n")
+    result = AnalysisService(root=root).submit_analysis_job("a", {}, project_id="p", timeout=3)
+    assert result.error_type == "invalid_parameters"
+    assert "timeout" in (result.error or "")

@@ -1,0 +1,99 @@
+"""The kernel the runner launches for a job: ipykernel, with two changes for headless jobs.
+
+- Output streams in bounded pieces: a write larger than :data:`CHUNK_CHARS` (``print`` of a
+  200 MB string) is sent as a series of messages of at most that size, each flushed before the
+  next is queued, so neither the kernel nor the runner ever holds the whole text.
+- No TCP at all: stock ipykernel binds a ZeroMQ socket on a random loopback TCP port to collect
+  the output of forked subprocesses. A job kernel does not open it; output of a forked child
+  (``multiprocessing`` with ``fork``) goes to the kernel's own stdout/stderr, the ``kernel.log``
+  of the job directory. Every socket of a job kernel is then a Unix socket in the job directory.
+
+Run as ``python -m analysis.kernel_app -f CONNECTION_FILE``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ipykernel.iostream import IOPubThread, OutStream
+from ipykernel.kernelapp import IPKernelApp
+
+__all__ = ["CHUNK_CHARS", "ChunkedOutStream", "JobKernelApp"]
+
+#: Largest piece of output text sent in one stream message.
+CHUNK_CHARS = 64 * 1024
+
+
+class ChunkedOutStream(OutStream):
+    """``OutStream`` that never buffers more than about :data:`CHUNK_CHARS` characters."""
+
+    _unflushed = 0
+
+    def write(self, string: str) -> int | None:  # type: ignore[override]
+        """Queue ``string``, in pieces of at most :data:`CHUNK_CHARS`, flushing as the buffer fills."""
+        if not isinstance(string, str) or len(string) + self._unflushed <= CHUNK_CHARS:
+            self._unflushed += len(string) if isinstance(string, str) else 0
+            return super().write(string)
+        for start in range(0, len(string), CHUNK_CHARS):
+            super().write(string[start : start + CHUNK_CHARS])
+            self.flush()
+        return len(string)
+
+    def flush(self) -> None:
+        """Send what is buffered (blocks until the I/O thread has taken it)."""
+        self._unflushed = 0
+        super().flush()  # type: ignore[no-untyped-call]
+
+
+class JobKernelApp(IPKernelApp):
+    """``IPKernelApp`` with :class:`ChunkedOutStream` and no subprocess-output TCP socket."""
+
+    outstream_class = "analysis.kernel_app.ChunkedOutStream"
+
+    def init_iopub(self, context: Any) -> None:
+        """As ipykernel's, with ``pipe=False``: no TCP listener for forked subprocesses."""
+        import zmq
+
+        self.iopub_socket = context.socket(zmq.XPUB)
+        self.iopub_socket.linger = 1000
+        self.iopub_port = self._bind_socket(self.iopub_socket, self.iopub_port)  # type: ignore[no-untyped-call]
+        self.configure_tornado_logger()  # type: ignore[no-untyped-call]
+        self.iopub_thread = IOPubThread(  # type: ignore[no-untyped-call]
+            self.iopub_socket, pipe=False, session=self.session
+        )
+        self.iopub_thread.start()  # type: ignore[no-untyped-call]
+        self.iopub_socket = self.iopub_thread.background_socket
+
+
+def _limit_processes(argv: list[str]) -> list[str]:
+    """Apply and remove ``--max-processes=N``: ``RLIMIT_NPROC``, counted in the sandbox's user namespace."""
+    rest = []
+    for arg in argv:
+        if arg.startswith("--max-processes="):
+            import resource
+
+            limit = int(arg.partition("=")[2])
+            resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+        else:
+            rest.append(arg)
+    return rest
+
+
+def main() -> None:
+    """Launch the job kernel (the working directory is not put on ``sys.path``)."""
+    if sys.path and (sys.path[0] == "" or Path(sys.path[0]) == Path.cwd()):
+        del sys.path[0]
+    try:
+        JobKernelApp.launch_instance(argv=_limit_processes(sys.argv[1:]))
+    except Exception:  # a failed start must end the process, not leave its threads waiting
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    main()
