@@ -98,7 +98,7 @@ class ServerProcess:
 
     def kernels(self) -> list[psutil.Process]:
         """The kernel processes of this server still alive."""
-        return [p for p in _descendants(self.popen.pid) if "ipykernel" in " ".join(p.cmdline())]
+        return [p for p in _descendants(self.popen.pid) if "analysis.kernel_app" in " ".join(p.cmdline())]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         """Signal the server and wait for it to exit; its exit code."""
@@ -129,6 +129,7 @@ def _launch(
     *,
     projects: tuple[str, ...],
     args: tuple[str, ...],
+    sandbox: str | None = None,
 ) -> ServerProcess:
     store = open_store(store_url)
     try:
@@ -145,6 +146,7 @@ def _launch(
             [sys.executable, "-m", "analysis.runner.cli", "serve", "--root", str(root), "--db", store_url,
              "--port", str(port), *args],
             stdout=out, stderr=subprocess.STDOUT,
+            env=None if sandbox is None else {**os.environ, "ANALYSIS_SANDBOX": sandbox},
         )  # fmt: skip
     server = ServerProcess(popen, f"http://127.0.0.1:{port}", log, tokens["admin"])
     server.tokens = {k: v for k, v in tokens.items() if k != "admin"}
@@ -176,14 +178,19 @@ def _stop_all(started: list[ServerProcess]) -> None:
 
 
 @pytest.fixture
-def serve(root: Path, store_url: str, tmp_path: Path) -> Iterator[Serve]:
-    """Start servers on free ports (``serve(*cli_args, projects=("a", "b"))``); stopped after the test."""
+def serve(root: Path, store_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Serve]:
+    """Start servers on free ports (``serve(*cli_args, projects=("a", "b"))``); stopped after the test.
+
+    A test marked ``host_files`` gets unsandboxed servers: its analyses wait for files the test
+    writes on the host, which a sandboxed job cannot see.
+    """
     started: list[ServerProcess] = []
     tokens: dict[str, str] = {}
+    sandbox = "off" if request.node.get_closest_marker("host_files") else None
 
     def start(*args: str, projects: tuple[str, ...] = ("alpha", "beta")) -> ServerProcess:
         log = tmp_path / f"server-{len(started)}.log"
-        started.append(_launch(root, store_url, log, tokens, projects=projects, args=args))
+        started.append(_launch(root, store_url, log, tokens, projects=projects, args=args, sandbox=sandbox))
         return started[-1]
 
     yield start

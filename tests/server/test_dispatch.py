@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# analyses coordinate with the test through host files (host_files: unsandboxed servers)
+pytestmark = [pytest.mark.slow, pytest.mark.host_files]
+
 
 BLOCK = """
 import time

@@ -72,6 +72,7 @@ def test_submit_without_wait_answers_202_and_the_job_finishes(serve: Any, save: 
         assert no_result.status_code == 409 and no_result.json()["error"]["type"] == "no_result"
 
 
+@pytest.mark.host_files  # the analysis appends to a host file the test reads
 def test_an_idempotency_key_never_runs_a_job_twice(serve: Any, save: Any, root: Path, final: Any) -> None:
     save("alpha", "count", "from pathlib import Path\ndef run(ctx, parameters):\n"
          "    with open(parameters['log'], 'a') as fh:\n        fh.write('ran\\n')\n")  # fmt: skip
@@ -99,6 +100,7 @@ def test_an_idempotency_key_never_runs_a_job_twice(serve: Any, save: Any, root: 
     assert ran.read_text() == "ran\n"
 
 
+@pytest.mark.host_files  # the analysis waits for a file the test writes
 def test_list_filters_and_pages_and_cancel_queued_and_running(
     serve: Any, save: Any, root: Path, final: Any
 ) -> None:
@@ -157,6 +159,7 @@ def _wait_file(path: Path, timeout: float = 90) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.host_files  # the analysis waits for a file the test writes
 def test_a_server_fault_fails_the_job_instead_of_leaving_it_running(
     serve: Any, save: Any, root: Path
 ) -> None:

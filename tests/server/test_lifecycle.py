@@ -11,12 +11,14 @@ import httpx
 import psutil
 import pytest
 
-pytestmark = pytest.mark.slow
+# analyses coordinate with the test through host files (host_files: unsandboxed servers)
+pytestmark = [pytest.mark.slow, pytest.mark.host_files]
 
 # First attempt: note it and block until released. A later attempt returns at once.
 BLOCK = """
 import time
 from pathlib import Path
+
 
 def run(ctx, parameters):
     started = Path(parameters["started"])

@@ -12,7 +12,9 @@ import pytest
 
 from analysis.runner.server.schedules import next_run
 
-pytestmark = pytest.mark.slow
+# analyses coordinate with the test through host files (host_files: unsandboxed servers)
+pytestmark = [pytest.mark.slow, pytest.mark.host_files]
+
 
 BLOCK = """
 import time
