@@ -262,7 +262,7 @@ def test_cancelling_the_job_cancels_the_server_query(
     import asyncio
 
     from analysis.runner import JobSpec
-    from analysis.runner.jobs import run_job_async
+    from analysis.runner.jobs import run_job_to_envelope
 
     config = write_sources(tmp_path / "ds.toml", secret_key, pg=pg_server)
     script = tmp_path / "sleepy.py"
@@ -276,7 +276,7 @@ def test_cancelling_the_job_cancels_the_server_query(
 
     async def scenario() -> JobResult:
         job = asyncio.create_task(
-            run_job_async(JobSpec(source_path=script, root=root, datasources_file=config))
+            run_job_to_envelope(JobSpec(source_path=script, root=root, datasources_file=config))
         )
         give_up = time.monotonic() + 60
         while (await asyncio.to_thread(pg_server.psql, running)).strip() != "1":
