@@ -212,8 +212,17 @@ class BrokerAccess(DataAccess):
         return value, final
 
     # -- DataAccess -----------------------------------------------------------------------------
-    def query(self, name: str, sql: str, params: Params, *, timeout_s: float | None) -> pa.Table:
-        request = {"op": "query", "name": name, "sql": sql, "params": encode_params(params), "into": False}
+    def query(
+        self, name: str, sql: str, params: Params, *, timeout_s: float | None, cache_s: float | None = None
+    ) -> pa.Table:
+        request = {
+            "op": "query",
+            "name": name,
+            "sql": sql,
+            "params": encode_params(params),
+            "into": False,
+            "cache": cache_s,
+        }
         table, _ = self._call(request, DatasourceError, lambda r: _arrow_stream(r).read_all())
         return table
 
@@ -226,11 +235,19 @@ class BrokerAccess(DataAccess):
         params: Params,
         *,
         timeout_s: float | None,
+        cache_s: float | None = None,
     ) -> int:
         from analysis.duck import quote_identifier
 
         quote_identifier(table)  # a bad name fails here, before the datasource runs anything
-        request = {"op": "query", "name": name, "sql": sql, "params": encode_params(params), "into": True}
+        request = {
+            "op": "query",
+            "name": name,
+            "sql": sql,
+            "params": encode_params(params),
+            "into": True,
+            "cache": cache_s,
+        }
         count, _ = self._call(request, DatasourceError, lambda r: _load_stream(sink, table, _arrow_stream(r)))
         return count
 

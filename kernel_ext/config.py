@@ -10,6 +10,7 @@ variable                       meaning
 ``ANALYSIS_BACKEND_URL``       base URL of the backend file API (also ``BACKEND_URL``)
 ``ANALYSIS_BACKEND_TOKEN``     bearer token for the file API
 ``ANALYSIS_FILES_MAX_BYTES``   largest file API response body accepted (104857600 = 100 MiB)
+``ANALYSIS_CACHE_MAX_BYTES``   size budget of each project's result cache (1073741824 = 1 GiB)
 =============================  ==========================================================
 """
 
@@ -34,6 +35,8 @@ class Settings:
     backend_url: str | None = None
     backend_token: str | None = field(default=None, repr=False)
     files_max_bytes: int = 100 * 1024 * 1024
+    #: Size budget of each project's result cache (README: "Result cache").
+    cache_max_bytes: int = 1024**3
     #: The environment the settings were read from, where ``password_env`` variables are looked up.
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -50,12 +53,17 @@ class Settings:
             backend_url=env.get("ANALYSIS_BACKEND_URL") or env.get("BACKEND_URL") or None,
             backend_token=env.get("ANALYSIS_BACKEND_TOKEN") or None,
             files_max_bytes=_positive_int(env, "ANALYSIS_FILES_MAX_BYTES", 100 * 1024 * 1024),
+            cache_max_bytes=_positive_int(env, "ANALYSIS_CACHE_MAX_BYTES", 1024**3),
             environ=dict(env),
         )
 
     def project_dir(self, project_id: str) -> Path:
         """``{root}/{project_id}/analysis``: where a project's analyses and config live."""
         return self.root / project_id / "analysis"
+
+    def cache_dir(self, project_id: str) -> Path:
+        """``{root}/{project_id}/analysis/cache``: the project's result cache."""
+        return self.project_dir(project_id) / "cache"
 
     def datasources_path(self, project_id: str) -> Path:
         """The datasources TOML file of a project (the override wins)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from analysis.broker_wire import WireError, decode_params
+from analysis.result_cache import MAX_TTL_S
 from analysis.sources import Params
 
 __all__ = ["FilesGet", "Names", "Query", "RequestError", "parse_request"]
@@ -49,6 +50,7 @@ class Query:
     sql: str
     params: Params
     into: bool
+    cache_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -97,15 +99,24 @@ def parse_request(request: dict[str, Any]) -> Names | Query | FilesGet:
         _fields(request, op, set())
         return Names()
     if op == "query":
-        _fields(request, op, {"name", "sql", "params", "into"})
+        _fields(request, op, {"name", "sql", "params", "into", "cache"})
         if not isinstance(request["into"], bool):
             raise RequestError("'into' must be true or false")
+        cache_s = request["cache"]
+        if cache_s is not None and (
+            isinstance(cache_s, bool) or not isinstance(cache_s, int | float) or not 0 <= cache_s <= MAX_TTL_S
+        ):
+            raise RequestError(f"'cache' must be null or a number of seconds from 0 to {int(MAX_TTL_S)}")
         try:
             params = decode_params(request["params"])
         except WireError as exc:
             raise RequestError(str(exc)) from None
         return Query(
-            _text(request, "name", _MAX_NAME), _text(request, "sql", _MAX_SQL), params, request["into"]
+            _text(request, "name", _MAX_NAME),
+            _text(request, "sql", _MAX_SQL),
+            params,
+            request["into"],
+            None if cache_s is None else float(cache_s),
         )
     if op == "files.get":
         _fields(request, op, {"path", "params", "file_id"})

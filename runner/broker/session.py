@@ -173,9 +173,17 @@ class BrokerSession:
         sink = ArrowSink(self._send_body)
         if request.into:
             return access.query_into(
-                sink, "result", request.name, request.sql, request.params, timeout_s=timeout_s
+                sink,
+                "result",
+                request.name,
+                request.sql,
+                request.params,
+                timeout_s=timeout_s,
+                cache_s=request.cache_s,
             )
-        table = access.query(request.name, request.sql, request.params, timeout_s=timeout_s)
+        table = access.query(
+            request.name, request.sql, request.params, timeout_s=timeout_s, cache_s=request.cache_s
+        )
         return sink.load_data("result", table)
 
     def _check_cancelled(self) -> None:
