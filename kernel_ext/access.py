@@ -118,7 +118,9 @@ class LocalAccess(DataAccess):
         self.redactor.add(getattr(source, "password", None) or source.config.get("password"))
         return source
 
-    def _cache(self, name: str, sql: str, params: Params, cache_s: float | None) -> CacheSlot | None:
+    def _cache(
+        self, name: str, sql: str, params: Params, cache_s: float | None, *, into: bool
+    ) -> CacheSlot | None:
         """Where the result of this query is cached, or ``None`` when it is not to be."""
         from analysis.cache_fill import CacheSlot
         from analysis.result_cache import ResultCache, parse_ttl, source_identity, summary
@@ -128,7 +130,7 @@ class LocalAccess(DataAccess):
         if not ttl_s or self.cache_dir is None:
             return None
         cache = ResultCache(self.cache_dir, max_bytes=self.settings.cache_max_bytes)
-        key = cache.query_key(source_identity(str(entry.get("kind")), entry), sql, params)
+        key = cache.query_key(source_identity(str(entry.get("kind")), entry), sql, params, into=into)
         return CacheSlot(cache, key, summary(name, key, sql), ttl_s)
 
     def query(
@@ -140,7 +142,7 @@ class LocalAccess(DataAccess):
             emit("query:datasource", f"{name} {one_line(sql)}")
         self._interrupted.clear()
         try:
-            cached = self._cache(name, sql, params, cache_s)
+            cached = self._cache(name, sql, params, cache_s, into=False)
             if cached is None:
                 return source.query(sql, params, timeout_s=timeout_s)
             from analysis.cache_fill import cached_query
@@ -172,7 +174,7 @@ class LocalAccess(DataAccess):
             emit("query:datasource", f"{name} {one_line(sql)}")
         self._interrupted.clear()
         try:
-            cached = self._cache(name, sql, params, cache_s)
+            cached = self._cache(name, sql, params, cache_s, into=True)
             if cached is None:
                 return source.query_into(sink, table, sql, params, timeout_s=timeout_s)  # type: ignore[arg-type]
             from analysis.cache_fill import cached_query_into

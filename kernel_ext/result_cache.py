@@ -143,16 +143,20 @@ class ResultCache:
     # -- keys -----------------------------------------------------------------------------------
     @staticmethod
     def query_key(
-        identity: Mapping[str, Any], sql: str, params: Sequence[Any] | Mapping[str, Any] | None
+        identity: Mapping[str, Any], sql: str, params: Sequence[Any] | Mapping[str, Any] | None, *, into: bool
     ) -> str:
-        """The key of a query: a hash of the datasource identity, the SQL and the parameters."""
+        """The key of a query: a hash of the datasource identity, the SQL and the parameters.
+
+        ``into``: results streamed into DuckDB are kept apart from rows, since a datasource
+        kind may use another driver path for each (PostgreSQL: ADBC with casts, or psycopg).
+        """
         from analysis.broker_wire import encode_params
 
         try:
             encoded = encode_params(params)
         except TypeError as exc:
             raise DatasourceError(f"this query cannot be cached: {exc}.") from None
-        document = {"v": 1, "source": dict(identity), "sql": sql, "params": encoded}
+        document = {"v": 1, "source": dict(identity), "sql": sql, "params": encoded, "into": into}
         return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     # -- reading --------------------------------------------------------------------------------

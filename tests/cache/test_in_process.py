@@ -23,7 +23,7 @@ from .conftest import CountingPostgres
 
 
 def _sql(rows: int = 3, sleep_s: float = 0) -> str:
-    sleep = f", pg_sleep({sleep_s})" if sleep_s else ""
+    sleep = f", (SELECT pg_sleep({sleep_s})) AS z" if sleep_s else ""
     return f"SELECT n, (SELECT counted(?)) AS c{sleep} FROM generate_series(1, {rows}) AS n"
 
 
@@ -186,7 +186,7 @@ def test_concurrent_misses_run_the_query_once(
     def one() -> None:
         with _context(tmp_path, sources_file) as ctx:
             start.wait()
-            results.append(ctx.query_datasource("pg", _sql(3, 1), [tag], cache="1h").rows)
+            results.append(ctx.query_datasource("pg", _sql(3, 2), [tag], cache="1h").rows)
 
     threads = [threading.Thread(target=one) for _ in range(3)]
     for thread in threads:
@@ -202,7 +202,7 @@ def test_a_cancelled_fill_stores_nothing(
 ) -> None:
     tag = counting_pg.tag()
     with _context(tmp_path, sources_file, deadline=Deadline(1.0)) as ctx, pytest.raises(JobTimeoutError):
-        ctx.query_datasource("pg", _sql(3, 10), [tag], into="t", cache="1h")
+        ctx.query_datasource("pg", _sql(3, 60), [tag], into="t", cache="1h")
     assert _cache_files(tmp_path) == []  # no entry, no temporary file
     with _context(tmp_path, sources_file) as ctx, _lines() as lines:
         ctx.query_datasource("pg", _sql(3), [tag], cache="1h")
@@ -213,3 +213,21 @@ def test_a_cancelled_fill_stores_nothing(
 def test_a_bad_duration_is_refused(tmp_path: Path, sources_file: Path, bad: object) -> None:
     with _context(tmp_path, sources_file) as ctx, pytest.raises(DatasourceError, match="is not a duration"):
         ctx.query_datasource("pg", "SELECT 1", cache=bad)  # type: ignore[arg-type]
+
+
+def test_a_hit_has_the_types_of_a_miss(
+    tmp_path: Path, sources_file: Path, counting_pg: CountingPostgres
+) -> None:
+    """into= keeps the column casts of the bulk path; rows and into= are separate entries."""
+    tag = counting_pg.tag()
+    sql = "SELECT CAST(12.34 AS NUMERIC(10, 2)) AS m, DATE '2024-02-29' AS d, (SELECT counted(?)) AS c"
+    seen = []
+    with _context(tmp_path, sources_file) as ctx:
+        for _ in range(2):
+            ctx.query_datasource("pg", sql, [tag], into="t", cache="1h")
+            types = {r["column_name"]: r["column_type"] for r in ctx.query("DESCRIBE t").rows}
+            rows = ctx.query_datasource("pg", sql, [tag], cache="1h").rows
+            seen.append((types, rows))
+    assert seen[0] == seen[1]
+    assert seen[0][0]["m"] == "DECIMAL(10,2)" and str(seen[0][1][0]["m"]) == "12.34"
+    assert counting_pg.calls(tag) == 2
