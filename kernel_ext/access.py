@@ -131,7 +131,7 @@ class LocalAccess(DataAccess):
             return None
         cache = ResultCache(self.cache_dir, max_bytes=self.settings.cache_max_bytes)
         key = cache.query_key(source_identity(str(entry.get("kind")), entry), sql, params, into=into)
-        return CacheSlot(cache, key, summary(name, key, sql), ttl_s)
+        return CacheSlot(cache, key, summary(name, key, sql), ttl_s, name)
 
     def query(
         self, name: str, sql: str, params: Params, *, timeout_s: float | None, cache_s: float | None = None

@@ -33,6 +33,7 @@ class CacheSlot(NamedTuple):
     key: str
     summary: str
     ttl_s: float
+    datasource: str
 
 
 class _TeeSink:
@@ -84,22 +85,25 @@ def cached_query(
     cancelled: threading.Event,
 ) -> pa.Table:
     """The result of ``run()``, from the cache when an entry younger than ``ttl_s`` is there."""
-    cache, key, summary, ttl_s = slot
-    found = cache.lookup(key, ttl_s)
+    cache, key, summary, ttl_s, datasource = slot
+    found = cache.lookup(key, ttl_s, summary)
     if found is not None:
         return found.read_all()
     with cache.filling(key, timeout_s=timeout_s, cancelled=cancelled):
-        found = cache.lookup(key, ttl_s)  # filled by another run while this one waited
+        found = cache.lookup(key, ttl_s, summary)  # filled by another run while this one waited
         if found is not None:
             return found.read_all()
         _miss(cache, key, summary)
 
+        extra: dict[str, Any] = {"datasource": datasource, "into": False}
+
         def write(opener: _Opener) -> pa.Table:
             table = run()
             opener(table.schema).write_table(table)
+            extra["rows"] = table.num_rows
             return table
 
-        return cache.store(key, summary, write)
+        return cache.store(key, summary, write, extra=extra)
 
 
 def cached_query_into(
@@ -112,10 +116,10 @@ def cached_query_into(
     cancelled: threading.Event,
 ) -> int:
     """``run(sink)`` (a ``query_into``), or the cached result streamed into ``sink.load_data(table)``."""
-    cache, key, summary, ttl_s = slot
+    cache, key, summary, ttl_s, datasource = slot
 
     def hit() -> int | None:
-        found = cache.lookup(key, ttl_s)
+        found = cache.lookup(key, ttl_s, summary)
         if found is None:
             return None
         return sink.load_data(table, found, casts=cache.casts(key))
@@ -128,14 +132,14 @@ def cached_query_into(
         if count is not None:
             return count
         _miss(cache, key, summary)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"datasource": datasource, "into": True}
 
         def write(opener: _Opener) -> int:
             tee = _TeeSink(sink, opener)
             rows = run(tee)
             if not tee.complete:  # the sink stopped reading early: not a whole result
                 raise RuntimeError("the result was not read to its end")
-            extra["casts"] = tee.casts
+            extra["casts"], extra["rows"] = tee.casts, rows
             return rows
 
         return cache.store(key, summary, write, extra=extra)

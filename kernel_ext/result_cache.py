@@ -163,10 +163,11 @@ class ResultCache:
     def _paths(self, key: str) -> tuple[Path, Path, Path]:
         return self.folder / f"{key}.arrow", self.folder / f"{key}.json", self.folder / f"{key}.lock"
 
-    def lookup(self, key: str, ttl_s: float) -> pa.RecordBatchReader | None:
+    def lookup(self, key: str, ttl_s: float, summary: str) -> pa.RecordBatchReader | None:
         """The stored result of ``key`` if younger than ``ttl_s`` and intact; ``None`` otherwise.
 
-        A corrupt entry (wrong size or checksum, unreadable Arrow) is dropped and logged.
+        ``summary`` names the query in the ``[cache] hit`` line. A corrupt entry (wrong size or
+        checksum, unreadable Arrow) is dropped and logged.
         """
         import pyarrow as pa
 
@@ -191,7 +192,7 @@ class ResultCache:
             return None
         _touch(meta_path)
         _STATS.add(hits=1, bytes_read=size)
-        emit("cache", f"hit {meta.get('summary', key[:12])}")
+        emit("cache", f"hit {summary}")
         return pa.RecordBatchReader.from_batches(reader.schema, batches)
 
     def casts(self, key: str) -> list[str | None] | None:

@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis.runner import deps_cli
 
     deps_cli.add_subparser(commands)
+
+    from analysis.runner import cache_cli
+
+    cache_cli.add_subparser(commands)
     return parser
 
 
