@@ -46,6 +46,7 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TTL_TEXT = re.compile(r"(\d{1,9}(?:\.\d{1,6})?)\s*([smhd]?)")
 _IDENTITY_KEYS = ("kind", "host", "port", "database", "user", "path")
 _LOCK_POLL_S = 0.05
+_BATCH_ROWS = 64 * 1024
 _KEY = re.compile(r"[0-9a-f]{64}")
 
 
@@ -187,6 +188,11 @@ class ResultCache:
             mapped = pa.memory_map(str(data))
             reader = pa.ipc.open_file(mapped)
             batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+            # pieces of at most _BATCH_ROWS (zero-copy slices): the reader's consumer (DuckDB, the
+            # broker's stream) starts on the first piece while the rest follows
+            batches = [
+                b.slice(i, _BATCH_ROWS) for b in batches for i in range(0, max(b.num_rows, 1), _BATCH_ROWS)
+            ]
         except (OSError, ValueError, pa.ArrowException) as exc:
             self.drop(key, f"corrupt: {exc}")
             return None
