@@ -197,7 +197,13 @@ class LocalAccess(DataAccess):
     def files(self, *, deadline: Deadline, duck: SupportsLoadData) -> Files:
         from analysis.files import Files
 
-        return Files(settings=self.settings, deadline=deadline, duck=duck, redactor=self.redactor)
+        return Files(
+            settings=self.settings,
+            deadline=deadline,
+            duck=duck,
+            redactor=self.redactor,
+            cache_dir=self.cache_dir,
+        )
 
     def interrupt(self) -> None:
         self._interrupted.set()

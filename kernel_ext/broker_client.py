@@ -261,10 +261,24 @@ class BrokerAccess(DataAccess):
         return BrokerFiles(self, deadline=deadline, duck=duck)
 
     def get_file(
-        self, path: str, sink: Callable[[bytes], object], params: QueryParams | None, file_id: str | None
+        self,
+        path: str,
+        sink: Callable[[bytes], object],
+        params: QueryParams | None,
+        file_id: str | None,
+        cache_s: float | None = None,
     ) -> dict[str, str]:
-        """``GET path`` on the file API through the broker; the body goes to ``sink``."""
-        request = {"op": "files.get", "path": path, "params": dict(params or {}), "file_id": file_id}
+        """``GET path`` on the file API through the broker; the body goes to ``sink``.
+
+        ``cache_s`` (a file's content only): the broker answers from the result cache.
+        """
+        request = {
+            "op": "files.get",
+            "path": path,
+            "params": dict(params or {}),
+            "file_id": file_id,
+            "cache": cache_s,
+        }
 
         def feed(response: _Response) -> None:
             for piece in response.chunks():

@@ -172,34 +172,21 @@ class ResultCache:
         """
         import pyarrow as pa
 
-        data, meta_path, _ = self._paths(key)
-        try:
-            meta = orjson.loads(meta_path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return None
-        if not isinstance(meta, dict) or time.time() - float(meta.get("created", 0)) > ttl_s:
+        found = self.verified(key, ttl_s)
+        if found is None:
             return None
         try:
-            with data.open("rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                digest = hashlib.file_digest(handle, "sha256").hexdigest()
-            if size != meta.get("bytes") or digest != meta.get("sha256"):
-                raise ValueError("its size or checksum does not match")
-            mapped = pa.memory_map(str(data))
-            reader = pa.ipc.open_file(mapped)
+            reader = pa.ipc.open_file(pa.memory_map(str(found[1])))
             batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
-            # pieces of at most _BATCH_ROWS (zero-copy slices): the reader's consumer (DuckDB, the
-            # broker's stream) starts on the first piece while the rest follows
-            batches = [
-                b.slice(i, _BATCH_ROWS) for b in batches for i in range(0, max(b.num_rows, 1), _BATCH_ROWS)
-            ]
-        except (OSError, ValueError, pa.ArrowException) as exc:
+        except (OSError, pa.ArrowException) as exc:
             self.drop(key, f"corrupt: {exc}")
             return None
-        _touch(meta_path)
-        _STATS.add(hits=1, bytes_read=size)
+        # pieces of at most _BATCH_ROWS (zero-copy slices): the reader's consumer (DuckDB, the
+        # broker's stream) starts on the first piece while the rest follows
+        pieces = [b.slice(i, _BATCH_ROWS) for b in batches for i in range(0, max(b.num_rows, 1), _BATCH_ROWS)]
+        _STATS.add(hits=1, bytes_read=int(found[0]["bytes"]))
         emit("cache", f"hit {summary}")
-        return pa.RecordBatchReader.from_batches(reader.schema, batches)
+        return pa.RecordBatchReader.from_batches(reader.schema, pieces)
 
     def casts(self, key: str) -> list[str | None] | None:
         """The ``into=`` column casts stored with ``key``."""
@@ -212,7 +199,7 @@ class ResultCache:
     def drop(self, key: str, why: str) -> None:
         """Remove an entry (``[cache] dropped <key> (<why>)``)."""
         data, meta, _ = self._paths(key)
-        for path in (meta, data):
+        for path in (meta, data, data.with_suffix(".body")):
             path.unlink(missing_ok=True)
         _STATS.add(dropped=1)
         emit("cache", f"dropped {key[:12]} ({why})")
@@ -256,8 +243,8 @@ class ResultCache:
         """
         import pyarrow as pa
 
-        data, meta_path, _ = self._paths(key)
-        temp = self.folder / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
+        data = self._paths(key)[0]
+        temp = self._temp(key)
         opened: list[pa.ipc.RecordBatchFileWriter] = []
         sink = None
 
@@ -274,26 +261,75 @@ class ResultCache:
             opened[0].close()
             assert sink is not None
             sink.close()
-            with temp.open("rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                digest = hashlib.file_digest(handle, "sha256").hexdigest()
-            os.replace(temp, data)
-            meta = {"created": time.time(), "bytes": size, "sha256": digest, "summary": summary}
-            meta.update(extra or {})
-            meta_temp = temp.with_suffix(".json.tmp")
-            meta_temp.write_bytes(orjson.dumps(meta))
-            os.replace(meta_temp, meta_path)
-            _touch(meta_path)
+            self._commit(key, temp, data, summary, extra)
         except BaseException:
             if sink is not None:
                 with contextlib.suppress(Exception):
                     sink.close()
             temp.unlink(missing_ok=True)
             raise
+        return value
+
+    def store_bytes(self, key: str, summary: str, body: bytes, *, extra: Mapping[str, Any]) -> None:
+        """Keep ``body`` (a file's content) under ``key``."""
+        temp = self._temp(key)
+        try:
+            temp.write_bytes(body)
+            self._commit(key, temp, self.folder / f"{key}.body", summary, extra)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def verified(self, key: str, ttl_s: float, *, body: bool = False) -> tuple[dict[str, Any], Path] | None:
+        """The metadata and data file of ``key`` if younger than ``ttl_s`` and its checksum matches.
+
+        A corrupt entry is dropped (and logged); ``None`` when there is no usable entry.
+        """
+        data, meta_path, _ = self._paths(key)
+        data = data.with_suffix(".body") if body else data
+        try:
+            meta = orjson.loads(meta_path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        if not isinstance(meta, dict) or time.time() - float(meta.get("created", 0)) > ttl_s:
+            return None
+        try:
+            with data.open("rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError as exc:
+            self.drop(key, f"unreadable: {exc.strerror}")
+            return None
+        if size != meta.get("bytes") or digest != meta.get("sha256"):
+            self.drop(key, "corrupt: its size or checksum does not match")
+            return None
+        _touch(meta_path)
+        return meta, data
+
+    def _temp(self, key: str) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self.folder / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
+
+    def _commit(
+        self, key: str, temp: Path, data: Path, summary: str, extra: Mapping[str, Any] | None
+    ) -> None:
+        """Checksum ``temp``, rename it to ``data``, then write the metadata (the commit point)."""
+        with temp.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        os.replace(temp, data)
+        meta = {"created": time.time(), "bytes": size, "sha256": digest, "summary": summary}
+        meta.update(extra or {})
+        meta_temp = temp.with_suffix(".json.tmp")
+        try:
+            meta_temp.write_bytes(orjson.dumps(meta))
+            os.replace(meta_temp, self._paths(key)[1])
+        finally:
+            meta_temp.unlink(missing_ok=True)
+        _touch(self._paths(key)[1])
         _STATS.add(stored=1, bytes_written=size)
         emit("cache", f"stored {summary} ({size} bytes)")
         self.evict()
-        return value
 
     # -- the budget -----------------------------------------------------------------------------
     def entries(self) -> list[Entry]:
@@ -311,7 +347,9 @@ class ResultCache:
             except (OSError, orjson.JSONDecodeError):
                 continue
             if isinstance(meta, dict):
-                found.append(Entry(key, meta, self.folder / f"{key}.arrow", used))
+                found.append(
+                    Entry(key, meta, self.folder / f"{key}.{'body' if 'file_id' in meta else 'arrow'}", used)
+                )
         return sorted(found, key=lambda e: e.used)
 
     def evict(self) -> None:
@@ -328,7 +366,7 @@ class ResultCache:
 
     def remove(self, key: str) -> None:
         """Remove an entry and its lock file."""
-        for path in self._paths(key):
+        for path in (*self._paths(key), self.folder / f"{key}.body"):
             path.unlink(missing_ok=True)
 
 

@@ -163,9 +163,26 @@ class BrokerSession:
                     rows = self._query(access, request, timeout_s)
             self._check_cancelled()
             return {"ok": True, "rows": rows}
-        headers = self.server.http().get(
-            request.path, self._send_body, params=request.params or None, file_id=request.file_id
-        )
+        if request.cache_s and request.file_id is not None:
+            from analysis.file_cache import cached_get
+            from analysis.result_cache import ResultCache
+
+            settings = self.server.settings
+            cache = ResultCache(
+                settings.cache_dir(self.server.project_id), max_bytes=settings.cache_max_bytes
+            )
+            headers = cached_get(
+                self.server.http(),
+                cache,
+                request.file_id,
+                self._send_body,
+                request.cache_s,
+                cancelled=self._cancelled,
+            )
+        else:
+            headers = self.server.http().get(
+                request.path, self._send_body, params=request.params or None, file_id=request.file_id
+            )
         self._check_cancelled()
         return {"ok": True, "headers": {"content-type": headers.get("content-type") or ""}}
 

@@ -110,6 +110,7 @@ def test_a_good_request_streams_arrow(broker: BrokerServer) -> None:
 
 
 _QUERY = {"op": "query", "name": "shop", "sql": "SELECT 1", "params": None, "into": False, "cache": None}
+_FILES = {"op": "files.get", "path": "/api/files", "params": {}, "file_id": None, "cache": None}
 
 
 @pytest.mark.parametrize(
@@ -150,12 +151,14 @@ _QUERY = {"op": "query", "name": "shop", "sql": "SELECT 1", "params": None, "int
             "params must",
         ),
         (
-            header({"op": "files.get", "path": "/api/files/../../etc/passwd", "params": {}, "file_id": None}),
+            header({**_FILES, "path": "/api/files/../../etc/passwd"}),
             "not a file API path",
         ),
-        (header({"op": "files.get", "path": "/admin", "params": {}, "file_id": None}), "not a file API path"),
+        (header({**_FILES, "path": "/admin"}), "not a file API path"),
+        (header({**_FILES, "cache": 60}), "'cache' applies only to a file's content"),
+        (header({**_FILES, "cache": "1h"}), "'cache' must be null or a number of seconds"),
         (
-            header({"op": "files.get", "path": "/api/files", "params": {"q": {"$ne": 1}}, "file_id": None}),
+            header({**_FILES, "params": {"q": {"$ne": 1}}}),
             "file API parameters",
         ),
     ],
