@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -48,19 +48,20 @@ def cached_get(
     ttl_s: float,
     *,
     cancelled: threading.Event | None = None,
-) -> dict[str, str]:
+) -> Mapping[str, str]:
     """``GET /api/files/{file_id}/content`` into ``sink``, from the cache when still valid; the headers."""
     version = _version(http, file_id)
     key = hashlib.sha256(orjson.dumps({"v": 1, "file": file_id})).hexdigest()
     summary = f"file {file_id}"
 
-    def hit() -> dict[str, str] | None:
+    def hit(*, last: bool) -> dict[str, str] | None:
         found = cache.verified(key, ttl_s, body=True)
         if found is None:
             return None
         meta, data = found
         if meta.get("version") != version:
-            emit("cache", f"changed {summary}")
+            if last:
+                emit("cache", f"changed {summary}")
             return None
         cache_stats().add(hits=1, bytes_read=int(meta["bytes"]))
         emit("cache", f"hit {summary}")
@@ -69,13 +70,13 @@ def cached_get(
                 sink(piece)
         return {"content-type": str(meta.get("content_type") or "")}
 
-    headers = hit()
-    if headers is not None:
-        return headers
+    served = hit(last=False)
+    if served is not None:
+        return served
     with cache.filling(key, timeout_s=None, cancelled=cancelled or threading.Event()):
-        headers = hit()
-        if headers is not None:
-            return headers
+        served = hit(last=True)
+        if served is not None:
+            return served
         cache_stats().add(misses=1)
         emit("cache", f"miss {summary}")
         body = bytearray()

@@ -23,7 +23,7 @@ from analysis.files._load import FORMATS, FileFormat, SupportsLoadData, detect_f
 from analysis.files._policy import FileApiLimits
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     import httpx
 
@@ -327,7 +327,7 @@ class Files:
 
     def _content(
         self, file_id: str, sink: Callable[[bytes], object], cache_s: float | None
-    ) -> dict[str, str]:
+    ) -> Mapping[str, str]:
         """``GET`` a file's content into ``sink``, through the result cache when ``cache_s`` asks."""
         if cache_s and self._cache_dir is not None:
             from analysis.file_cache import cached_get

@@ -14,7 +14,7 @@ import logging
 import select
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -171,7 +171,7 @@ class BrokerSession:
             cache = ResultCache(
                 settings.cache_dir(self.server.project_id), max_bytes=settings.cache_max_bytes
             )
-            headers = cached_get(
+            headers: Mapping[str, str] = cached_get(
                 self.server.http(),
                 cache,
                 request.file_id,
