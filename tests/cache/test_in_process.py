@@ -18,6 +18,7 @@ from analysis.context import Context
 from analysis.deadline import Deadline
 from analysis.errors import DatasourceError, JobTimeoutError
 from analysis.logs import redirect_emit
+from analysis.result_cache import cache_stats
 
 from .conftest import CountingPostgres
 
@@ -70,6 +71,7 @@ def test_second_query_is_a_hit_and_never_reaches_the_server(
     tmp_path: Path, sources_file: Path, counting_pg: CountingPostgres
 ) -> None:
     tag = counting_pg.tag()
+    before = cache_stats().snapshot()
     with _context(tmp_path, sources_file) as ctx, _lines() as lines:
         first = ctx.query_datasource("pg", _sql(), [tag], cache="15m").rows
         second = ctx.query_datasource("pg", _sql(), [tag], cache="15m").rows
@@ -82,6 +84,13 @@ def test_second_query_is_a_hit_and_never_reaches_the_server(
     assert _cache_lines(lines) == ["miss", "stored", "hit", "miss", "stored", "hit"]
     assert not any(tag in line for line in lines), "a parameter value reached the log"
     assert len(_cache_files(tmp_path)) == 4  # two entries: data and metadata
+    after = cache_stats().snapshot()
+    assert {k: after[k] - before[k] for k in ("hits", "misses", "stored")} == {
+        "hits": 2,
+        "misses": 2,
+        "stored": 2,
+    }
+    assert after["bytes_read"] > before["bytes_read"] and after["bytes_written"] > before["bytes_written"]
 
 
 def test_without_cache_every_query_runs(
