@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from analysis.errors import DatasourceError
 from analysis.logs import emit
 from analysis.result_cache import ResultCache, cache_stats
 
@@ -137,8 +138,8 @@ def cached_query_into(
         def write(opener: _Opener) -> int:
             tee = _TeeSink(sink, opener)
             rows = run(tee)
-            if not tee.complete:  # the sink stopped reading early: not a whole result
-                raise RuntimeError("the result was not read to its end")
+            if not tee.complete:  # the sink stopped reading early: not a whole result, not kept
+                raise DatasourceError(f"{summary}: the result was not read to its end, so it was not cached.")
             extra["casts"], extra["rows"] = tee.casts, rows
             return rows
 

@@ -94,6 +94,8 @@ class Files:
     redactor
         The job's secrets (``ctx.redactor``); errors are scrubbed of them, and of the token, in
         every spelling a library may quote it in.
+    cache_dir
+        The project's result cache, for ``cache=`` (default: that of ``settings.project_id``).
     """
 
     def __init__(
@@ -329,11 +331,12 @@ class Files:
         self, file_id: str, sink: Callable[[bytes], object], cache_s: float | None
     ) -> Mapping[str, str]:
         """``GET`` a file's content into ``sink``, through the result cache when ``cache_s`` asks."""
-        if cache_s and self._cache_dir is not None:
+        if cache_s:
             from analysis.file_cache import cached_get
             from analysis.result_cache import ResultCache
 
-            cache = ResultCache(self._cache_dir, max_bytes=self._settings.cache_max_bytes)
+            folder = self._cache_dir or self._settings.cache_dir(self._settings.project_id)
+            cache = ResultCache(folder, max_bytes=self._settings.cache_max_bytes)
             return cached_get(self._http(), cache, file_id, sink, cache_s)
         return self._http().get(f"/api/files/{file_id}/content", sink, file_id=file_id)
 
