@@ -122,8 +122,8 @@ class LocalAccess(DataAccess):
         self, name: str, sql: str, params: Params, cache_s: float | None, *, into: bool
     ) -> CacheSlot | None:
         """Where the result of this query is cached, or ``None`` when it is not to be."""
-        from analysis.cache_fill import CacheSlot
-        from analysis.result_cache import ResultCache, parse_ttl, source_identity, summary
+        from analysis.cache_fill import CacheSlot, parse_ttl, source_identity, summary
+        from analysis.result_cache import ResultCache
 
         entry = self.sources.config.get(name, {})
         ttl_s = cache_s if cache_s is not None else parse_ttl(entry.get("cache_ttl_s"))

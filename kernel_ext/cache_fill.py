@@ -1,5 +1,8 @@
 """Answering a datasource query from the result cache, or running it once and keeping its result.
 
+Also what a query's caching is described by: a duration (:func:`parse_ttl`), the datasource's
+identity (:func:`source_identity`) and the log summary (:func:`summary`).
+
 :class:`analysis.access.LocalAccess` calls :func:`cached_query` and :func:`cached_query_into`
 when a query asks for caching (README: "Result cache"). On a miss the result goes to the
 caller and to the cache file at the same time (``into=`` streams batch by batch: the
@@ -9,12 +12,13 @@ kept. On a hit ``into=`` streams the memory-mapped Arrow file into the sink.
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from analysis.errors import DatasourceError
-from analysis.logs import emit
+from analysis.logs import emit, one_line
 from analysis.result_cache import ResultCache, cache_stats
 
 if TYPE_CHECKING:
@@ -22,7 +26,21 @@ if TYPE_CHECKING:
 
     from analysis.files._load import SupportsLoadData
 
-__all__ = ["CacheSlot", "cached_query", "cached_query_into"]
+__all__ = [
+    "MAX_TTL_S",
+    "CacheSlot",
+    "cached_query",
+    "cached_query_into",
+    "parse_ttl",
+    "source_identity",
+    "summary",
+]
+
+#: Longest time an entry may be asked to live (a year).
+MAX_TTL_S = 366 * 86400.0
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_TTL_TEXT = re.compile(r"(\d{1,9}(?:\.\d{1,6})?)\s*([smhd]?)")
+_IDENTITY_KEYS = ("kind", "host", "port", "database", "user", "path")
 
 _Opener = Callable[["pa.Schema"], "pa.ipc.RecordBatchFileWriter"]
 
@@ -35,6 +53,44 @@ class CacheSlot(NamedTuple):
     summary: str
     ttl_s: float
     datasource: str
+
+
+def parse_ttl(value: object) -> float | None:
+    """A cache duration in seconds: ``"15m"``, ``"2h"``, ``"30s"``, ``"1d"`` or a number of seconds.
+
+    ``None`` stays ``None`` (no choice made); ``0`` means "do not cache". Anything else is a
+    ``DatasourceError`` naming the problem.
+    """
+    if value is None:
+        return None
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _TTL_TEXT.fullmatch(value.strip())
+        if match is not None:
+            seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds is None or not (0 <= seconds <= MAX_TTL_S):
+        raise DatasourceError(
+            f"cache={value!r} is not a duration: use seconds (0 to {int(MAX_TTL_S)}) or text such as "
+            "'30s', '15m', '2h', '1d'."
+        )
+    return seconds
+
+
+def source_identity(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes two datasources the same for the cache: kind, host, port, database, user, path."""
+    options = dict(config)
+    extra = options.pop("options", None)
+    if isinstance(extra, Mapping):
+        options.update(extra)
+    options["kind"] = kind
+    return {k: str(options[k]) for k in _IDENTITY_KEYS if options.get(k) is not None}
+
+
+def summary(name: str, key: str, sql: str) -> str:
+    """How an entry is named in the log: datasource, short key, the start of the SQL (no parameters)."""
+    return f"{name} {key[:12]} {one_line(sql, 80)}"
 
 
 class _TeeSink:

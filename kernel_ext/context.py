@@ -140,7 +140,7 @@ class Context:
             old: ``"30s"``, ``"15m"``, ``"2h"``, ``"1d"`` or seconds; ``0`` never; ``None`` the
             datasource's ``cache_ttl_s`` (README: "Result cache").
         """
-        from analysis.result_cache import parse_ttl
+        from analysis.cache_fill import parse_ttl
 
         cache_s = parse_ttl(cache)
         timeout_s = self.deadline.remaining_s()

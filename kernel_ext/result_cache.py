@@ -32,55 +32,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from analysis.errors import DatasourceError
-from analysis.logs import emit, one_line
+from analysis.logs import emit
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["CacheStats", "ResultCache", "cache_stats", "parse_ttl", "source_identity", "summary"]
+__all__ = ["CacheStats", "ResultCache", "cache_stats"]
 
 _T = TypeVar("_T")
-#: Longest time an entry may be asked to live (a year).
-MAX_TTL_S = 366 * 86400.0
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_TTL_TEXT = re.compile(r"(\d{1,9}(?:\.\d{1,6})?)\s*([smhd]?)")
-_IDENTITY_KEYS = ("kind", "host", "port", "database", "user", "path")
 _LOCK_POLL_S = 0.05
 _BATCH_ROWS = 64 * 1024
 _KEY = re.compile(r"[0-9a-f]{64}")
-
-
-def parse_ttl(value: object) -> float | None:
-    """A cache duration in seconds: ``"15m"``, ``"2h"``, ``"30s"``, ``"1d"`` or a number of seconds.
-
-    ``None`` stays ``None`` (no choice made); ``0`` means "do not cache". Anything else is a
-    ``DatasourceError`` naming the problem.
-    """
-    if value is None:
-        return None
-    seconds: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        match = _TTL_TEXT.fullmatch(value.strip())
-        if match is not None:
-            seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if seconds is None or not (0 <= seconds <= MAX_TTL_S):
-        raise DatasourceError(
-            f"cache={value!r} is not a duration: use seconds (0 to {int(MAX_TTL_S)}) or text such as "
-            "'30s', '15m', '2h', '1d'."
-        )
-    return seconds
-
-
-def source_identity(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """What makes two datasources the same for the cache: kind, host, port, database, user, path."""
-    options = dict(config)
-    extra = options.pop("options", None)
-    if isinstance(extra, Mapping):
-        options.update(extra)
-    options["kind"] = kind
-    return {k: str(options[k]) for k in _IDENTITY_KEYS if options.get(k) is not None}
 
 
 @dataclass
@@ -122,7 +84,6 @@ class Entry:
 
     key: str
     meta: dict[str, Any]
-    data: Path
     used: int
 
 
@@ -208,7 +169,7 @@ class ResultCache:
     @contextlib.contextmanager
     def filling(self, key: str, *, timeout_s: float | None, cancelled: threading.Event) -> Iterator[None]:
         """Hold ``key``'s fill lock (waiting while another thread or process fills it)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_path = self._paths(key)[2]
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         give_up = None if timeout_s is None else time.monotonic() + timeout_s
@@ -307,7 +268,7 @@ class ResultCache:
         return meta, data
 
     def _temp(self, key: str) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self.folder / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
 
     def _commit(
@@ -317,12 +278,15 @@ class ResultCache:
         with temp.open("rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        os.chmod(temp, 0o600)  # query results: readable by the runner's user only
         os.replace(temp, data)
         meta = {"created": time.time(), "bytes": size, "sha256": digest, "summary": summary}
         meta.update(extra or {})
         meta_temp = temp.with_suffix(".json.tmp")
         try:
-            meta_temp.write_bytes(orjson.dumps(meta))
+            fd = os.open(meta_temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(orjson.dumps(meta))
             os.replace(meta_temp, self._paths(key)[1])
         finally:
             meta_temp.unlink(missing_ok=True)
@@ -347,9 +311,7 @@ class ResultCache:
             except (OSError, orjson.JSONDecodeError):
                 continue
             if isinstance(meta, dict):
-                found.append(
-                    Entry(key, meta, self.folder / f"{key}.{'body' if 'file_id' in meta else 'arrow'}", used)
-                )
+                found.append(Entry(key, meta, used))
         return sorted(found, key=lambda e: e.used)
 
     def evict(self) -> None:
@@ -374,8 +336,3 @@ def _touch(path: Path) -> None:
     """Mark an entry used now, to the nanosecond (the file system's own clock is coarser)."""
     now = time.time_ns()
     os.utime(path, ns=(now, now))
-
-
-def summary(name: str, key: str, sql: str) -> str:
-    """How an entry is named in the log: datasource, short key, the start of the SQL (no parameters)."""
-    return f"{name} {key[:12]} {one_line(sql, 80)}"

@@ -373,8 +373,8 @@ class Files:
 
 
 def _ttl(cache: str | float | None) -> float | None:
+    from analysis.cache_fill import parse_ttl
     from analysis.errors import DatasourceError
-    from analysis.result_cache import parse_ttl
 
     try:
         return parse_ttl(cache)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from analysis.broker_wire import WireError, decode_params
-from analysis.result_cache import MAX_TTL_S
+from analysis.cache_fill import MAX_TTL_S
 from analysis.sources import Params
 
 __all__ = ["FilesGet", "Names", "Query", "RequestError", "parse_request"]
