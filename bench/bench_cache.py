@@ -10,7 +10,9 @@ cache="1h")``:
   the connection already warm, so the miss is the query plus writing the cache file) and the
   hit (median of N);
 * through real jobs (a fresh kernel each, the cache in the runner's broker, the rows streamed
-  to the kernel as Arrow IPC), timed inside the kernel: job 1 misses, jobs 2..N+1 hit (median).
+  to the kernel as Arrow IPC), timed inside the kernel: job 1 misses, jobs 2..N+1 hit (median
+  of their first calls, which also import pyarrow and open DuckDB in the fresh kernel, and of
+  a second identical call in the same, warm, kernel).
 
 The target: a hit takes at most 0.1 s, or at most 20% of the miss. Every figure comes from this
 one run; ratios compare them.
@@ -49,7 +51,10 @@ import time
 def run(ctx, parameters):
     started = time.perf_counter()
     rows = ctx.query_datasource("pg", parameters["sql"], into="t", cache="1h").row_count
-    return {"s": time.perf_counter() - started, "rows": rows}
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    ctx.query_datasource("pg", parameters["sql"], into="t", cache="1h")
+    return {"s": first, "again": time.perf_counter() - started, "rows": rows}
 """
 
 
@@ -89,15 +94,19 @@ def in_process(root: Path, config: Path, runs: int, rows: int) -> tuple[float, f
     return miss, hit
 
 
-def through_jobs(root: Path, config: Path, work: Path, runs: int, rows: int) -> tuple[float, float]:
-    """Seconds of job 1's miss and the median of jobs 2..N+1's hits, timed inside the kernels."""
+def through_jobs(root: Path, config: Path, work: Path, runs: int, rows: int) -> tuple[float, float, float]:
+    """Job 1's miss, the median of jobs 2..N+1's first calls (hits), and of their second calls.
+
+    A job's first call also pays for importing pyarrow and opening DuckDB in its fresh kernel;
+    its second call (the same query again) is a hit in a warm kernel.
+    """
     from analysis.config import Settings
     from analysis.runner import JobSpec, run_job
 
     shutil.rmtree(Settings(root=root).cache_dir("default"), ignore_errors=True)
     script = work / "bench_cache_job.py"
     script.write_text(SCRIPT, encoding="utf-8")
-    times = []
+    times, again = [], []
     for _ in range(runs + 1):
         spec = JobSpec(
             source_path=script, parameters={"sql": QUERY}, root=root, datasources_file=config, timeout_s=600
@@ -106,7 +115,8 @@ def through_jobs(root: Path, config: Path, work: Path, runs: int, rows: int) -> 
         if not result.success or result.result["rows"] != rows:
             raise SystemExit(f"the job failed: {result.to_dict()}")
         times.append(float(result.result["s"]))
-    return times[0], statistics.median(times[1:])
+        again.append(float(result.result["again"]))
+    return times[0], statistics.median(times[1:]), statistics.median(again[1:])
 
 
 def main() -> int:
@@ -140,7 +150,9 @@ def main() -> int:
             with contextlib.redirect_stderr(io.StringIO()):  # the [cache] and [load_data] lines
                 figures["in-process"] = in_process(root, config, args.runs, args.rows)
             size = sum(p.stat().st_size for p in root.glob("bench/analysis/cache/*.arrow"))
-            figures["job (broker)"] = through_jobs(root, config, work, args.runs, args.rows)
+            miss, first, second = through_jobs(root, config, work, args.runs, args.rows)
+            figures["job, 1st call"] = (miss, first)
+            figures["job, 2nd call"] = (miss, second)
     finally:
         pg.stop()
     print(f"{args.rows:,} rows (int, varchar, numeric(10,2), timestamp) from PostgreSQL into DuckDB")
@@ -152,7 +164,11 @@ def main() -> int:
             f"{where:<14} {miss:>9.3f} {hit:>9.3f} {hit / miss:>8.1%} {miss / hit:>8.1f}x  "
             f"{'ok' if ok else 'over'} (hit <= 0.1 s or <= 20% of the miss)"
         )
-    print(f"hits: median of {args.runs}; in-process miss: warm connection; job miss: job 1, pool empty")
+    print(
+        f"hits: median of {args.runs}; in-process miss: warm connection; job miss: job 1's first call "
+        "(pool empty); a job's 1st call includes importing pyarrow and opening DuckDB in its fresh "
+        "kernel, its 2nd call is the same hit in a warm kernel"
+    )
     return 0
 
 
