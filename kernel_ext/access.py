@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from analysis.errors import DatasourceError
 from analysis.logs import emit, one_line
 from analysis.redact import Redactor
 
@@ -126,7 +127,14 @@ class LocalAccess(DataAccess):
         from analysis.result_cache import ResultCache
 
         entry = self.sources.config.get(name, {})
-        ttl_s = cache_s if cache_s is not None else parse_ttl(entry.get("cache_ttl_s"))
+        ttl_s = cache_s
+        if ttl_s is None:
+            try:
+                ttl_s = parse_ttl(entry.get("cache_ttl_s"))
+            except DatasourceError as exc:
+                raise DatasourceError(
+                    f"Datasource {name!r}: cache_ttl_s in the datasources file: {exc}"
+                ) from None
         if not ttl_s or self.cache_dir is None:
             return None
         cache = ResultCache(self.cache_dir, max_bytes=self.settings.cache_max_bytes)

@@ -240,3 +240,14 @@ def test_a_hit_has_the_types_of_a_miss(
     assert seen[0] == seen[1]
     assert seen[0][0]["m"] == "DECIMAL(10,2)" and str(seen[0][1][0]["m"]) == "12.34"
     assert counting_pg.calls(tag) == 2
+
+
+def test_a_bad_default_duration_names_the_datasource(tmp_path: Path, sources_file: Path) -> None:
+    sources_file.write_text(sources_file.read_text().replace("cache_ttl_s = 3600", 'cache_ttl_s = "soon"'))
+    with (
+        _context(tmp_path, sources_file) as ctx,
+        pytest.raises(
+            DatasourceError, match="'pg_default': cache_ttl_s in the datasources file: cache='soon'"
+        ),
+    ):
+        ctx.query_datasource("pg_default", "SELECT 1")
