@@ -13,15 +13,19 @@ implementations, one per transport of the same broker code (README, "How secrets
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from analysis.errors import DatasourceError
 from analysis.logs import emit, one_line
 from analysis.redact import Redactor
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from analysis.cache_fill import CacheSlot
     from analysis.config import Settings
     from analysis.deadline import Deadline
     from analysis.files import Files
@@ -35,10 +39,14 @@ class DataAccess(ABC):
     """Datasource queries and the file API client of one ``Context``."""
 
     @abstractmethod
-    def query(self, name: str, sql: str, params: Params, *, timeout_s: float | None) -> pa.Table:
+    def query(
+        self, name: str, sql: str, params: Params, *, timeout_s: float | None, cache_s: float | None = None
+    ) -> pa.Table:
         """Run ``sql`` on datasource ``name``; the whole result as an Arrow table.
 
         Logs ``[query:datasource] <name> <sql>``; driver errors are ``DatasourceError``.
+        ``cache_s``: keep and reuse the result this many seconds (``0``: not cached; ``None``:
+        the datasource's ``cache_ttl_s``, if any); README "Result cache".
         """
 
     @abstractmethod
@@ -51,6 +59,7 @@ class DataAccess(ABC):
         params: Params,
         *,
         timeout_s: float | None,
+        cache_s: float | None = None,
     ) -> int:
         """Stream the result of ``sql`` into ``sink.load_data(table, ...)``; return the row count."""
 
@@ -83,11 +92,22 @@ class LocalAccess(DataAccess):
     redactor
         Learns every secret this access reveals (the token, the secret key, each datasource
         password when first used) and scrubs them from the errors it raises (README: "Secrets.").
+    cache_dir
+        The project's result cache folder (README: "Result cache"); ``None``: no caching.
     """
 
-    def __init__(self, sources: Datasources, settings: Settings, *, redactor: Redactor | None = None) -> None:
+    def __init__(
+        self,
+        sources: Datasources,
+        settings: Settings,
+        *,
+        redactor: Redactor | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
         self.sources = sources
         self.settings = settings
+        self.cache_dir = cache_dir
+        self._interrupted = threading.Event()
         self.redactor = redactor if redactor is not None else Redactor()
         self.redactor.add(settings.backend_token)
         for key in (settings.secret_key or "").split(","):
@@ -99,13 +119,48 @@ class LocalAccess(DataAccess):
         self.redactor.add(getattr(source, "password", None) or source.config.get("password"))
         return source
 
-    def query(self, name: str, sql: str, params: Params, *, timeout_s: float | None) -> pa.Table:
+    def _cache(
+        self, name: str, sql: str, params: Params, cache_s: float | None, *, into: bool
+    ) -> CacheSlot | None:
+        """Where the result of this query is cached, or ``None`` when it is not to be."""
+        from analysis.cache_fill import CacheSlot, parse_ttl, source_identity, summary
+        from analysis.result_cache import ResultCache
+
+        entry = self.sources.config.get(name, {})
+        ttl_s = cache_s
+        if ttl_s is None:
+            try:
+                ttl_s = parse_ttl(entry.get("cache_ttl_s"))
+            except DatasourceError as exc:
+                raise DatasourceError(
+                    f"Datasource {name!r}: cache_ttl_s in the datasources file: {exc}"
+                ) from None
+        if not ttl_s or self.cache_dir is None:
+            return None
+        cache = ResultCache(self.cache_dir, max_bytes=self.settings.cache_max_bytes)
+        key = cache.query_key(source_identity(str(entry.get("kind")), entry), sql, params, into=into)
+        return CacheSlot(cache, key, summary(name, key, sql), ttl_s, name)
+
+    def query(
+        self, name: str, sql: str, params: Params, *, timeout_s: float | None, cache_s: float | None = None
+    ) -> pa.Table:
         try:
             source = self._source(name)
         finally:  # logged after the password is known, so the line is scrubbed of it too
             emit("query:datasource", f"{name} {one_line(sql)}")
+        self._interrupted.clear()
         try:
-            return source.query(sql, params, timeout_s=timeout_s)
+            cached = self._cache(name, sql, params, cache_s, into=False)
+            if cached is None:
+                return source.query(sql, params, timeout_s=timeout_s)
+            from analysis.cache_fill import cached_query
+
+            return cached_query(
+                cached,
+                lambda: source.query(sql, params, timeout_s=timeout_s),
+                timeout_s=timeout_s,
+                cancelled=self._interrupted,
+            )
         except BaseException as exc:
             self.redactor.scrub_exception(exc)
             raise
@@ -119,13 +174,27 @@ class LocalAccess(DataAccess):
         params: Params,
         *,
         timeout_s: float | None,
+        cache_s: float | None = None,
     ) -> int:
         try:
             source = self._source(name)
         finally:
             emit("query:datasource", f"{name} {one_line(sql)}")
+        self._interrupted.clear()
         try:
-            return source.query_into(sink, table, sql, params, timeout_s=timeout_s)  # type: ignore[arg-type]
+            cached = self._cache(name, sql, params, cache_s, into=True)
+            if cached is None:
+                return source.query_into(sink, table, sql, params, timeout_s=timeout_s)  # type: ignore[arg-type]
+            from analysis.cache_fill import cached_query_into
+
+            return cached_query_into(
+                cached,
+                sink,
+                table,
+                lambda tee: source.query_into(tee, table, sql, params, timeout_s=timeout_s),  # type: ignore[arg-type]
+                timeout_s=timeout_s,
+                cancelled=self._interrupted,
+            )
         except BaseException as exc:
             self.redactor.scrub_exception(exc)
             raise
@@ -136,9 +205,16 @@ class LocalAccess(DataAccess):
     def files(self, *, deadline: Deadline, duck: SupportsLoadData) -> Files:
         from analysis.files import Files
 
-        return Files(settings=self.settings, deadline=deadline, duck=duck, redactor=self.redactor)
+        return Files(
+            settings=self.settings,
+            deadline=deadline,
+            duck=duck,
+            redactor=self.redactor,
+            cache_dir=self.cache_dir,
+        )
 
     def interrupt(self) -> None:
+        self._interrupted.set()
         self.sources.interrupt()
 
     def close(self) -> None:

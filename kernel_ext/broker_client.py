@@ -212,8 +212,17 @@ class BrokerAccess(DataAccess):
         return value, final
 
     # -- DataAccess -----------------------------------------------------------------------------
-    def query(self, name: str, sql: str, params: Params, *, timeout_s: float | None) -> pa.Table:
-        request = {"op": "query", "name": name, "sql": sql, "params": encode_params(params), "into": False}
+    def query(
+        self, name: str, sql: str, params: Params, *, timeout_s: float | None, cache_s: float | None = None
+    ) -> pa.Table:
+        request = {
+            "op": "query",
+            "name": name,
+            "sql": sql,
+            "params": encode_params(params),
+            "into": False,
+            "cache": cache_s,
+        }
         table, _ = self._call(request, DatasourceError, lambda r: _arrow_stream(r).read_all())
         return table
 
@@ -226,11 +235,19 @@ class BrokerAccess(DataAccess):
         params: Params,
         *,
         timeout_s: float | None,
+        cache_s: float | None = None,
     ) -> int:
         from analysis.duck import quote_identifier
 
         quote_identifier(table)  # a bad name fails here, before the datasource runs anything
-        request = {"op": "query", "name": name, "sql": sql, "params": encode_params(params), "into": True}
+        request = {
+            "op": "query",
+            "name": name,
+            "sql": sql,
+            "params": encode_params(params),
+            "into": True,
+            "cache": cache_s,
+        }
         count, _ = self._call(request, DatasourceError, lambda r: _load_stream(sink, table, _arrow_stream(r)))
         return count
 
@@ -244,10 +261,24 @@ class BrokerAccess(DataAccess):
         return BrokerFiles(self, deadline=deadline, duck=duck)
 
     def get_file(
-        self, path: str, sink: Callable[[bytes], object], params: QueryParams | None, file_id: str | None
+        self,
+        path: str,
+        sink: Callable[[bytes], object],
+        params: QueryParams | None,
+        file_id: str | None,
+        cache_s: float | None = None,
     ) -> dict[str, str]:
-        """``GET path`` on the file API through the broker; the body goes to ``sink``."""
-        request = {"op": "files.get", "path": path, "params": dict(params or {}), "file_id": file_id}
+        """``GET path`` on the file API through the broker; the body goes to ``sink``.
+
+        ``cache_s`` (a file's content only): the broker answers from the result cache.
+        """
+        request = {
+            "op": "files.get",
+            "path": path,
+            "params": dict(params or {}),
+            "file_id": file_id,
+            "cache": cache_s,
+        }
 
         def feed(response: _Response) -> None:
             for piece in response.chunks():

@@ -7,7 +7,7 @@ only its HTTP session is replaced by one that sends each ``GET`` through
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, cast
 
 from analysis.errors import FileApiError
@@ -57,3 +57,10 @@ class BrokerFiles(Files):
         if self._closed:
             raise FileApiError("the file API client is closed (its job has ended).")
         return cast("HttpSession", self._remote)
+
+    def _content(
+        self, file_id: str, sink: Callable[[bytes], object], cache_s: float | None
+    ) -> Mapping[str, str]:
+        """The content, through the broker, which keeps the result cache (``cache_s``) outside the kernel."""
+        self._http()  # a closed client fails here
+        return self._remote._access.get_file(f"/api/files/{file_id}/content", sink, None, file_id, cache_s)

@@ -11,6 +11,7 @@ variable                       meaning
 ``ANALYSIS_BACKEND_TOKEN``     bearer token for the file API
 ``ANALYSIS_FILES_MAX_BYTES``   largest file API response body accepted (104857600 = 100 MiB)
 ``ANALYSIS_SANDBOX``           sandbox of headless jobs: ``auto``, ``on`` or ``off`` (``auto``)
+``ANALYSIS_CACHE_MAX_BYTES``   size budget of each project's result cache (1073741824 = 1 GiB)
 =============================  ==========================================================
 """
 
@@ -36,6 +37,8 @@ class Settings:
     backend_token: str | None = field(default=None, repr=False)
     files_max_bytes: int = 100 * 1024 * 1024
     sandbox: str = "auto"
+    #: Size budget of each project's result cache (README: "Result cache").
+    cache_max_bytes: int = 1024**3
     #: The environment the settings were read from, where ``password_env`` variables are looked up.
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -53,12 +56,17 @@ class Settings:
             backend_token=env.get("ANALYSIS_BACKEND_TOKEN") or None,
             files_max_bytes=_positive_int(env, "ANALYSIS_FILES_MAX_BYTES", 100 * 1024 * 1024),
             sandbox=env.get("ANALYSIS_SANDBOX") or "auto",
+            cache_max_bytes=_positive_int(env, "ANALYSIS_CACHE_MAX_BYTES", 1024**3),
             environ=dict(env),
         )
 
     def project_dir(self, project_id: str) -> Path:
         """``{root}/{project_id}/analysis``: where a project's analyses and config live."""
         return self.root / project_id / "analysis"
+
+    def cache_dir(self, project_id: str) -> Path:
+        """``{root}/{project_id}/analysis/cache``: the project's result cache."""
+        return self.project_dir(project_id) / "cache"
 
     def datasources_path(self, project_id: str) -> Path:
         """The datasources TOML file of a project (the override wins)."""

@@ -71,6 +71,7 @@ class Context:
             ),
             self.settings,
             redactor=self.redactor,
+            cache_dir=self.settings.cache_dir(project_id),
         )
         self._files: Files | None = None
         self._result: Any = _UNSET
@@ -127,6 +128,7 @@ class Context:
         params: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         into: str | None = None,
+        cache: str | float | None = None,
     ) -> QueryResult:
         """Run ``sql`` on the project's datasource ``name``.
 
@@ -140,15 +142,24 @@ class Context:
             Values bound to the placeholders.
         into
             A DuckDB table to stream the rows into; the result then holds only the row count.
+        cache
+            Reuse a result of the same query (same datasource, SQL and parameters) up to this
+            old: ``"30s"``, ``"15m"``, ``"2h"``, ``"1d"`` or seconds; ``0`` never; ``None`` the
+            datasource's ``cache_ttl_s`` (README: "Result cache").
         """
+        from analysis.cache_fill import parse_ttl
+
+        cache_s = parse_ttl(cache)
         timeout_s = self.deadline.remaining_s()
         if timeout_s is not None and timeout_s <= 0:
             raise JobTimeoutError(f"The job ran past {self.deadline.describe()} before querying {name!r}.")
         try:
             if into is not None:
-                count = self._access.query_into(self._duck, into, name, sql, params, timeout_s=timeout_s)
+                count = self._access.query_into(
+                    self._duck, into, name, sql, params, timeout_s=timeout_s, cache_s=cache_s
+                )
                 return QueryResult(None, row_count=count, loaded_into=into)
-            return QueryResult(self._access.query(name, sql, params, timeout_s=timeout_s))
+            return QueryResult(self._access.query(name, sql, params, timeout_s=timeout_s, cache_s=cache_s))
         except BaseException as exc:  # DuckDB's errors on into= may quote what the driver sent
             self.redactor.scrub_exception(exc)
             if isinstance(exc, DatasourceError) and self.deadline.expired():

@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     server_cli.add_subparsers(commands)
     server_client.add_subparsers(commands)
+
+    from analysis.runner import cache_cli
+
+    cache_cli.add_subparser(commands)
     return parser
 
 

@@ -23,6 +23,8 @@ from analysis.files._load import FORMATS, FileFormat, SupportsLoadData, detect_f
 from analysis.files._policy import FileApiLimits
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
     import httpx
 
     from analysis.config import Settings
@@ -92,6 +94,8 @@ class Files:
     redactor
         The job's secrets (``ctx.redactor``); errors are scrubbed of them, and of the token, in
         every spelling a library may quote it in.
+    cache_dir
+        The project's result cache, for ``cache=`` (default: that of ``settings.project_id``).
     """
 
     def __init__(
@@ -103,10 +107,12 @@ class Files:
         transport: httpx.BaseTransport | None = None,
         limits: FileApiLimits | None = None,
         redactor: Redactor | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         from analysis.redact import Redactor
 
         self._settings = settings
+        self._cache_dir = cache_dir
         self._redactor = redactor if redactor is not None else Redactor()
         self._redactor.add(settings.backend_token)
         self._deadline = deadline
@@ -199,15 +205,27 @@ class Files:
             params[key] = ("true" if value else "false") if isinstance(value, bool) else value
         return self._file_list("/api/files/search", params)
 
-    def read(self, file_id: str) -> bytes:
-        """The raw bytes of a file (``GET /api/files/{file_id}/content``), at most ``max_body_bytes``."""
-        body, _ = self._read(file_id)
+    def read(self, file_id: str, *, cache: str | float | None = None) -> bytes:
+        """The raw bytes of a file (``GET /api/files/{file_id}/content``), at most ``max_body_bytes``.
+
+        ``cache``: reuse the content fetched by an earlier run up to this old (``"15m"``, seconds)
+        while the file's metadata (size, modification time, ETag) is unchanged; README "Result
+        cache". ``read_text``, ``read_json`` and ``load`` take it too.
+        """
+        body, _ = self._read(file_id, cache)
         return body
 
     # -- conveniences ---------------------------------------------------------------------------
-    def read_text(self, file_id: str, *, encoding: str | None = None, errors: str = "strict") -> str:
+    def read_text(
+        self,
+        file_id: str,
+        *,
+        encoding: str | None = None,
+        errors: str = "strict",
+        cache: str | float | None = None,
+    ) -> str:
         """A file decoded as text: ``encoding``, else the charset the backend names, else UTF-8."""
-        body, content_type = self._read(file_id)
+        body, content_type = self._read(file_id, cache)
         name = encoding or _charset(content_type) or "utf-8"
         try:
             codecs.lookup(name)
@@ -217,16 +235,22 @@ class Files:
                 f"file {file_id!r} cannot be decoded as {name} text: {exc}.", file_id=file_id
             ) from exc
 
-    def read_json(self, file_id: str) -> Any:
+    def read_json(self, file_id: str, *, cache: str | float | None = None) -> Any:
         """A file parsed as JSON (whatever content type the backend gives it)."""
-        body, _ = self._read(file_id)
+        body, _ = self._read(file_id, cache)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise FileLoadError(f"file {file_id!r} is not valid JSON: {exc}.", file_id=file_id) from exc
 
     def load(
-        self, file_id: str, table: str, *, mode: str = "replace", file_format: FileFormat | None = None
+        self,
+        file_id: str,
+        table: str,
+        *,
+        mode: str = "replace",
+        file_format: FileFormat | None = None,
+        cache: str | float | None = None,
     ) -> int:
         """Load a CSV, JSON (array or lines) or Parquet file into DuckDB table ``table``.
 
@@ -244,6 +268,8 @@ class Files:
         file_format
             ``"csv"``, ``"json"`` or ``"parquet"``; by default from the content type, else the
             file name's extension, else the file's first bytes.
+        cache
+            As in :meth:`read`.
 
         Returns
         -------
@@ -251,6 +277,7 @@ class Files:
             Rows loaded.
         """
         validate_file_id(file_id)
+        cache_s = _ttl(cache)
         if self._duck is None:
             raise FileApiError("files.load needs the job's DuckDB: call it as ctx.files.load(...).")
         if mode not in _MODES:
@@ -260,7 +287,7 @@ class Files:
         with tempfile.TemporaryDirectory(prefix="analysis-files-") as tmp:
             target = Path(tmp) / "body"
             with target.open("wb") as fh:
-                headers = self._http().get(f"/api/files/{file_id}/content", fh.write, file_id=file_id)
+                headers = self._content(file_id, fh.write, cache_s)
             content_type = headers.get("content-type")
             fmt = file_format or detect_format(content_type, file_id)
             if fmt is None:
@@ -294,11 +321,24 @@ class Files:
             )
         return self._session
 
-    def _read(self, file_id: str) -> tuple[bytes, str | None]:
-        path = f"/api/files/{validate_file_id(file_id)}/content"
+    def _read(self, file_id: str, cache: str | float | None = None) -> tuple[bytes, str | None]:
+        validate_file_id(file_id)
         body = bytearray()
-        headers = self._http().get(path, body.extend, file_id=file_id)
+        headers = self._content(file_id, body.extend, _ttl(cache))
         return bytes(body), headers.get("content-type")
+
+    def _content(
+        self, file_id: str, sink: Callable[[bytes], object], cache_s: float | None
+    ) -> Mapping[str, str]:
+        """``GET`` a file's content into ``sink``, through the result cache when ``cache_s`` asks."""
+        if cache_s:
+            from analysis.file_cache import cached_get
+            from analysis.result_cache import ResultCache
+
+            folder = self._cache_dir or self._settings.cache_dir(self._settings.project_id)
+            cache = ResultCache(folder, max_bytes=self._settings.cache_max_bytes)
+            return cached_get(self._http(), cache, file_id, sink, cache_s)
+        return self._http().get(f"/api/files/{file_id}/content", sink, file_id=file_id)
 
     def _get_json(self, path: str, params: QueryParams | None, file_id: str | None = None) -> Any:
         body = bytearray()
@@ -330,6 +370,16 @@ class Files:
                 f'the file API answered GET {path} with file metadata that has no "id" string.', path=path
             )
         return cast(FileMetadata, item)
+
+
+def _ttl(cache: str | float | None) -> float | None:
+    from analysis.cache_fill import parse_ttl
+    from analysis.errors import DatasourceError
+
+    try:
+        return parse_ttl(cache)
+    except DatasourceError as exc:
+        raise FileApiError(str(exc)) from None
 
 
 def _charset(content_type: str | None) -> str | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from analysis.broker_wire import WireError, decode_params
+from analysis.cache_fill import MAX_TTL_S
 from analysis.sources import Params
 
 __all__ = ["FilesGet", "Names", "Query", "RequestError", "parse_request"]
@@ -49,6 +50,7 @@ class Query:
     sql: str
     params: Params
     into: bool
+    cache_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class FilesGet:
     path: str
     params: dict[str, str | int | float | bool]
     file_id: str | None
+    cache_s: float | None = None
 
 
 def _fields(request: dict[str, Any], op: str, required: set[str]) -> None:
@@ -90,6 +93,15 @@ def _file_params(value: Any) -> dict[str, str | int | float | bool]:
     return value
 
 
+def _cache(request: dict[str, Any]) -> float | None:
+    value = request["cache"]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_TTL_S:
+        raise RequestError(f"'cache' must be null or a number of seconds from 0 to {int(MAX_TTL_S)}")
+    return float(value)
+
+
 def parse_request(request: dict[str, Any]) -> Names | Query | FilesGet:
     """The request ``request`` describes; :class:`RequestError` if it is not exactly one."""
     op = request.get("op")
@@ -97,18 +109,27 @@ def parse_request(request: dict[str, Any]) -> Names | Query | FilesGet:
         _fields(request, op, set())
         return Names()
     if op == "query":
-        _fields(request, op, {"name", "sql", "params", "into"})
+        _fields(request, op, {"name", "sql", "params", "into", "cache"})
         if not isinstance(request["into"], bool):
             raise RequestError("'into' must be true or false")
+        cache_s = request["cache"]
+        if cache_s is not None and (
+            isinstance(cache_s, bool) or not isinstance(cache_s, int | float) or not 0 <= cache_s <= MAX_TTL_S
+        ):
+            raise RequestError(f"'cache' must be null or a number of seconds from 0 to {int(MAX_TTL_S)}")
         try:
             params = decode_params(request["params"])
         except WireError as exc:
             raise RequestError(str(exc)) from None
         return Query(
-            _text(request, "name", _MAX_NAME), _text(request, "sql", _MAX_SQL), params, request["into"]
+            _text(request, "name", _MAX_NAME),
+            _text(request, "sql", _MAX_SQL),
+            params,
+            request["into"],
+            cache_s,
         )
     if op == "files.get":
-        _fields(request, op, {"path", "params", "file_id"})
+        _fields(request, op, {"path", "params", "file_id", "cache"})
         path_pattern, file_id_pattern = _file_patterns()
         path = _text(request, "path", 200)
         match = path_pattern.fullmatch(path)
@@ -119,6 +140,9 @@ def parse_request(request: dict[str, Any]) -> Names | Query | FilesGet:
         file_id = request["file_id"]
         if file_id is not None and (not isinstance(file_id, str) or not file_id_pattern.fullmatch(file_id)):
             raise RequestError("'file_id' must be null or a valid file id")
-        return FilesGet(path, _file_params(request["params"]), file_id)
+        cache_s = _cache(request)
+        if cache_s and (file_id is None or path != f"/api/files/{file_id}/content"):
+            raise RequestError("'cache' applies only to a file's content (/api/files/<id>/content)")
+        return FilesGet(path, _file_params(request["params"]), file_id, cache_s)
     shown = str(op)[:40] if isinstance(op, str) else type(op).__name__
     raise RequestError(f"unknown request op {shown!r} (known: names, query, files.get)")

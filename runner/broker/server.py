@@ -218,7 +218,8 @@ class BrokerServer:
             secret_key=self.settings.secret_key,
             environ=self.settings.environ,
         )
-        return LocalAccess(sources, self.settings), sources
+        cache_dir = self.settings.cache_dir(self.project_id)
+        return LocalAccess(sources, self.settings, cache_dir=cache_dir), sources
 
     def http(self) -> HttpSession:
         """The job's file API session (opened on first use) with the runner's token."""

@@ -14,7 +14,7 @@ import logging
 import select
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -163,9 +163,26 @@ class BrokerSession:
                     rows = self._query(access, request, timeout_s)
             self._check_cancelled()
             return {"ok": True, "rows": rows}
-        headers = self.server.http().get(
-            request.path, self._send_body, params=request.params or None, file_id=request.file_id
-        )
+        if request.cache_s and request.file_id is not None:
+            from analysis.file_cache import cached_get
+            from analysis.result_cache import ResultCache
+
+            settings = self.server.settings
+            cache = ResultCache(
+                settings.cache_dir(self.server.project_id), max_bytes=settings.cache_max_bytes
+            )
+            headers: Mapping[str, str] = cached_get(
+                self.server.http(),
+                cache,
+                request.file_id,
+                self._send_body,
+                request.cache_s,
+                cancelled=self._cancelled,
+            )
+        else:
+            headers = self.server.http().get(
+                request.path, self._send_body, params=request.params or None, file_id=request.file_id
+            )
         self._check_cancelled()
         return {"ok": True, "headers": {"content-type": headers.get("content-type") or ""}}
 
@@ -173,9 +190,17 @@ class BrokerSession:
         sink = ArrowSink(self._send_body)
         if request.into:
             return access.query_into(
-                sink, "result", request.name, request.sql, request.params, timeout_s=timeout_s
+                sink,
+                "result",
+                request.name,
+                request.sql,
+                request.params,
+                timeout_s=timeout_s,
+                cache_s=request.cache_s,
             )
-        table = access.query(request.name, request.sql, request.params, timeout_s=timeout_s)
+        table = access.query(
+            request.name, request.sql, request.params, timeout_s=timeout_s, cache_s=request.cache_s
+        )
         return sink.load_data("result", table)
 
     def _check_cancelled(self) -> None:

@@ -97,7 +97,7 @@ def test_a_good_request_streams_arrow(broker: BrokerServer) -> None:
 
     with connect(broker) as sock:
         sock.sendall(header({"op": "query", "name": "shop", "sql": "SELECT * FROM orders WHERE id > ?",
-                             "params": encode_params([1]), "into": False}))  # fmt: skip
+                             "params": encode_params([1]), "into": False, "cache": None}))  # fmt: skip
         got = frames(sock)
     logs = [h["log"] for k, h in got if k == "H" and "log" in h]
     body = b"".join(p for k, p in got if k == "D")
@@ -107,6 +107,10 @@ def test_a_good_request_streams_arrow(broker: BrokerServer) -> None:
         {"id": 3, "item": "fig", "amount": None},
     ]
     assert got[-1] == ("H", {"ok": True, "rows": 2})
+
+
+_QUERY = {"op": "query", "name": "shop", "sql": "SELECT 1", "params": None, "into": False, "cache": None}
+_FILES = {"op": "files.get", "path": "/api/files", "params": {}, "file_id": None, "cache": None}
 
 
 @pytest.mark.parametrize(
@@ -119,9 +123,16 @@ def test_a_good_request_streams_arrow(broker: BrokerServer) -> None:
         (header([1, 2]), "must be a JSON object"),
         (header({"op": "drop_tables"}), "unknown request op"),
         (header({"op": "names", "project": "other"}), "unknown fields ['project']"),
-        (header({"op": "query", "name": "shop", "sql": "SELECT 1", "params": None}), "missing ['into']"),
-        (header({"op": "query", "name": "shop", "sql": "SELECT 1", "params": None, "into": "yes"}), "'into'"),
-        (header({"op": "query", "name": "", "sql": "SELECT 1", "params": None, "into": False}), "'name'"),
+        (
+            header({"op": "query", "name": "shop", "sql": "SELECT 1", "params": None}),
+            "missing ['cache', 'into']",
+        ),
+        (header({**_QUERY, "into": "yes"}), "'into'"),
+        (header({**_QUERY, "name": ""}), "'name'"),
+        (header({**_QUERY, "cache": "15m"}), "'cache' must be null or a number of seconds"),
+        (header({**_QUERY, "cache": -1}), "'cache' must be null or a number of seconds"),
+        (header({**_QUERY, "cache": 1e12}), "'cache' must be null or a number of seconds"),
+        (header({**_QUERY, "cache": True}), "'cache' must be null or a number of seconds"),
         (
             header(
                 {
@@ -130,21 +141,24 @@ def test_a_good_request_streams_arrow(broker: BrokerServer) -> None:
                     "sql": "SELECT ?",
                     "params": {"positional": [{"$t": "pickle", "v": "x"}]},
                     "into": False,
+                    "cache": None,
                 }
             ),
             "unknown type tag",
         ),
         (
-            header({"op": "query", "name": "shop", "sql": "SELECT ?", "params": [1], "into": False}),
+            header({**_QUERY, "sql": "SELECT ?", "params": [1]}),
             "params must",
         ),
         (
-            header({"op": "files.get", "path": "/api/files/../../etc/passwd", "params": {}, "file_id": None}),
+            header({**_FILES, "path": "/api/files/../../etc/passwd"}),
             "not a file API path",
         ),
-        (header({"op": "files.get", "path": "/admin", "params": {}, "file_id": None}), "not a file API path"),
+        (header({**_FILES, "path": "/admin"}), "not a file API path"),
+        (header({**_FILES, "cache": 60}), "'cache' applies only to a file's content"),
+        (header({**_FILES, "cache": "1h"}), "'cache' must be null or a number of seconds"),
         (
-            header({"op": "files.get", "path": "/api/files", "params": {"q": {"$ne": 1}}, "file_id": None}),
+            header({**_FILES, "params": {"q": {"$ne": 1}}}),
             "file API parameters",
         ),
     ],
@@ -246,7 +260,7 @@ def test_disconnect_mid_query_cancels_it_on_the_server(pg_broker: Any, pg_server
     server, pool = pg_broker
     sock = connect(server)
     sock.sendall(header({"op": "query", "name": "pg", "sql": "SELECT pg_sleep(60) AS hostile_sleep",
-                         "params": None, "into": into}))  # fmt: skip
+                         "params": None, "into": into, "cache": None}))  # fmt: skip
     running = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%hostile_sleep%'"
     assert _wait(lambda: int(pg_server.psql(running + " AND pid <> pg_backend_pid()").strip()) == 1)
     sock.close()
@@ -260,7 +274,7 @@ def test_disconnect_mid_stream_leaks_no_connection(pg_broker: Any, pg_server: An
     server, pool = pg_broker
     sock = connect(server)
     sql = "SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 600000) g"
-    sock.sendall(header({"op": "query", "name": "pg", "params": None, "into": into, "sql": sql}))
+    sock.sendall(header({**_QUERY, "name": "pg", "into": into, "sql": sql}))
     buf = b""
     while len(buf) < 2 << 20:  # wait for body frames to flow, then hang up
         chunk = sock.recv(1 << 16)
@@ -272,7 +286,7 @@ def test_disconnect_mid_stream_leaks_no_connection(pg_broker: Any, pg_server: An
     with connect(server) as again:  # and the broker still serves
         sock2 = again
         sock2.sendall(header({"op": "query", "name": "pg", "sql": "SELECT 41 + 1 AS n", "params": None,
-                              "into": False}))  # fmt: skip
+                              "into": False, "cache": None}))  # fmt: skip
         assert frames(sock2)[-1][1] == {"ok": True, "rows": 1}
 
 
@@ -280,7 +294,7 @@ def test_sending_during_an_answer_cancels_it(pg_broker: Any, pg_server: Any) -> 
     server, _ = pg_broker
     with connect(server) as sock:
         sock.sendall(header({"op": "query", "name": "pg", "sql": "SELECT pg_sleep(60) AS pipelined_sleep",
-                             "params": None, "into": False}))  # fmt: skip
+                             "params": None, "into": False, "cache": None}))  # fmt: skip
         running = (
             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pipelined_sleep%'"
             " AND pid <> pg_backend_pid()"
@@ -305,10 +319,19 @@ def test_a_result_too_big_for_the_runner_is_cancelled(
     server = make_broker(settings, pool=pool, max_request_memory_bytes=64 * 1024 * 1024)
     sql = "SELECT repeat('x', 1000) AS pad FROM generate_series(1, 1000000)"  # about 1 GB of rows
     with connect(server) as sock:
-        answer = final(sock, {"op": "query", "name": "pg", "sql": sql, "params": None, "into": False})
+        answer = final(
+            sock, {"op": "query", "name": "pg", "sql": sql, "params": None, "into": False, "cache": None}
+        )
         assert answer["ok"] is False and answer["error"]["class"] == "ResourceLimitError", answer
         assert "max_request_memory_bytes" in answer["error"]["message"]
         assert "into=" in answer["error"]["message"]
-        small = {"op": "query", "name": "pg", "sql": "SELECT 1 AS one", "params": None, "into": False}
+        small = {
+            "op": "query",
+            "name": "pg",
+            "sql": "SELECT 1 AS one",
+            "params": None,
+            "into": False,
+            "cache": None,
+        }
         assert final(sock, small) == {"ok": True, "rows": 1}  # the same connection still serves
     assert _wait(lambda: _connections(pg_server) <= 1)  # the cancelled connection was closed

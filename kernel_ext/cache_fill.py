@@ -1,0 +1,202 @@
+"""Answering a datasource query from the result cache, or running it once and keeping its result.
+
+Also what a query's caching is described by: a duration (:func:`parse_ttl`), the datasource's
+identity (:func:`source_identity`) and the log summary (:func:`summary`).
+
+:class:`analysis.access.LocalAccess` calls :func:`cached_query` and :func:`cached_query_into`
+when a query asks for caching (README: "Result cache"). On a miss the result goes to the
+caller and to the cache file at the same time (``into=`` streams batch by batch: the
+datasource's Arrow reader is teed, never turned into Python rows); only a complete result is
+kept. On a hit ``into=`` streams the memory-mapped Arrow file into the sink.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from analysis.errors import DatasourceError
+from analysis.logs import emit, one_line
+from analysis.result_cache import ResultCache, cache_stats
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from analysis.files._load import SupportsLoadData
+
+__all__ = [
+    "MAX_TTL_S",
+    "CacheSlot",
+    "cached_query",
+    "cached_query_into",
+    "parse_ttl",
+    "source_identity",
+    "summary",
+]
+
+#: Longest time an entry may be asked to live (a year).
+MAX_TTL_S = 366 * 86400.0
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_TTL_TEXT = re.compile(r"(\d{1,9}(?:\.\d{1,6})?)\s*([smhd]?)")
+_IDENTITY_KEYS = ("kind", "host", "port", "database", "user", "path")
+
+_Opener = Callable[["pa.Schema"], "pa.ipc.RecordBatchFileWriter"]
+
+
+class CacheSlot(NamedTuple):
+    """Where one query's result is cached: the project's cache, the key, its log summary, the TTL."""
+
+    cache: ResultCache
+    key: str
+    summary: str
+    ttl_s: float
+    datasource: str
+
+
+def parse_ttl(value: object) -> float | None:
+    """A cache duration in seconds: ``"15m"``, ``"2h"``, ``"30s"``, ``"1d"`` or a number of seconds.
+
+    ``None`` stays ``None`` (no choice made); ``0`` means "do not cache". Anything else is a
+    ``DatasourceError`` naming the problem.
+    """
+    if value is None:
+        return None
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _TTL_TEXT.fullmatch(value.strip())
+        if match is not None:
+            seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds is None or not (0 <= seconds <= MAX_TTL_S):
+        raise DatasourceError(
+            f"cache={value!r} is not a duration: use seconds (0 to {int(MAX_TTL_S)}) or text such as "
+            "'30s', '15m', '2h', '1d'."
+        )
+    return seconds
+
+
+def source_identity(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes two datasources the same for the cache: kind, host, port, database, user, path."""
+    options = dict(config)
+    extra = options.pop("options", None)
+    if isinstance(extra, Mapping):
+        options.update(extra)
+    options["kind"] = kind
+    return {k: str(options[k]) for k in _IDENTITY_KEYS if options.get(k) is not None}
+
+
+def summary(name: str, key: str, sql: str) -> str:
+    """How an entry is named in the log: datasource, short key, the start of the SQL (no parameters)."""
+    return f"{name} {key[:12]} {one_line(sql, 80)}"
+
+
+class _TeeSink:
+    """Stands in for the sink of ``query_into``: every batch goes to the cache file and to the sink."""
+
+    def __init__(self, sink: SupportsLoadData, opener: _Opener) -> None:
+        self._sink = sink
+        self._opener = opener
+        self.casts: list[str | None] | None = None
+        self.complete = False
+
+    @property
+    def connection(self) -> Any:
+        """The sink's DuckDB connection (the PostgreSQL bulk path opens it while it connects)."""
+        return getattr(self._sink, "connection", None)
+
+    def load_data(
+        self, table: str, data: Any, *, mode: str = "replace", casts: Sequence[str | None] | None = None
+    ) -> int:
+        import pyarrow as pa
+
+        if isinstance(data, pa.Table):
+            data = pa.RecordBatchReader.from_batches(data.schema, data.to_batches())
+        if not isinstance(data, pa.RecordBatchReader):
+            raise TypeError(f"the result cache stores Arrow tables and readers, not {type(data).__name__}")
+        self.casts = list(casts) if casts is not None else None
+        writer = self._opener(data.schema)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for batch in data:
+                writer.write_batch(batch)
+                yield batch
+            self.complete = True
+
+        tee = pa.RecordBatchReader.from_batches(data.schema, batches())
+        return self._sink.load_data(table, tee, mode=mode, casts=casts)
+
+
+def _miss(cache: ResultCache, key: str, summary: str) -> None:
+    cache_stats().add(misses=1)
+    emit("cache", f"miss {summary}")
+
+
+def cached_query(
+    slot: CacheSlot,
+    run: Callable[[], pa.Table],
+    *,
+    timeout_s: float | None,
+    cancelled: threading.Event,
+) -> pa.Table:
+    """The result of ``run()``, from the cache when an entry younger than ``ttl_s`` is there."""
+    cache, key, summary, ttl_s, datasource = slot
+    found = cache.lookup(key, ttl_s, summary)
+    if found is not None:
+        return found.read_all()
+    with cache.filling(key, timeout_s=timeout_s, cancelled=cancelled):
+        found = cache.lookup(key, ttl_s, summary)  # filled by another run while this one waited
+        if found is not None:
+            return found.read_all()
+        _miss(cache, key, summary)
+
+        extra: dict[str, Any] = {"datasource": datasource, "into": False}
+
+        def write(opener: _Opener) -> pa.Table:
+            table = run()
+            opener(table.schema).write_table(table)
+            extra["rows"] = table.num_rows
+            return table
+
+        return cache.store(key, summary, write, extra=extra)
+
+
+def cached_query_into(
+    slot: CacheSlot,
+    sink: SupportsLoadData,
+    table: str,
+    run: Callable[[SupportsLoadData], int],
+    *,
+    timeout_s: float | None,
+    cancelled: threading.Event,
+) -> int:
+    """``run(sink)`` (a ``query_into``), or the cached result streamed into ``sink.load_data(table)``."""
+    cache, key, summary, ttl_s, datasource = slot
+
+    def hit() -> int | None:
+        found = cache.lookup(key, ttl_s, summary)
+        if found is None:
+            return None
+        return sink.load_data(table, found, casts=cache.casts(key))
+
+    count = hit()
+    if count is not None:
+        return count
+    with cache.filling(key, timeout_s=timeout_s, cancelled=cancelled):
+        count = hit()
+        if count is not None:
+            return count
+        _miss(cache, key, summary)
+        extra: dict[str, Any] = {"datasource": datasource, "into": True}
+
+        def write(opener: _Opener) -> int:
+            tee = _TeeSink(sink, opener)
+            rows = run(tee)
+            if not tee.complete:  # the sink stopped reading early: not a whole result, not kept
+                raise DatasourceError(f"{summary}: the result was not read to its end, so it was not cached.")
+            extra["casts"], extra["rows"] = tee.casts, rows
+            return rows
+
+        return cache.store(key, summary, write, extra=extra)

@@ -1,0 +1,338 @@
+"""The result cache: datasource query results kept between runs, per project (README: "Result cache").
+
+It lives on the trusted side: in a notebook it runs in-process inside
+:class:`analysis.access.LocalAccess`; in a job it runs in the runner's data broker, which uses the
+same class. Entries are Arrow IPC files under ``{root}/{project}/analysis/cache/``:
+
+- ``<key>.arrow``: the result (written to a temporary file, then renamed);
+- ``<key>.json``: its metadata (when, size, SHA-256, the ``into=`` casts, a summary); written last,
+  so an entry exists once its metadata does;
+- ``<key>.lock``: taken (``flock``) by whoever fills the entry, so when several threads or
+  processes miss the same key at once one runs the query and the others wait and then hit.
+
+The key is the SHA-256 of the datasource's identity (kind, host, port, database, user or path),
+the exact SQL and the bound parameters. Logs say ``[cache] hit|miss|stored|dropped <summary>``,
+never a parameter value. A size budget per project evicts the least recently used entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from analysis.errors import DatasourceError
+from analysis.logs import emit
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["CacheStats", "ResultCache", "cache_stats"]
+
+_T = TypeVar("_T")
+_LOCK_POLL_S = 0.05
+_BATCH_ROWS = 64 * 1024
+_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass
+class CacheStats:
+    """Counters of this process's result caches, for the server to export."""
+
+    hits: int = 0
+    misses: int = 0
+    stored: int = 0
+    dropped: int = 0
+    evicted: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        """Add ``counts`` (field name -> increment)."""
+        with self._lock:
+            for name, count in counts.items():
+                setattr(self, name, getattr(self, name) + count)
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters as a plain dict."""
+        with self._lock:
+            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+_STATS = CacheStats()
+
+
+def cache_stats() -> CacheStats:
+    """This process's cache counters (all projects)."""
+    return _STATS
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored result, as its metadata describes it."""
+
+    key: str
+    meta: dict[str, Any]
+    used: int
+
+
+class ResultCache:
+    """One project's cache folder (see the module docstring).
+
+    Parameters
+    ----------
+    folder
+        ``{root}/{project}/analysis/cache``; created on first store.
+    max_bytes
+        The project's size budget; least recently used entries go past it.
+    """
+
+    def __init__(self, folder: Path, *, max_bytes: int) -> None:
+        self.folder = folder
+        self.max_bytes = max_bytes
+
+    # -- keys -----------------------------------------------------------------------------------
+    @staticmethod
+    def query_key(
+        identity: Mapping[str, Any], sql: str, params: Sequence[Any] | Mapping[str, Any] | None, *, into: bool
+    ) -> str:
+        """The key of a query: a hash of the datasource identity, the SQL and the parameters.
+
+        ``into``: results streamed into DuckDB are kept apart from rows, since a datasource
+        kind may use another driver path for each (PostgreSQL: ADBC with casts, or psycopg).
+        """
+        from analysis.broker_wire import encode_params
+
+        try:
+            encoded = encode_params(params)
+        except TypeError as exc:
+            raise DatasourceError(f"this query cannot be cached: {exc}.") from None
+        document = {"v": 1, "source": dict(identity), "sql": sql, "params": encoded, "into": into}
+        return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    # -- reading --------------------------------------------------------------------------------
+    def _paths(self, key: str) -> tuple[Path, Path, Path]:
+        return self.folder / f"{key}.arrow", self.folder / f"{key}.json", self.folder / f"{key}.lock"
+
+    def lookup(self, key: str, ttl_s: float, summary: str) -> pa.RecordBatchReader | None:
+        """The stored result of ``key`` if younger than ``ttl_s`` and intact; ``None`` otherwise.
+
+        ``summary`` names the query in the ``[cache] hit`` line. A corrupt entry (wrong size or
+        checksum, unreadable Arrow) is dropped and logged.
+        """
+        import pyarrow as pa
+
+        found = self.verified(key, ttl_s)
+        if found is None:
+            return None
+        try:
+            reader = pa.ipc.open_file(pa.memory_map(str(found[1])))
+            batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        except (OSError, pa.ArrowException) as exc:
+            self.drop(key, f"corrupt: {exc}")
+            return None
+        # pieces of at most _BATCH_ROWS (zero-copy slices): the reader's consumer (DuckDB, the
+        # broker's stream) starts on the first piece while the rest follows
+        pieces = [b.slice(i, _BATCH_ROWS) for b in batches for i in range(0, max(b.num_rows, 1), _BATCH_ROWS)]
+        _STATS.add(hits=1, bytes_read=int(found[0]["bytes"]))
+        emit("cache", f"hit {summary}")
+        return pa.RecordBatchReader.from_batches(reader.schema, pieces)
+
+    def casts(self, key: str) -> list[str | None] | None:
+        """The ``into=`` column casts stored with ``key``."""
+        try:
+            casts = orjson.loads(self._paths(key)[1].read_bytes()).get("casts")
+        except (OSError, orjson.JSONDecodeError, AttributeError):
+            return None
+        return casts if isinstance(casts, list) else None
+
+    def drop(self, key: str, why: str) -> None:
+        """Remove an entry (``[cache] dropped <key> (<why>)``)."""
+        data, meta, _ = self._paths(key)
+        for path in (meta, data, data.with_suffix(".body")):
+            path.unlink(missing_ok=True)
+        _STATS.add(dropped=1)
+        emit("cache", f"dropped {key[:12]} ({why})")
+
+    # -- filling --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def filling(self, key: str, *, timeout_s: float | None, cancelled: threading.Event) -> Iterator[None]:
+        """Hold ``key``'s fill lock (waiting while another thread or process fills it)."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_path = self._paths(key)[2]
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        give_up = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if cancelled.is_set() or (give_up is not None and time.monotonic() > give_up):
+                        raise DatasourceError(
+                            "The query was cancelled while it waited for another run "
+                            "filling the same cache entry."
+                        ) from None
+                    time.sleep(_LOCK_POLL_S)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def store(
+        self,
+        key: str,
+        summary: str,
+        write: Callable[[Callable[[pa.Schema], pa.ipc.RecordBatchFileWriter]], _T],
+        *,
+        extra: Mapping[str, Any] | None = None,
+    ) -> _T:
+        """Run ``write(opener)`` that writes the result to a temporary file; keep it only if it returns.
+
+        ``write`` gets a function that opens the Arrow file writer for a schema. Whatever
+        ``write`` raises (a failed or cancelled query) leaves nothing behind.
+        """
+        import pyarrow as pa
+
+        data = self._paths(key)[0]
+        temp = self._temp(key)
+        opened: list[pa.ipc.RecordBatchFileWriter] = []
+        sink = None
+
+        def opener(schema: pa.Schema) -> pa.ipc.RecordBatchFileWriter:
+            nonlocal sink
+            sink = pa.OSFile(str(temp), "wb")
+            opened.append(pa.ipc.new_file(sink, schema))
+            return opened[0]
+
+        try:
+            value = write(opener)
+            if not opened:
+                raise DatasourceError("the result was never written")  # a bug of ours
+            opened[0].close()
+            assert sink is not None
+            sink.close()
+            self._commit(key, temp, data, summary, extra)
+        except BaseException:
+            if sink is not None:
+                with contextlib.suppress(Exception):
+                    sink.close()
+            temp.unlink(missing_ok=True)
+            raise
+        return value
+
+    def store_bytes(self, key: str, summary: str, body: bytes, *, extra: Mapping[str, Any]) -> None:
+        """Keep ``body`` (a file's content) under ``key``."""
+        temp = self._temp(key)
+        try:
+            temp.write_bytes(body)
+            self._commit(key, temp, self.folder / f"{key}.body", summary, extra)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def verified(self, key: str, ttl_s: float, *, body: bool = False) -> tuple[dict[str, Any], Path] | None:
+        """The metadata and data file of ``key`` if younger than ``ttl_s`` and its checksum matches.
+
+        A corrupt entry is dropped (and logged); ``None`` when there is no usable entry.
+        """
+        data, meta_path, _ = self._paths(key)
+        data = data.with_suffix(".body") if body else data
+        try:
+            meta = orjson.loads(meta_path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        if not isinstance(meta, dict) or time.time() - float(meta.get("created", 0)) > ttl_s:
+            return None
+        try:
+            with data.open("rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError as exc:
+            self.drop(key, f"unreadable: {exc.strerror}")
+            return None
+        if size != meta.get("bytes") or digest != meta.get("sha256"):
+            self.drop(key, "corrupt: its size or checksum does not match")
+            return None
+        _touch(meta_path)
+        return meta, data
+
+    def _temp(self, key: str) -> Path:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self.folder / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
+
+    def _commit(
+        self, key: str, temp: Path, data: Path, summary: str, extra: Mapping[str, Any] | None
+    ) -> None:
+        """Checksum ``temp``, rename it to ``data``, then write the metadata (the commit point)."""
+        with temp.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        os.chmod(temp, 0o600)  # query results: readable by the runner's user only
+        os.replace(temp, data)
+        meta = {"created": time.time(), "bytes": size, "sha256": digest, "summary": summary}
+        meta.update(extra or {})
+        meta_temp = temp.with_suffix(".json.tmp")
+        try:
+            fd = os.open(meta_temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(orjson.dumps(meta))
+            os.replace(meta_temp, self._paths(key)[1])
+        finally:
+            meta_temp.unlink(missing_ok=True)
+        _touch(self._paths(key)[1])
+        _STATS.add(stored=1, bytes_written=size)
+        emit("cache", f"stored {summary} ({size} bytes)")
+        self.evict()
+
+    # -- the budget -----------------------------------------------------------------------------
+    def entries(self) -> list[Entry]:
+        """The complete entries, least recently used first."""
+        found: list[Entry] = []
+        if not self.folder.is_dir():
+            return found
+        for meta_path in self.folder.glob("*.json"):
+            key = meta_path.stem
+            if not _KEY.fullmatch(key):
+                continue
+            try:
+                meta = orjson.loads(meta_path.read_bytes())
+                used = meta_path.stat().st_mtime_ns
+            except (OSError, orjson.JSONDecodeError):
+                continue
+            if isinstance(meta, dict):
+                found.append(Entry(key, meta, used))
+        return sorted(found, key=lambda e: e.used)
+
+    def evict(self) -> None:
+        """Remove least recently used entries until the folder fits the budget."""
+        entries = self.entries()
+        total = sum(int(e.meta.get("bytes", 0)) for e in entries)
+        for entry in entries:
+            if total <= self.max_bytes:
+                break
+            self.remove(entry.key)
+            total -= int(entry.meta.get("bytes", 0))
+            _STATS.add(evicted=1)
+            emit("cache", f"evicted {entry.meta.get('summary', entry.key[:12])}")
+
+    def remove(self, key: str) -> None:
+        """Remove an entry and its lock file."""
+        for path in (*self._paths(key), self.folder / f"{key}.body"):
+            path.unlink(missing_ok=True)
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry used now, to the nanosecond (the file system's own clock is coarser)."""
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))

@@ -1,0 +1,107 @@
+"""The result cache in the runner's broker, spoken to over its socket as a kernel would."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from analysis.config import Settings
+from analysis.deadline import Deadline
+from analysis.runner.broker import BrokerServer, ConnectionPool
+
+from .conftest import CountingPostgres
+
+
+@pytest.fixture
+def broker(tmp_path: Path, sources_file: Path, secret_key: str) -> Iterator[BrokerServer]:
+    job_dir = tmp_path / "job"
+    job_dir.mkdir(mode=0o700)
+    settings = Settings(root=tmp_path / "root", datasources_file=sources_file, secret_key=secret_key)
+    pool = ConnectionPool()
+    server = BrokerServer(job_dir, "p1", settings, deadline=Deadline(None), pool=pool).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        pool.close()
+
+
+def _connect(server: BrokerServer) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(server.socket_path))
+    sock.settimeout(60)
+    return sock
+
+
+def _send(sock: socket.socket, request: dict[str, Any]) -> None:
+    payload = orjson.dumps(request)
+    sock.sendall(b"H" + struct.pack(">I", len(payload)) + payload)
+
+
+def _logs_until_final(sock: socket.socket) -> tuple[list[str], dict[str, Any]]:
+    logs: list[str] = []
+    buf = b""
+    while True:
+        while len(buf) < 5 or len(buf) < 5 + struct.unpack(">I", buf[1:5])[0]:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "the broker closed the connection"
+            buf += chunk
+        size = struct.unpack(">I", buf[1:5])[0]
+        kind, payload, buf = buf[:1], buf[5 : 5 + size], buf[5 + size :]
+        if kind == b"H":
+            header = orjson.loads(payload)
+            if "log" in header:
+                logs.append(header["log"])
+            else:
+                return logs, header
+
+
+def _wait(check: Callable[[], bool], timeout_s: float = 60) -> bool:
+    give_up = time.monotonic() + timeout_s
+    while time.monotonic() < give_up:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def test_a_kernel_hanging_up_mid_fill_leaves_no_entry(
+    broker: BrokerServer, tmp_path: Path, counting_pg: CountingPostgres
+) -> None:
+    tag = counting_pg.tag()
+    sql = "SELECT g, repeat('x', 100) AS pad, (SELECT counted(?)) AS c FROM generate_series(1, 600000) g"
+    request = {
+        "op": "query",
+        "name": "pg",
+        "sql": sql,
+        "params": {"positional": [tag]},
+        "into": True,
+        "cache": 3600,
+    }
+    folder = tmp_path / "root" / "p1" / "analysis" / "cache"
+    sock = _connect(broker)
+    _send(sock, request)
+    received = 0
+    while received < 2 << 20:  # the body is flowing: the fill has begun
+        chunk = sock.recv(1 << 16)
+        assert chunk
+        received += len(chunk)
+    assert list(folder.glob(".*.tmp")), "the fill should be writing its temporary file"
+    sock.close()
+    assert _wait(lambda: not list(folder.glob(".*.tmp")))  # removed once the broker saw the hang-up
+    assert not list(folder.glob("*.json")) and not list(folder.glob("*.arrow"))
+
+    with _connect(broker) as again:
+        _send(again, request)
+        logs, final = _logs_until_final(again)
+    assert final == {"ok": True, "rows": 600000}
+    assert [line.split()[1] for line in logs if line.startswith("[cache]")] == ["miss", "stored"]
+    assert not any(tag in line for line in logs)
+    assert counting_pg.calls(tag) == 2
