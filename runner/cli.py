@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     server_cli.add_subparsers(commands)
     server_client.add_subparsers(commands)
+    from analysis.runner.server import worker_cli
+
+    worker_cli.add_subparser(commands)
     return parser
 
 
