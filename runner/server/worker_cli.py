@@ -35,6 +35,7 @@ def add_subparser(subparsers: Any) -> None:
     worker.add_argument("--grace", type=float, default=30.0, metavar="SECONDS", help="SIGTERM grace (30)")
     worker.add_argument("--heartbeat", type=float, default=2.0, metavar="SECONDS", help="heartbeat (2)")
     worker.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="default job deadline")
+    worker.add_argument("--max-result-bytes", type=int, default=None, metavar="N", help="JSON result limit")
     worker.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics (127.0.0.1)")
     worker.add_argument("--metrics-port", type=int, default=None, metavar="PORT", help="serve /metrics")
     worker.set_defaults(handler=run_worker_command)
@@ -59,7 +60,11 @@ def run_worker_command(args: argparse.Namespace) -> int:
         db_url=args.db, root=args.root, concurrency=args.concurrency,
         queues=tuple(q for q in args.queues.split(",") if q), name=args.name, grace_s=args.grace,
         heartbeat_s=args.heartbeat, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
-        job_options={} if args.timeout is None else {"timeout_s": args.timeout},
+        job_options={
+            name: value
+            for name, value in (("timeout_s", args.timeout), ("max_result_bytes", args.max_result_bytes))
+            if value is not None
+        },
     )  # fmt: skip
     asyncio.run(run_worker(config))
     return EXIT_OK
