@@ -199,7 +199,7 @@ async def _count_heartbeats(app: Any, worker: Any, metrics: WorkerMetrics, every
 
 async def run_worker(config: WorkerConfig) -> None:
     """Run the worker until SIGTERM or SIGINT (running jobs finish within ``grace_s``)."""
-    from procrastinate.worker import Worker
+    from procrastinate import worker as procrastinate_worker
 
     config.root.mkdir(parents=True, exist_ok=True)
     name = config.name or f"{socket.gethostname()}:{os.getpid()}"
@@ -213,7 +213,7 @@ async def run_worker(config: WorkerConfig) -> None:
     try:
         async with app.open_async():
             await ensure_schema(app)
-            worker = Worker(
+            worker: Any = procrastinate_worker.Worker(
                 app, queues=list(config.queues) or None, name=name, concurrency=config.concurrency,
                 shutdown_graceful_timeout=config.grace_s, update_heartbeat_interval=config.heartbeat_s,
                 stalled_worker_timeout=max(30.0, 5 * config.heartbeat_s),

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("analysis_test_cluster", Path(__file__).with_name("cluster.py"))
+_spec = importlib.util.spec_from_file_location(
+    "analysis_test_cluster", Path(__file__).with_name("cluster.py")
+)
 assert _spec is not None and _spec.loader is not None
 cluster_module: Any = sys.modules.get("analysis_test_cluster") or importlib.util.module_from_spec(_spec)
 if "analysis_test_cluster" not in sys.modules:

@@ -68,7 +68,9 @@ def _client(cluster: Any) -> httpx.Client:
 
 
 def _upload(http: httpx.Client, analysis_id: str, source: str, retries: int = 0) -> None:
-    answer = http.put(f"/v1/projects/alpha/analyses/{analysis_id}", json={"source": source, "retries": retries})
+    answer = http.put(
+        f"/v1/projects/alpha/analyses/{analysis_id}", json={"source": source, "retries": retries}
+    )
     assert answer.status_code in (200, 201), answer.text
 
 
@@ -99,7 +101,8 @@ def _wait_file(path: Path, timeout: float = 90) -> str:
 
 def test_jobs_spread_over_workers_and_results_come_back_through_the_database(cluster: Any) -> None:
     cluster.serve()
-    one, two = cluster.worker("w1", "--max-result-bytes", "100000"), cluster.worker("w2")
+    one = cluster.worker("w1", "--max-result-bytes", "100000")
+    cluster.worker("w2")
     with _client(cluster) as http:
         _upload(http, "where", WHERE)
         _upload(http, "table", TABLE)
