@@ -140,9 +140,9 @@ class Cluster:
         self.nodes[name] = node
         return node
 
-    def serve(self, *args: str) -> Node:
+    def serve(self, *args: str, name: str = "server") -> Node:
         """Start ``analysis serve --workers`` in its namespace; wait until it is ready."""
-        node = self._launch("server", [
+        node = self._launch(name, [
             "serve", "--workers", "--db", self.db_url, "--root", "root", "--host", "0.0.0.0",
             "--port", str(SERVER_PORT), *args,
         ])  # fmt: skip
@@ -158,8 +158,8 @@ class Cluster:
         _wait_http(f"http://{node.address}:{METRICS_PORT}/metrics", node)
         return node
 
-    def server_url(self) -> str:
-        return f"http://{self.nodes['server'].address}:{SERVER_PORT}"
+    def server_url(self, name: str = "server") -> str:
+        return f"http://{self.nodes[name].address}:{SERVER_PORT}"
 
     def metrics(self, name: str) -> str:
         """The ``/metrics`` text of a worker."""

@@ -56,14 +56,14 @@ def _ran_on(cluster: Any, job: Any) -> str:
     return str(name)
 
 
-def _client(cluster: Any) -> httpx.Client:
+def _client(cluster: Any, server: str = "server") -> httpx.Client:
     store = open_store(cluster.db_url)
     try:
         token = create_token(store, project_id="alpha")
     finally:
         store.close()
     return httpx.Client(
-        base_url=cluster.server_url(), headers={"Authorization": f"Bearer {token}"}, timeout=120
+        base_url=cluster.server_url(server), headers={"Authorization": f"Bearer {token}"}, timeout=120
     )
 
 
@@ -190,3 +190,33 @@ def test_sigterm_lets_the_running_job_finish_and_takes_no_new_one(cluster: Any) 
         assert http.get(f"/v1/projects/alpha/jobs/{later['id']}").json()["status"] == "queued"
         cluster.worker("w2")
         assert _ran_on(cluster, _final(http, later["id"])) == "w2"
+
+
+def test_a_schedule_fires_once_per_fire_time_however_many_servers_run(cluster: Any) -> None:
+    cluster.serve()
+    cluster.serve(name="server2")
+    cluster.worker("w1")
+    with _client(cluster) as http:
+        _upload(http, "where", WHERE)
+        body = {"analysis_id": "where", "cron": "0 0 1 1 *", "timezone": "UTC"}
+        schedule = http.post("/v1/projects/alpha/schedules", json=body)
+        assert schedule.status_code == 201, schedule.text
+        store = open_store(cluster.db_url)
+        try:
+            # the fire time is now: both servers see it due on their next tick
+            store.update_schedule(schedule.json()["id"], next_run_at=time.time())
+            give_up = time.monotonic() + 60
+            while not http.get("/v1/projects/alpha/jobs", params={"trigger": "schedule"}).json()["jobs"]:
+                assert time.monotonic() < give_up, "the schedule never fired"
+                time.sleep(0.1)
+            time.sleep(3)  # three more ticks of each server
+            jobs = http.get("/v1/projects/alpha/jobs", params={"trigger": "schedule"}).json()["jobs"]
+            assert len(jobs) == 1
+            # the claim itself: of two servers holding the same fire time, only one moves it
+            row = store.get_schedule("alpha", schedule.json()["id"])
+            assert row is not None
+            due = row["next_run_at"]
+            assert store.update_schedule(row["id"], only_if_next_run_at=due, next_run_at=due + 60)
+            assert not store.update_schedule(row["id"], only_if_next_run_at=due, next_run_at=due + 60)
+        finally:
+            store.close()
