@@ -59,6 +59,7 @@ class RemoteJobManager(JobManager):
         self._depth = 0
         self._watching: asyncio.Task[None] | None = None
         self._seen: dict[str, str] = {}
+        self._datasources: dict[str, str | None] = {}
 
     def start(self) -> None:
         """Start accepting, watching the store and reaping lost workers."""
@@ -78,10 +79,19 @@ class RemoteJobManager(JobManager):
         return self._depth
 
     def _enqueue(self, job: dict[str, Any]) -> None:
+        self._share_datasources(job["project_id"])
         queued = self.sync_app.configure_task(TASK, queue=DEFAULT_QUEUE).defer(job_id=job["id"])
         self.store.update_job(job["id"], queue_job_id=queued)
         self._done.setdefault(job["id"], asyncio.Event())
         self._depth += 1
+
+    def _share_datasources(self, project_id: str) -> None:
+        """Put the project's datasources file (tokens and names, no plaintext) where workers read it."""
+        path = self.root / project_id / "analysis" / "datasources.toml"
+        text = path.read_text(encoding="utf-8") if path.is_file() else None
+        if self._datasources.get(project_id, "") != text:
+            self.store.put_datasources(project_id, text)
+            self._datasources[project_id] = text
 
     def _pump(self) -> None:
         """Workers take the jobs; nothing to start here."""

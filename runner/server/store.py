@@ -73,12 +73,13 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata = sa.MetaData()
-        metadata.reflect(engine, only=["jobs", "analysis_versions", "schedules", "tokens", "artifacts"])
+        metadata.reflect(engine, only=["jobs", "analysis_versions", "schedules", "tokens", "artifacts", "datasources"])
         self.jobs = metadata.tables["jobs"]
         self.versions = metadata.tables["analysis_versions"]
         self.schedules = metadata.tables["schedules"]
         self.tokens = metadata.tables["tokens"]
         self.artifacts = metadata.tables["artifacts"]
+        self.datasources = metadata.tables["datasources"]
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -254,6 +255,22 @@ class Store:
         with self.engine.connect() as db:
             row = db.execute(query).first()
         return None if row is None else bytes(row[0])
+
+    def put_datasources(self, project_id: str, text: str | None) -> None:
+        """Share a project's datasources file with the workers (``None``: the project has none)."""
+        with self._begin() as db:
+            db.execute(self.datasources.delete().where(self.datasources.c.project_id == project_id))
+            if text is not None:
+                db.execute(
+                    self.datasources.insert().values(project_id=project_id, text=text, updated_at=time.time())
+                )
+
+    def get_datasources(self, project_id: str) -> str | None:
+        """The datasources file a server shared for ``project_id``."""
+        query = sa.select(self.datasources.c.text).where(self.datasources.c.project_id == project_id)
+        with self.engine.connect() as db:
+            row = db.execute(query).first()
+        return None if row is None else str(row[0])
 
     # tokens -------------------------------------------------------------------------------------
     def insert_token(self, token_id: str, token_hash: str, project_id: str | None, admin: bool) -> None:

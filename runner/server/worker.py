@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,7 @@ class _Runner:
 
     async def _execute(self, job: dict[str, Any]) -> JobResult:
         project = job["project_id"]
+        self._write_datasources(project)
         source = materialize(self.store, self.root, project, job["analysis_id"], job["analysis_version"])
         options = dict(self.config.job_options)
         if job["timeout_s"] is not None:
@@ -151,6 +153,21 @@ class _Runner:
             finally:
                 artifact.unlink()
         return result
+
+    def _write_datasources(self, project_id: str) -> None:
+        """The project's datasources file as the server shared it (its passwords stay encrypted)."""
+        path = self.root / project_id / "analysis" / "datasources.toml"
+        text = self.store.get_datasources(project_id)
+        if text is None:
+            path.unlink(missing_ok=True)
+            return
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".datasources.{uuid.uuid4().hex}.tmp")
+        partial.touch(mode=0o600)
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(path)
 
     def _finish(self, job: dict[str, Any], result: JobResult) -> None:
         status = "succeeded" if result.success else (

@@ -125,7 +125,7 @@ class Cluster:
         _ip("-n", netns, "link", "set", "lo", "up")
         return netns, address
 
-    def _launch(self, name: str, args: list[str]) -> Node:
+    def _launch(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Node:
         netns, address = self._namespace(name)
         workdir = self.base / name
         workdir.mkdir(parents=True)
@@ -134,7 +134,7 @@ class Cluster:
         with log.open("wb") as out:
             popen = subprocess.Popen(
                 ["ip", "netns", "exec", netns, *command], cwd=workdir, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
             )  # fmt: skip
         node = Node(name, netns, address, workdir, popen, log)
         self.nodes[name] = node
@@ -149,12 +149,12 @@ class Cluster:
         _wait_http(f"http://{node.address}:{SERVER_PORT}/readyz", node)
         return node
 
-    def worker(self, name: str, *args: str) -> Node:
+    def worker(self, name: str, *args: str, env: dict[str, str] | None = None) -> Node:
         """Start ``analysis worker`` in its namespace; wait until ``/metrics`` answers."""
         node = self._launch(name, [
             "worker", "--db", self.db_url, "--root", "root", "--name", name, "--metrics-host", "0.0.0.0",
             "--metrics-port", str(METRICS_PORT), *args,
-        ])  # fmt: skip
+        ], env)  # fmt: skip
         _wait_http(f"http://{node.address}:{METRICS_PORT}/metrics", node)
         return node
 

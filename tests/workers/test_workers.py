@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,42 @@ def test_a_schedule_fires_once_per_fire_time_however_many_servers_run(cluster: A
             assert not store.update_schedule(row["id"], only_if_next_run_at=due, next_run_at=due + 60)
         finally:
             store.close()
+
+
+QUERY = """
+def run(ctx, parameters):
+    return ctx.query_datasource("warehouse", "SELECT 40 + 2 AS answer")
+"""
+
+
+def test_a_worker_uses_the_datasources_the_server_shared_with_the_key_it_was_given(cluster: Any) -> None:
+    from cryptography.fernet import Fernet
+
+    from analysis.sources.secrets import encrypt
+
+    servers = sys.modules["analysis_test_servers"]  # tests/datasources/servers.py, loaded by the cluster
+    key = Fernet.generate_key().decode()
+    server = cluster.serve()
+    config = server.workdir / "root" / "alpha" / "analysis" / "datasources.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(
+        f'[warehouse]\nkind = "postgres"\nhost = "{cluster.gateway}"\nport = {cluster.pg.port}\n'
+        f'database = "{servers.DATABASE}"\nuser = "{servers.USER}"\n'
+        f'password_encrypted = "{encrypt(servers.PASSWORD, key)}"\n'
+    )
+    keyless = cluster.worker("w1", "--concurrency", "1")
+    with _client(cluster) as http:
+        _upload(http, "query", QUERY)
+        failed = _submit(http, "query", {}, wait=120)
+        assert failed["status"] == "failed" and "ANALYSIS_SECRET_KEY" in failed["envelope"]["error"]
+        os.killpg(keyless.popen.pid, signal.SIGTERM)
+        keyless.popen.wait(60)
+        cluster.worker("w2", env={"ANALYSIS_SECRET_KEY": key})
+        job = _submit(http, "query", {}, wait=120)
+        assert job["status"] == "succeeded", job["envelope"]
+        assert "42" in str(job["envelope"]["result"])
+        assert servers.PASSWORD not in str(job)
+    # the worker's copy holds the token, never the password
+    copy = cluster.nodes["w2"].workdir / "root" / "alpha" / "analysis" / "datasources.toml"
+    assert "password_encrypted" in copy.read_text() and servers.PASSWORD not in copy.read_text()
+    assert copy.stat().st_mode & 0o077 == 0
