@@ -1,9 +1,11 @@
-"""The server's store: jobs, analysis versions, schedules and tokens (SQLAlchemy Core, Alembic).
+"""The server's store: jobs, versions, schedules, tokens, and what workers need (SQLAlchemy Core, Alembic).
 
 SQLite in write-ahead-log mode under the root is the embedded default
 (``{root}/.server/store.sqlite3``); a PostgreSQL URL (``postgresql+psycopg://...``) is the other
 supported store. :func:`open_store` brings the schema to the newest migration before use. One
-server process owns a store: recovery after a crash assumes no other server is running its jobs.
+server process owns a store (recovery after a crash assumes no other server is running its jobs),
+unless jobs run on workers (``serve --workers``): then every change of a job is a compare-and-set
+and any number of servers and workers share it.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata = sa.MetaData()
-        metadata.reflect(engine, only=["jobs", "analysis_versions", "schedules", "tokens", "artifacts", "datasources"])
+        tables = ["jobs", "analysis_versions", "schedules", "tokens", "artifacts", "datasources"]
+        metadata.reflect(engine, only=tables)
         self.jobs = metadata.tables["jobs"]
         self.versions = metadata.tables["analysis_versions"]
         self.schedules = metadata.tables["schedules"]
