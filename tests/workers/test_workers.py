@@ -223,6 +223,22 @@ def test_a_schedule_fires_once_per_fire_time_however_many_servers_run(cluster: A
             store.close()
 
 
+def test_sigterm_past_the_grace_period_queues_the_job_again(cluster: Any, tmp_path: Path) -> None:
+    cluster.serve()
+    leaving = cluster.worker("w1", "--concurrency", "1", "--grace", "1")
+    with _client(cluster) as http:
+        _upload(http, "block", BLOCK)
+        job = _submit(http, "block", {"started": str(tmp_path / "started")})
+        _wait_file(tmp_path / "started")
+        os.killpg(leaving.popen.pid, signal.SIGTERM)
+        leaving.popen.wait(60)
+        assert http.get(f"/v1/projects/alpha/jobs/{job['id']}").json()["status"] == "queued"
+        cluster.worker("w2")
+        moved = _final(http, job["id"])
+        assert moved["status"] == "succeeded" and _ran_on(cluster, moved) == "w2"
+        assert moved["attempt"] == 1  # the cut-short attempt does not count
+
+
 QUERY = """
 def run(ctx, parameters):
     return ctx.query_datasource("warehouse", "SELECT 40 + 2 AS answer")
@@ -248,7 +264,8 @@ def test_a_worker_uses_the_datasources_the_server_shared_with_the_key_it_was_giv
     with _client(cluster) as http:
         _upload(http, "query", QUERY)
         failed = _submit(http, "query", {}, wait=120)
-        assert failed["status"] == "failed" and "ANALYSIS_SECRET_KEY" in failed["envelope"]["error"]
+        assert failed["status"] == "failed" and failed["error_type"] == "datasource_error"
+        assert "ANALYSIS_SECRET_KEY" in failed["envelope"]["error"]
         os.killpg(keyless.popen.pid, signal.SIGTERM)
         keyless.popen.wait(60)
         cluster.worker("w2", env={"ANALYSIS_SECRET_KEY": key})
