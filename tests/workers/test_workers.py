@@ -127,13 +127,26 @@ def test_jobs_spread_over_workers_and_results_come_back_through_the_database(clu
     text = cluster.metrics("w1")
     assert "analysis_worker_slots_free 2.0" in text and "analysis_worker_jobs_running 0.0" in text
     assert 'analysis_worker_jobs_total{status="succeeded"}' in text
+    assert "analysis_worker_heartbeats_total 0.0" not in text
+    # the server's view of the queue
+    store = open_store(cluster.db_url)
+    try:
+        admin = create_token(store, project_id=None, admin=True)
+    finally:
+        store.close()
+    seen = httpx.get(f"{cluster.server_url()}/metrics", headers={"Authorization": f"Bearer {admin}"}).text
+    assert "analysis_workers 2.0" in seen and "analysis_queue_depth 0.0" in seen
 
 
 def test_cancel_reaches_the_worker_running_the_job(cluster: Any, tmp_path: Path) -> None:
     cluster.serve()
-    cluster.worker("w1")
     with _client(cluster) as http:
         _upload(http, "block", BLOCK)
+        # a queued job (no worker yet) is cancelled at once and never starts
+        early = _submit(http, "block", {"started": str(tmp_path / "never")})
+        assert http.post(f"/v1/projects/alpha/jobs/{early['id']}/cancel").status_code == 200
+        assert http.get(f"/v1/projects/alpha/jobs/{early['id']}").json()["status"] == "cancelled"
+        cluster.worker("w1")
         job = _submit(http, "block", {"started": str(tmp_path / "started")})
         _wait_file(tmp_path / "started")
         began = time.monotonic()
@@ -143,6 +156,9 @@ def test_cancel_reaches_the_worker_running_the_job(cluster: Any, tmp_path: Path)
         cancelled = _final(http, job["id"])
         assert cancelled["status"] == "cancelled" and cancelled["error_type"] == "cancelled"
         assert took < 10, f"the cancel took {took:.1f} s"
+        never = http.get(f"/v1/projects/alpha/jobs/{early['id']}").json()
+        assert never["status"] == "cancelled" and never["started_at"] is None
+    assert not (tmp_path / "never").exists()
     assert "analysis_worker_jobs_running 0.0" in cluster.metrics("w1")
 
 
