@@ -6,7 +6,7 @@ Needs root (network namespaces) and PostgreSQL 15. PostgreSQL listens on a bridg
 each worker run in their own network namespace and working directory (tests/workers/cluster.py),
 each worker with 2 slots.
 
-1. Sleep-bound jobs (each sleeps 1 s): ``--per-slot`` (3) jobs per slot submitted at once to 1, 2
+1. Sleep-bound jobs (each sleeps 1 s): ``--per-slot`` (6) jobs per slot submitted at once to 1, 2
    and 4 workers; throughput in jobs/s from the first submit to the last final state, and the
    ratio to one worker. Every job still starts a cold kernel (~0.4 s CPU): on a 2-core machine
    eight kernels starting at once are CPU-bound, so the job counts stay small.
@@ -104,7 +104,7 @@ def _pct(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-slot", type=int, default=3)
+    parser.add_argument("--per-slot", type=int, default=6)
     parser.add_argument("--trivial", type=int, default=40)
     args = parser.parse_args()
     missing = cluster_module.netns_missing() or cluster_module.servers.PostgresServer.available()
