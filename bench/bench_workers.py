@@ -149,8 +149,7 @@ def main() -> None:
             job = _submit(http, "block", {"started": str(marker)})
             while not marker.exists():
                 time.sleep(0.02)
-            owner = http.get(f"/v1/projects/alpha/jobs/{job['id']}").json()
-            victim = _owner(cluster, owner["id"])
+            victim = http.get(f"/v1/projects/alpha/jobs/{job['id']}").json()["worker"]
             began = time.monotonic()
             cluster.power_off(victim)
             (final,) = _drain(http, [job["id"]])
@@ -161,18 +160,6 @@ def main() -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name.ljust(width)}  {value}")
-
-
-def _owner(cluster: Any, job_id: str) -> str:
-    from analysis.runner.server.store import open_store
-
-    store = open_store(cluster.db_url)
-    try:
-        row = store.job_by_id(job_id)
-    finally:
-        store.close()
-    assert row is not None and row["worker"]
-    return str(row["worker"])
 
 
 if __name__ == "__main__":

@@ -182,7 +182,7 @@ def test_a_worker_that_loses_power_is_detected_by_heartbeat(
         if retries:
             assert done["status"] == "succeeded", done
             assert done["attempt"] == 2
-            assert _ran_on(cluster, done) == "w2"
+            assert _ran_on(cluster, done) == "w2" and done["worker"] == "w2"
         else:
             assert done["status"] == "failed" and done["error_type"] == "worker_lost", done
             assert "heartbeat" in done["envelope"]["error"]
