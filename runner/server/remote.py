@@ -82,7 +82,6 @@ class RemoteJobManager(JobManager):
         self._share_datasources(job["project_id"])
         queued = self.sync_app.configure_task(TASK, queue=DEFAULT_QUEUE).defer(job_id=job["id"])
         self.store.update_job(job["id"], queue_job_id=queued)
-        self._done.setdefault(job["id"], asyncio.Event())
         self._depth += 1
 
     def _share_datasources(self, project_id: str) -> None:

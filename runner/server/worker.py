@@ -234,6 +234,7 @@ async def run_worker(config: WorkerConfig) -> None:
                 app, queues=list(config.queues) or None, name=name, concurrency=config.concurrency,
                 shutdown_graceful_timeout=config.grace_s, update_heartbeat_interval=config.heartbeat_s,
                 stalled_worker_timeout=max(30.0, 5 * config.heartbeat_s),
+                delete_jobs="always",  # the store keeps the history; the queue keeps only live jobs
             )  # fmt: skip
             counting = asyncio.create_task(_count_heartbeats(app, worker, metrics, config.heartbeat_s))
             try:
