@@ -6,7 +6,8 @@ version from the store, writes the version under its own root, runs the job in a
 the store. Each change of a job is a compare-and-set on (status, attempt), so a worker the server
 declared lost can no longer finish a job that another worker now runs. SIGTERM stops fetching
 jobs and lets running ones finish within the grace period; those still running then go back to
-the queue. The worker's own ``/metrics`` reports its slots and heartbeats.
+the queue. If the worker dies, its guard (:mod:`.orphans`) kills its kernels. The worker's own
+``/metrics`` reports its slots and heartbeats.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from analysis.errors import AnalysisError
 from analysis.runner.envelope import JobResult
 from analysis.runner.jobs import JobSpec, run_job_async
 from analysis.runner.server.manager import failure, final_envelope, materialize
+from analysis.runner.server.orphans import start_guard
 from analysis.runner.server.queue import DEFAULT_QUEUE, TASK, ensure_schema, open_app
 from analysis.runner.server.store import Store, open_store
 
@@ -219,6 +221,7 @@ async def run_worker(config: WorkerConfig) -> None:
     from procrastinate import worker as procrastinate_worker
 
     config.root.mkdir(parents=True, exist_ok=True)
+    start_guard(config.root)  # kill -9 of this process must not leave its kernels running
     name = config.name or f"{socket.gethostname()}:{os.getpid()}"
     store = open_store(config.db_url)
     metrics = WorkerMetrics(config.concurrency)

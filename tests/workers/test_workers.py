@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -186,6 +187,36 @@ def test_a_worker_that_loses_power_is_detected_by_heartbeat(
         else:
             assert done["status"] == "failed" and done["error_type"] == "worker_lost", done
             assert "heartbeat" in done["envelope"]["error"]
+
+
+def test_kill_9_of_a_worker_stops_its_kernel_and_the_job_runs_on_another(
+    cluster: Any, tmp_path: Path
+) -> None:
+    cluster.serve("--heartbeat-timeout", "6")
+    doomed = cluster.worker("w1", "--concurrency", "1")
+    with _client(cluster) as http:
+        _upload(http, "block", BLOCK, retries=1)
+        job = _submit(http, "block", {"started": str(tmp_path / "started")})
+        _wait_file(tmp_path / "started")
+        marker = str(doomed.workdir / "root") + os.sep
+        assert _processes_with(marker), "the job's kernel should be running under w1's root"
+        cluster.worker("w2", "--concurrency", "1")
+        os.kill(doomed.popen.pid, signal.SIGKILL)  # the worker alone, not its namespace
+        done = _final(http, job["id"], timeout=60)
+        assert done["status"] == "succeeded" and done["worker"] == "w2" and done["attempt"] == 2
+    give_up = time.monotonic() + 30
+    while _processes_with(marker):  # w1's kernel was killed by its guard, not left running
+        assert time.monotonic() < give_up, _processes_with(marker)
+        time.sleep(0.1)
+
+
+def _processes_with(marker: str) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        if marker in cmdline:
+            found.append(cmdline)
+    return found
 
 
 def test_sigterm_lets_the_running_job_finish_and_takes_no_new_one(cluster: Any) -> None:
