@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -324,3 +325,18 @@ def test_a_worker_uses_the_datasources_the_server_shared_with_the_key_it_was_giv
     copy = cluster.nodes["w2"].workdir / "root" / "alpha" / "analysis" / "datasources.toml"
     assert "password_encrypted" in copy.read_text() and servers.PASSWORD not in copy.read_text()
     assert copy.stat().st_mode & 0o077 == 0
+
+
+def test_a_cluster_leaves_no_namespace_link_or_process_behind(cluster: Any) -> None:
+    cluster.serve()
+    worker = cluster.worker("w1")
+    names = [node.netns for node in cluster.nodes.values()]
+    pids = [node.popen.pid for node in cluster.nodes.values()]
+    cluster.close()  # what the fixture does after a failing test too
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert not [name for name in names if name in listed]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    assert cluster.bridge not in links and f"vo{cluster.net}x" not in links
+    assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert not _processes_with(str(worker.workdir))
+    cluster.close()  # closing twice is harmless
