@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from analysis.errors import JobCancelledError
 from analysis.runner.envelope import JobResult
 from analysis.runner.server.config import ServerConfig
 from analysis.runner.server.errors import ApiError
-from analysis.runner.server.manager import FINAL, JobManager
+from analysis.runner.server.manager import FINAL, JobManager, failure, final_envelope
 from analysis.runner.server.metrics import ServerMetrics
 from analysis.runner.server.queue import DEFAULT_QUEUE, TASK, LostWorkerReaper
 from analysis.runner.server.store import Store
@@ -115,9 +116,6 @@ class RemoteJobManager(JobManager):
         if job["queue_job_id"] is not None:
             await self.app.job_manager.cancel_job_by_id_async(job["queue_job_id"], abort=True)
         if job["status"] == "queued":
-            from analysis.errors import JobCancelledError
-            from analysis.runner.server.manager import failure, final_envelope
-
             result = failure(job, JobCancelledError("The job was cancelled before it started."))
             if self.store.update_job(
                 job["id"], only_if_status=("queued",), status="cancelled", finished_at=time.time(),
