@@ -33,6 +33,7 @@ EXTRAS: dict[str, str] = {
     "alembic": "server",
     "croniter": "server",
     "prometheus_client": "server",
+    "procrastinate": "server",
 }
 
 

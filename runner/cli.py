@@ -188,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis.runner import cache_cli
 
     cache_cli.add_subparser(commands)
+
+    from analysis.runner.server import worker_cli
+
+    worker_cli.add_subparser(commands)
     return parser
 
 

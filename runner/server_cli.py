@@ -56,6 +56,14 @@ def add_subparsers(subparsers: Any) -> None:
     serve.add_argument(
         "--max-artifact-bytes", type=int, default=None, metavar="N", help="Parquet artifact limit (1 GiB)"
     )
+    serve.add_argument(
+        "--workers", action="store_true",
+        help="queue jobs for 'analysis worker' processes (PostgreSQL store) instead of running them",
+    )  # fmt: skip
+    serve.add_argument(
+        "--heartbeat-timeout", type=float, default=10.0, metavar="SECONDS",
+        help="with --workers: a worker silent this long is lost (10)",
+    )  # fmt: skip
     serve.set_defaults(handler=run_serve)
 
     token: argparse.ArgumentParser = subparsers.add_parser("token", help="manage the server's bearer tokens")
@@ -95,6 +103,9 @@ def run_serve(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             sys.stderr.write(f"analysis serve: --{name.replace('_', '-')} must be at least 1\n")
             return EXIT_USAGE
+    if args.workers and not (args.db or "").startswith(("postgresql://", "postgresql+psycopg://")):
+        sys.stderr.write("analysis serve: --workers needs --db postgresql://...\n")
+        return EXIT_USAGE
     config = ServerConfig(
         root=_root(args),
         db_url=args.db,
@@ -102,6 +113,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_jobs_per_project=args.max_jobs_per_project,
         max_queued_jobs=args.max_queued_jobs,
         shutdown_grace_s=args.grace,
+        workers=args.workers,
+        heartbeat_timeout_s=args.heartbeat_timeout,
         job_options={
             name: value
             for name, value in (

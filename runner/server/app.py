@@ -86,6 +86,25 @@ def _one_route_per_path(routes: list[Route]) -> list[Route]:
     return merged
 
 
+@contextlib.asynccontextmanager
+async def remote_manager(
+    store: Store, config: ServerConfig, metrics: ServerMetrics
+) -> AsyncIterator[JobManager]:
+    """A :class:`RemoteJobManager` with its procrastinate apps open (``serve --workers``)."""
+    from procrastinate import SyncPsycopgConnector
+
+    from analysis.runner.server.queue import conninfo, ensure_schema, open_app
+    from analysis.runner.server.remote import RemoteJobManager
+
+    url = config.db_url or ""
+    app = open_app(url)
+    sync_app = app.with_connector(SyncPsycopgConnector(conninfo=conninfo(url)))
+    async with app.open_async():
+        await ensure_schema(app)
+        with sync_app.open():
+            yield RemoteJobManager(store, config, metrics, app, sync_app)
+
+
 def create_app(config: ServerConfig) -> Starlette:
     """The server app for ``config``; the store opens and jobs recover when it starts."""
 
@@ -95,19 +114,25 @@ def create_app(config: ServerConfig) -> Starlette:
         root.mkdir(parents=True, exist_ok=True)
         store = open_store(config.db_url or default_url(root))
         server_metrics = ServerMetrics()
-        manager = JobManager(store, config, server_metrics)
-        app.state.server = Server(config, root, store, manager, server_metrics)
-        manager.start()
-        scheduler = Scheduler(store, manager, config.schedule_tick_s)
-        ticking = asyncio.create_task(scheduler.run())
-        try:
-            yield
-        finally:
-            ticking.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticking
-            await manager.shutdown()
-            store.close()
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(store.close)
+            if config.workers:
+                manager: JobManager = await stack.enter_async_context(
+                    remote_manager(store, config, server_metrics)
+                )
+            else:
+                manager = JobManager(store, config, server_metrics)
+            app.state.server = Server(config, root, store, manager, server_metrics)
+            manager.start()
+            scheduler = Scheduler(store, manager, config.schedule_tick_s)
+            ticking = asyncio.create_task(scheduler.run())
+            try:
+                yield
+            finally:
+                ticking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticking
+                await manager.shutdown()
 
     routes: list[Route] = [
         Route("/healthz", healthz),

@@ -36,6 +36,11 @@ class ServerConfig:
         How often schedules are checked.
     job_options
         Defaults of every job (``timeout_s``, ``max_result_bytes``...; see ``JobSpec``).
+    workers
+        Queue jobs for ``analysis worker`` processes (procrastinate; PostgreSQL store only)
+        instead of running them in this process.
+    heartbeat_timeout_s
+        With ``workers``: a worker silent this long is lost; its jobs are retried or failed.
     """
 
     root: Path
@@ -48,6 +53,8 @@ class ServerConfig:
     max_wait_s: float = 300.0
     schedule_tick_s: float = 1.0
     job_options: dict[str, Any] = field(default_factory=dict)
+    workers: bool = False
+    heartbeat_timeout_s: float = 10.0
 
     @property
     def project_cap(self) -> int:

@@ -37,6 +37,7 @@ def job_document(job: dict[str, Any]) -> dict[str, Any]:
         "trigger": job["trigger"],
         "schedule_id": job["schedule_id"],
         "attempt": job["attempt"],
+        "worker": job.get("worker"),
         "parameters": json.loads(job["parameters"]),
         "created_at": iso(job["created_at"]),
         "started_at": iso(started),

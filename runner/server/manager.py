@@ -34,7 +34,7 @@ from analysis.runner.server.errors import ApiError
 from analysis.runner.server.metrics import ServerMetrics
 from analysis.runner.server.store import Store
 
-__all__ = ["FINAL", "JobManager"]
+__all__ = ["FINAL", "JobManager", "failure", "final_envelope", "materialize"]
 
 log = logging.getLogger("analysis.server")
 
@@ -103,7 +103,7 @@ class JobManager:
             f"The server stopped while the job was running (attempt {job['attempt']}); "
             "its kernel was killed and the job was not retried."
         )
-        self._finish_row(job, _failure(job, lost), "failed")
+        self._finish_row(job, failure(job, lost), "failed")
 
     # submitting ---------------------------------------------------------------------------------
     def submit(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -205,8 +205,8 @@ class JobManager:
             result = await self._execute(job)
         except Exception as exc:  # a fault of the server, not of the job: the job still ends
             log.exception("job %s could not run", job_id)
-            failure = AnalysisError(f"The server could not run the job: {type(exc).__name__}: {exc}")
-            result = _failure(job, failure)
+            fault = AnalysisError(f"The server could not run the job: {type(exc).__name__}: {exc}")
+            result = failure(job, fault)
         status = "succeeded" if result.success else (
             "cancelled" if result.error_type == "cancelled" else "failed"
         )  # fmt: skip
@@ -236,7 +236,7 @@ class JobManager:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            return _failure(
+            return failure(
                 job, JobCancelledError("The job was cancelled before it finished; its kernel was stopped.")
             )
 
@@ -246,22 +246,10 @@ class JobManager:
 
     def materialize(self, project_id: str, analysis_id: str, version: str) -> Path:
         """The immutable file of a stored version, written from the store when missing."""
-        row = self.store.get_version(project_id, analysis_id, version)
-        if row is None:
-            raise ApiError(404, "not_found", f"Analysis {analysis_id!r} has no version {version!r}.")
-        folder = self.root / project_id / "analysis" / "versions" / analysis_id
-        path = folder / f"{version}.{row['kind']}"
-        if not path.is_file():
-            folder.mkdir(parents=True, exist_ok=True)
-            partial = folder / f".{version}.{uuid.uuid4().hex}.tmp"
-            partial.write_text(row["source"], encoding="utf-8")
-            os.replace(partial, path)
-        return path
+        return materialize(self.store, self.root, project_id, analysis_id, version)
 
     def _finish_row(self, job: dict[str, Any], result: JobResult, status: str) -> None:
-        text = result.to_json()
-        extra = json.dumps({"analysis_version": job["analysis_version"], "trigger": job["trigger"]})
-        envelope = f"{text[:-1]}, {extra[1:]}"
+        envelope = final_envelope(job, result)
         finished = time.time()
         if not self.store.update_job(
             job["id"], only_if_status=("queued", "running"), status=status, finished_at=finished,
@@ -300,7 +288,7 @@ class JobManager:
             queue.remove(job["id"])
             self._queued_rows.pop(job["id"], None)
         self._finish_row(
-            job, _failure(job, JobCancelledError("The job was cancelled before it started.")), "cancelled"
+            job, failure(job, JobCancelledError("The job was cancelled before it started.")), "cancelled"
         )
         self.metrics.queue_depth.set(self.queue_depth())
 
@@ -350,7 +338,29 @@ class JobManager:
                 del self._listeners[job["id"]]
 
 
-def _failure(job: dict[str, Any], error: AnalysisError) -> JobResult:
+def materialize(store: Store, root: Path, project_id: str, analysis_id: str, version: str) -> Path:
+    """The file of a stored version under ``root``, written from the store when missing."""
+    row = store.get_version(project_id, analysis_id, version)
+    if row is None:
+        raise ApiError(404, "not_found", f"Analysis {analysis_id!r} has no version {version!r}.")
+    folder = root / project_id / "analysis" / "versions" / analysis_id
+    path = folder / f"{version}.{row['kind']}"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{version}.{uuid.uuid4().hex}.tmp"
+        partial.write_text(row["source"], encoding="utf-8")
+        os.replace(partial, path)
+    return path
+
+
+def final_envelope(job: dict[str, Any], result: JobResult) -> str:
+    """The stored envelope of a finished job: the runner's, with its version and trigger."""
+    text = result.to_json()
+    extra = json.dumps({"analysis_version": job["analysis_version"], "trigger": job["trigger"]})
+    return f"{text[:-1]}, {extra[1:]}"
+
+
+def failure(job: dict[str, Any], error: AnalysisError) -> JobResult:
     """The envelope of a job that ended without running (cancelled, lost, refused)."""
     return JobResult(
         success=False, job_id=job["id"], logs=[], duration_ms=0, stack=None, trigger=job["trigger"],

@@ -40,6 +40,9 @@ class ServerMetrics:
         )  # fmt: skip
         self.queue_depth = Gauge("analysis_queue_depth", "Jobs waiting to start.", registry=r)
         self.running = Gauge("analysis_running_jobs", "Jobs running now.", registry=r)
+        self.workers = Gauge(
+            "analysis_workers", "Workers registered in the queue (serve --workers).", registry=r
+        )
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -79,6 +79,7 @@ def component_schemas() -> dict[str, Any]:
                 "trigger": {"type": "string", "enum": ["api", "manual", "schedule"]},
                 "schedule_id": {"type": "string", "nullable": True},
                 "attempt": {"type": "integer", "minimum": 0},
+                "worker": {"type": "string", "nullable": True},
                 "parameters": {"type": "object"},
                 "created_at": time,
                 "started_at": {**time, "nullable": True},

@@ -62,7 +62,11 @@ class Scheduler:
                 continue
             missed = now - schedule["next_run_at"] > MISSED_AFTER_S
             following = next_run(schedule["cron"], schedule["timezone"], now)
-            self.store.update_schedule(schedule["id"], next_run_at=following)
+            claimed = self.store.update_schedule(
+                schedule["id"], only_if_next_run_at=schedule["next_run_at"], next_run_at=following
+            )
+            if not claimed:  # another server fired this run
+                continue
             if missed and schedule["missed"] == "skip":
                 continue
             await self._start(schedule)

@@ -1,9 +1,11 @@
-"""The server's store: jobs, analysis versions, schedules and tokens (SQLAlchemy Core, Alembic).
+"""The server's store: jobs, versions, schedules, tokens, and what workers need (SQLAlchemy Core, Alembic).
 
 SQLite in write-ahead-log mode under the root is the embedded default
 (``{root}/.server/store.sqlite3``); a PostgreSQL URL (``postgresql+psycopg://...``) is the other
 supported store. :func:`open_store` brings the schema to the newest migration before use. One
-server process owns a store: recovery after a crash assumes no other server is running its jobs.
+server process owns a store (recovery after a crash assumes no other server is running its jobs),
+unless jobs run on workers (``serve --workers``): then every change of a job is a compare-and-set
+and any number of servers and workers share it.
 """
 
 from __future__ import annotations
@@ -73,11 +75,14 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata = sa.MetaData()
-        metadata.reflect(engine, only=["jobs", "analysis_versions", "schedules", "tokens"])
+        tables = ["jobs", "analysis_versions", "schedules", "tokens", "artifacts", "datasources"]
+        metadata.reflect(engine, only=tables)
         self.jobs = metadata.tables["jobs"]
         self.versions = metadata.tables["analysis_versions"]
         self.schedules = metadata.tables["schedules"]
         self.tokens = metadata.tables["tokens"]
+        self.artifacts = metadata.tables["artifacts"]
+        self.datasources = metadata.tables["datasources"]
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -142,11 +147,34 @@ class Store:
         query = self.jobs.select().where(self.jobs.c.status.in_(statuses)).order_by(self.jobs.c.seq)
         return self._all(query)
 
-    def update_job(self, job_id: str, *, only_if_status: tuple[str, ...] = (), **values: Any) -> bool:
-        """Set ``values`` on a job (if it is in one of ``only_if_status``); whether a row changed."""
+    def job_by_id(self, job_id: str) -> dict[str, Any] | None:
+        """A job of any project (a worker knows only the job's id)."""
+        return self._one(self.jobs.select().where(self.jobs.c.id == job_id))
+
+    def job_statuses(self, job_ids: list[str]) -> dict[str, str]:
+        """The status of each of ``job_ids`` that exists."""
+        query = sa.select(self.jobs.c.id, self.jobs.c.status).where(self.jobs.c.id.in_(job_ids))
+        with self.engine.connect() as db:
+            return {row.id: row.status for row in db.execute(query)}
+
+    def update_job(
+        self,
+        job_id: str,
+        *,
+        only_if_status: tuple[str, ...] = (),
+        only_if_attempt: int | None = None,
+        **values: Any,
+    ) -> bool:
+        """Set ``values`` on a job (if it is in one of ``only_if_status``, at ``only_if_attempt``).
+
+        Whether a row changed: the conditions make a change a compare-and-set, so two processes
+        (a worker and the server that declared it lost) never both move the same job.
+        """
         statement = self.jobs.update().where(self.jobs.c.id == job_id)
         if only_if_status:
             statement = statement.where(self.jobs.c.status.in_(only_if_status))
+        if only_if_attempt is not None:
+            statement = statement.where(self.jobs.c.attempt == only_if_attempt)
         with self._begin() as db:
             return db.execute(statement.values(**values)).rowcount == 1
 
@@ -195,10 +223,18 @@ class Store:
             query = query.where(self.schedules.c.project_id == project_id)
         return self._all(query.order_by(self.schedules.c.created_at, self.schedules.c.id))
 
-    def update_schedule(self, schedule_id: str, **values: Any) -> None:
-        """Set ``values`` on a schedule."""
+    def update_schedule(
+        self, schedule_id: str, *, only_if_next_run_at: float | None = None, **values: Any
+    ) -> bool:
+        """Set ``values`` on a schedule (if its next run is still ``only_if_next_run_at``).
+
+        Whether a row changed: with ``only_if_next_run_at`` one server of many claims a fire time.
+        """
+        statement = self.schedules.update().where(self.schedules.c.id == schedule_id)
+        if only_if_next_run_at is not None:
+            statement = statement.where(self.schedules.c.next_run_at == only_if_next_run_at)
         with self._begin() as db:
-            db.execute(self.schedules.update().where(self.schedules.c.id == schedule_id).values(**values))
+            return db.execute(statement.values(**values)).rowcount == 1
 
     def delete_schedule(self, project_id: str, schedule_id: str) -> bool:
         """Delete a schedule of ``project_id``; whether it existed."""
@@ -208,6 +244,36 @@ class Store:
                 self.schedules.delete().where(s.project_id == project_id, s.id == schedule_id)
             )
             return deleted.rowcount == 1
+
+    # artifacts (jobs run by workers) -----------------------------------------------------------
+    def put_artifact(self, job_id: str, data: bytes) -> None:
+        """Keep the Parquet artifact of a job a worker ran."""
+        with self._begin() as db:
+            db.execute(self.artifacts.delete().where(self.artifacts.c.job_id == job_id))
+            db.execute(self.artifacts.insert().values(job_id=job_id, data=data))
+
+    def get_artifact(self, job_id: str) -> bytes | None:
+        """The artifact a worker stored for ``job_id``."""
+        query = sa.select(self.artifacts.c.data).where(self.artifacts.c.job_id == job_id)
+        with self.engine.connect() as db:
+            row = db.execute(query).first()
+        return None if row is None else bytes(row[0])
+
+    def put_datasources(self, project_id: str, text: str | None) -> None:
+        """Share a project's datasources file with the workers (``None``: the project has none)."""
+        with self._begin() as db:
+            db.execute(self.datasources.delete().where(self.datasources.c.project_id == project_id))
+            if text is not None:
+                db.execute(
+                    self.datasources.insert().values(project_id=project_id, text=text, updated_at=time.time())
+                )
+
+    def get_datasources(self, project_id: str) -> str | None:
+        """The datasources file a server shared for ``project_id``."""
+        query = sa.select(self.datasources.c.text).where(self.datasources.c.project_id == project_id)
+        with self.engine.connect() as db:
+            row = db.execute(query).first()
+        return None if row is None else str(row[0])
 
     # tokens -------------------------------------------------------------------------------------
     def insert_token(self, token_id: str, token_hash: str, project_id: str | None, admin: bool) -> None:

@@ -78,6 +78,8 @@ class PostgresServer:
     base: Path = field(default_factory=Path)
     port: int = 0
     host: str = "127.0.0.1"
+    #: Extra address to listen on, and the /24 network allowed to log in from it (network namespaces).
+    listen_also: str | None = None
 
     @staticmethod
     def available() -> str | None:
@@ -110,8 +112,13 @@ class PostgresServer:
             "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8",
             "--locale=C",
         ])  # fmt: skip
+        listen = "127.0.0.1"
+        if self.listen_also:
+            listen += f",{self.listen_also}"
+            with (data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {self.listen_also}/24 scram-sha-256\n")
         opts = (
-            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
+            f"-p {self.port} -k {self.base} -c listen_addresses={listen} -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB"
         )
         _run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", opts, "-l",

@@ -1,0 +1,166 @@
+"""Figures of ``analysis worker``: jobs on 1, 2 and 4 machines, measured in one run (issue 12).
+
+    .venv/bin/python bench/bench_workers.py [--per-slot N] [--trivial N]
+
+Needs root (network namespaces) and PostgreSQL 15. PostgreSQL listens on a bridge; the server and
+each worker run in their own network namespace and working directory (tests/workers/cluster.py),
+each worker with 2 slots.
+
+1. Sleep-bound jobs (each sleeps 1 s): ``--per-slot`` (6) jobs per slot submitted at once to 1, 2
+   and 4 workers; throughput in jobs/s from the first submit to the last final state, and the
+   ratio to one worker. Every job still starts a cold kernel (~0.4 s CPU): on a 2-core machine
+   eight kernels starting at once are CPU-bound, so the job counts stay small.
+2. Trivial jobs: ``--trivial`` (40) jobs submitted at once to 4 workers; throughput. Kernel
+   starts are CPU work, so this is the machine's ceiling for any job; the sleep-bound rate of
+   4 workers is also shown as a share of it.
+3. Queue latency, submit to start (the job's ``queue_wait_ms``): 30 jobs submitted one at a time
+   to idle workers; p50 and p99.
+4. Cancel: wall time of the cancel request for a job running on a worker, until it is final.
+5. A worker powered off (every process of its namespace killed, its link deleted) while running a
+   job of an analysis with ``retries: 1``: time until the job succeeded on the other worker, with
+   the server's ``--heartbeat-timeout`` of 6 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+_spec = importlib.util.spec_from_file_location(
+    "analysis_test_cluster", Path(__file__).parents[1] / "tests" / "workers" / "cluster.py"
+)
+assert _spec is not None and _spec.loader is not None
+cluster_module: Any = importlib.util.module_from_spec(_spec)
+sys.modules["analysis_test_cluster"] = cluster_module
+_spec.loader.exec_module(cluster_module)
+
+SLEEP = "import time\n\ndef run(ctx, parameters):\n    time.sleep(parameters['sleep'])\n    return 1\n"
+TRIVIAL = "def run(ctx, parameters):\n    return 1 + 1\n"
+BLOCK = (
+    "import time\nfrom pathlib import Path\n\n"
+    "def run(ctx, parameters):\n"
+    "    started = Path(parameters['started'])\n"
+    "    if started.exists():\n        return 'second'\n"
+    "    started.write_text('x')\n"
+    "    while True:\n        time.sleep(0.05)\n"
+)
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def _client(cluster: Any) -> httpx.Client:
+    from analysis.runner.server.auth import create_token
+    from analysis.runner.server.store import open_store
+
+    store = open_store(cluster.db_url)
+    try:
+        token = create_token(store, project_id="alpha")
+    finally:
+        store.close()
+    return httpx.Client(
+        base_url=cluster.server_url(), headers={"Authorization": f"Bearer {token}"}, timeout=120
+    )
+
+
+def _submit(http: httpx.Client, analysis: str, parameters: dict[str, Any], wait: float = 0) -> Any:
+    answer = http.post(
+        "/v1/projects/alpha/jobs", json={"analysis_id": analysis, "parameters": parameters, "wait": wait}
+    )
+    answer.raise_for_status()
+    return answer.json()
+
+
+def _drain(http: httpx.Client, ids: list[str]) -> list[Any]:
+    pending, done = set(ids), {}
+    while pending:
+        for job_id in list(pending):
+            job = http.get(f"/v1/projects/alpha/jobs/{job_id}").json()
+            if job["status"] in FINAL:
+                done[job_id] = job
+                pending.discard(job_id)
+        time.sleep(0.1)
+    failed = [job for job in done.values() if job["status"] != "succeeded"]
+    assert not failed, failed[:1]
+    return list(done.values())
+
+
+def _burst(http: httpx.Client, analysis: str, count: int, parameters: dict[str, Any]) -> float:
+    began = time.monotonic()
+    ids = [_submit(http, analysis, parameters)["id"] for _ in range(count)]
+    _drain(http, ids)
+    return count / (time.monotonic() - began)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-slot", type=int, default=6)
+    parser.add_argument("--trivial", type=int, default=40)
+    args = parser.parse_args()
+    missing = cluster_module.netns_missing() or cluster_module.servers.PostgresServer.available()
+    if missing:
+        sys.exit(f"bench_workers: {missing}")
+    rows: list[tuple[str, str]] = []
+    cluster = cluster_module.Cluster().start()
+    try:
+        cluster.serve("--heartbeat-timeout", "6")
+        with _client(cluster) as http:
+            for name, source, retries in (("sleep", SLEEP, 0), ("trivial", TRIVIAL, 0), ("block", BLOCK, 1)):
+                http.put(f"/v1/projects/alpha/analyses/{name}", json={"source": source, "retries": retries})
+            rates: dict[int, float] = {}
+            for count in (1, 2, 4):
+                while len([n for n in cluster.nodes if n.startswith("w")]) < count:
+                    cluster.worker(f"w{len(cluster.nodes)}")
+                jobs = args.per_slot * 2 * count
+                rates[count] = _burst(http, "sleep", jobs, {"sleep": 1})
+                ratio = rates[count] / rates[1]
+                rows.append((f"sleep-1s jobs, {count} worker(s) x 2 slots, {jobs} jobs",
+                             f"{rates[count]:.2f} jobs/s ({ratio:.2f}x one worker)"))  # fmt: skip
+            trivial = _burst(http, "trivial", args.trivial, {})
+            rows.append((f"trivial jobs, 4 workers, {args.trivial} jobs", f"{trivial:.2f} jobs/s"))
+            # every job starts a cold kernel: the trivial-job rate is what the CPUs allow, whatever
+            # the slots; the best sleep-bound ratio is min(8 slots' worth, that ceiling) / one worker
+            best = min(trivial, rates[1] * 4) / rates[1]
+            share = f"{rates[4] / trivial:.0%}; best ratio this machine allows ~{best:.2f}x"
+            rows.append(("sleep-1s, 4 workers, as a share of the CPU ceiling (trivial-job rate)", share))
+            waits = [float(_submit(http, "trivial", {}, wait=60)["queue_wait_ms"]) for _ in range(30)]
+            rows.append(("queue latency submit->start (30 jobs, idle workers)",
+                         f"p50 {_pct(waits, 0.5):.0f} ms, p99 {_pct(waits, 0.99):.0f} ms"))  # fmt: skip
+            marker = Path(tempfile.mkdtemp()) / "started"
+            job = _submit(http, "block", {"started": str(marker)})
+            while not marker.exists():
+                time.sleep(0.02)
+            began = time.monotonic()
+            http.post(f"/v1/projects/alpha/jobs/{job['id']}/cancel").raise_for_status()
+            rows.append(
+                ("cancel a running job (request until final)", f"{(time.monotonic() - began) * 1000:.0f} ms")
+            )
+            marker.unlink()
+            job = _submit(http, "block", {"started": str(marker)})
+            while not marker.exists():
+                time.sleep(0.02)
+            victim = http.get(f"/v1/projects/alpha/jobs/{job['id']}").json()["worker"]
+            began = time.monotonic()
+            cluster.power_off(victim)
+            (final,) = _drain(http, [job["id"]])
+            rows.append((f"worker powered off mid-job (heartbeat timeout 6 s; attempt {final['attempt']})",
+                         f"re-run and succeeded after {time.monotonic() - began:.1f} s"))  # fmt: skip
+    finally:
+        cluster.close()
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""``analysis worker``: runs the jobs ``analysis serve`` queued in PostgreSQL, on any machine.
+
+A worker shares nothing with the server but the database: it reads the job row and the analysis
+version from the store, writes the version under its own root, runs the job in a local kernel
+(``run_job_async``, the broker included), and writes the envelope and any Parquet artifact back to
+the store. Each change of a job is a compare-and-set on (status, attempt), so a worker the server
+declared lost can no longer finish a job that another worker now runs. SIGTERM stops fetching
+jobs and lets running ones finish within the grace period; those still running then go back to
+the queue. If the worker dies, its guard (:mod:`.orphans`) kills its kernels. The worker's own
+``/metrics`` reports its slots and heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from analysis.errors import AnalysisError
+from analysis.runner.envelope import JobResult
+from analysis.runner.jobs import JobSpec, run_job_async
+from analysis.runner.server.manager import failure, final_envelope, materialize
+from analysis.runner.server.orphans import start_guard
+from analysis.runner.server.queue import DEFAULT_QUEUE, TASK, ensure_schema, open_app
+from analysis.runner.server.store import Store, open_store
+
+__all__ = ["WorkerConfig", "WorkerMetrics", "run_worker"]
+
+log = logging.getLogger("analysis.worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Options of one ``analysis worker``.
+
+    Parameters
+    ----------
+    db_url
+        The server's PostgreSQL store.
+    root
+        The worker's own working directory (versions, job directories, datasources files).
+    concurrency
+        Jobs run at once (slots).
+    queues
+        Queues to take jobs from (default: every queue).
+    name
+        The worker's name in job rows and logs (default: host name and process id).
+    grace_s
+        On SIGTERM, how long running jobs may take to finish.
+    heartbeat_s
+        How often the worker tells the database it is alive.
+    metrics_host, metrics_port
+        Where ``/metrics`` listens (no listener when the port is ``None``).
+    job_options
+        Defaults of every job (``timeout_s``...; see ``JobSpec``).
+    """
+
+    db_url: str
+    root: Path
+    concurrency: int = 2
+    queues: tuple[str, ...] = ()
+    name: str | None = None
+    grace_s: float = 30.0
+    heartbeat_s: float = 2.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    job_options: dict[str, Any] = field(default_factory=dict)
+
+
+class WorkerMetrics:
+    """The worker's gauges and counters (its own registry)."""
+
+    def __init__(self, slots: int) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.running = Gauge("analysis_worker_jobs_running", "Jobs running on this worker.", registry=r)
+        self.slots_free = Gauge("analysis_worker_slots_free", "Free job slots.", registry=r)
+        self.slots_free.set(slots)
+        self.jobs = Counter("analysis_worker_jobs", "Jobs this worker finished.", ["status"], registry=r)
+        self.heartbeats = Counter(
+            "analysis_worker_heartbeats", "Heartbeats this worker recorded in the database.", registry=r
+        )
+        self.last_heartbeat = Gauge(
+            "analysis_worker_last_heartbeat_timestamp_seconds", "Time of the last heartbeat.", registry=r
+        )
+
+
+class _Runner:
+    """The task body: one store job, start to end."""
+
+    def __init__(self, app: Any, store: Store, config: WorkerConfig, name: str, metrics: WorkerMetrics):
+        self.app = app
+        self.store = store
+        self.config = config
+        self.name = name
+        self.metrics = metrics
+        self.root = config.root.resolve()
+        self.running = 0
+
+    async def __call__(self, context: Any, job_id: str) -> None:
+        job = self.store.job_by_id(job_id)
+        if job is None or job["status"] != "queued":  # cancelled while queued, or already taken
+            return
+        attempt, started = job["attempt"] + 1, time.time()
+        if not self.store.update_job(
+            job_id, only_if_status=("queued",), only_if_attempt=job["attempt"], status="running",
+            started_at=started, attempt=attempt, worker=self.name,
+        ):  # fmt: skip
+            return
+        job = {**job, "status": "running", "started_at": started, "attempt": attempt}
+        self._slots(+1)
+        try:
+            result = await self._execute(job)
+        except Exception as exc:  # a fault of the worker, not of the job: the job still ends
+            log.exception("job %s could not run", job_id)
+            result = failure(job, AnalysisError(f"The worker could not run the job: {exc}"))
+        finally:
+            self._slots(-1)
+        if result.error_type == "cancelled" and context.should_abort() and _shutting_down(context):
+            await self._requeue(job)
+            return
+        self._finish(job, result)
+
+    def _slots(self, delta: int) -> None:
+        self.running += delta
+        self.metrics.running.set(self.running)
+        self.metrics.slots_free.set(self.config.concurrency - self.running)
+
+    async def _execute(self, job: dict[str, Any]) -> JobResult:
+        project = job["project_id"]
+        self._write_datasources(project)
+        source = materialize(self.store, self.root, project, job["analysis_id"], job["analysis_version"])
+        options = dict(self.config.job_options)
+        if job["timeout_s"] is not None:
+            options["timeout_s"] = job["timeout_s"]
+        artifacts = self.root / project / "analysis" / "artifacts"
+        spec = JobSpec(
+            source_path=source, parameters=json.loads(job["parameters"]), project_id=project,
+            root=self.root, trigger=job["trigger"], job_id=job["id"], artifact_dir=artifacts, **options,
+        )  # fmt: skip
+        result = await run_job_async(spec)
+        artifact = artifacts / f"{job['id']}.parquet"
+        if artifact.is_file():
+            try:
+                self.store.put_artifact(job["id"], artifact.read_bytes())
+            finally:
+                artifact.unlink()
+        return result
+
+    def _write_datasources(self, project_id: str) -> None:
+        """The project's datasources file as the server shared it (its passwords stay encrypted)."""
+        path = self.root / project_id / "analysis" / "datasources.toml"
+        text = self.store.get_datasources(project_id)
+        if text is None:
+            path.unlink(missing_ok=True)
+            return
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".datasources.{uuid.uuid4().hex}.tmp")
+        partial.touch(mode=0o600)
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(path)
+
+    def _finish(self, job: dict[str, Any], result: JobResult) -> None:
+        status = "succeeded" if result.success else (
+            "cancelled" if result.error_type == "cancelled" else "failed"
+        )  # fmt: skip
+        if self.store.update_job(
+            job["id"], only_if_status=("running",), only_if_attempt=job["attempt"], status=status,
+            finished_at=time.time(), envelope=final_envelope(job, result), error_type=result.error_type,
+        ):  # fmt: skip
+            self.metrics.jobs.labels(status).inc()
+
+    async def _requeue(self, job: dict[str, Any]) -> None:
+        """A job the grace period cut short: queue it again (the attempt does not count)."""
+        if self.store.update_job(
+            job["id"], only_if_status=("running",), only_if_attempt=job["attempt"], status="queued",
+            started_at=None, worker=None, attempt=job["attempt"] - 1,
+        ):  # fmt: skip
+            queued = await self.app.configure_task(TASK, queue=DEFAULT_QUEUE).defer_async(job_id=job["id"])
+            self.store.update_job(job["id"], queue_job_id=queued)
+            self.metrics.jobs.labels("requeued").inc()
+
+
+def _shutting_down(context: Any) -> bool:
+    from procrastinate.job_context import AbortReason
+
+    return bool(context.abort_reason() == AbortReason.SHUTDOWN)
+
+
+async def _count_heartbeats(app: Any, worker: Any, metrics: WorkerMetrics, every_s: float) -> None:
+    last = None
+    while True:
+        await asyncio.sleep(every_s)
+        if worker.worker_id is None:
+            continue
+        async with app.connector.pool.connection() as connection:
+            cursor = await connection.execute(
+                "SELECT extract(epoch FROM last_heartbeat) FROM procrastinate_workers WHERE id = %s",
+                (worker.worker_id,),
+            )
+            row = await cursor.fetchone()
+        if row is not None and row[0] != last:
+            last = row[0]
+            metrics.heartbeats.inc()
+            metrics.last_heartbeat.set(float(last))
+
+
+async def run_worker(config: WorkerConfig) -> None:
+    """Run the worker until SIGTERM or SIGINT (running jobs finish within ``grace_s``)."""
+    from procrastinate import worker as procrastinate_worker
+
+    config.root.mkdir(parents=True, exist_ok=True)
+    start_guard(config.root)  # kill -9 of this process must not leave its kernels running
+    name = config.name or f"{socket.gethostname()}:{os.getpid()}"
+    store = open_store(config.db_url)
+    metrics = WorkerMetrics(config.concurrency)
+    if config.metrics_port is not None:
+        start_http_server(config.metrics_port, config.metrics_host, registry=metrics.registry)
+    app = open_app(config.db_url)
+    runner = _Runner(app, store, config, name, metrics)
+    app.task(name=TASK, queue=DEFAULT_QUEUE, pass_context=True)(runner.__call__)
+    try:
+        async with app.open_async():
+            await ensure_schema(app)
+            worker: Any = procrastinate_worker.Worker(
+                app, queues=list(config.queues) or None, name=name, concurrency=config.concurrency,
+                shutdown_graceful_timeout=config.grace_s, update_heartbeat_interval=config.heartbeat_s,
+                stalled_worker_timeout=max(30.0, 5 * config.heartbeat_s),
+                delete_jobs="always",  # the store keeps the history; the queue keeps only live jobs
+            )  # fmt: skip
+            counting = asyncio.create_task(_count_heartbeats(app, worker, metrics, config.heartbeat_s))
+            try:
+                log.info("worker %s: %d slots", name, config.concurrency)
+                await worker.run()
+            finally:
+                counting.cancel()
+    finally:
+        store.close()
