@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -47,8 +48,16 @@ async def put_analysis(request: Request) -> Response:
         raise ApiError(422, "invalid_request", f"retries must be 0 to {_MAX_RETRIES}.")
     if "\x00" in source:
         raise ApiError(422, "invalid_analysis", "The source contains a NUL character.")
-    version, created = save_version(
-        server.store, server.root, project, analysis_id, source=source, kind=kind, retries=retries
+    version, created = await run_in_threadpool(  # resolving dependencies may take seconds
+        save_version,
+        server.store,
+        server.root,
+        project,
+        analysis_id,
+        source=source,
+        kind=kind,
+        retries=retries,
+        resolve_dependencies=True,
     )
     return JSONResponse(_version_document(version), status_code=201 if created else 200)
 

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from analysis.errors import InvalidAnalysisError
+from analysis.errors import DependencyError, InvalidAnalysisError
 from analysis.runner.server.errors import ApiError
 from analysis.runner.server.store import Store
 from analysis.runner.service import validate_file
@@ -28,21 +28,37 @@ def _digest(source: str) -> str:
 
 
 def save_version(
-    store: Store, root: Path, project_id: str, analysis_id: str, *, source: str, kind: str, retries: int
+    store: Store,
+    root: Path,
+    project_id: str,
+    analysis_id: str,
+    *,
+    source: str,
+    kind: str,
+    retries: int,
+    resolve_dependencies: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """Validate and store ``source`` as a version, then make it the saved analysis on disk.
 
+    With ``resolve_dependencies`` its declared packages are resolved first (README,
+    "Dependencies per analysis"); this blocks, so call it from a worker thread.
+
     Returns the version (without its source) and whether it is new. Raises a 422 ``ApiError``
-    (type ``invalid_analysis``) when the analysis does not validate; nothing is stored then.
+    (type ``invalid_analysis`` or ``dependency_error``) when the analysis does not validate or its
+    dependencies do not resolve; nothing is stored then.
     """
+    from analysis.runner.deps_cli import check_dependencies
+
     with tempfile.TemporaryDirectory(prefix="analysis-upload-") as folder:
         candidate = Path(folder) / f"{analysis_id}.{kind}"
         candidate.write_text(source, encoding="utf-8")
         try:
             validate_file(candidate)
-        except InvalidAnalysisError as exc:
+            if resolve_dependencies:
+                check_dependencies(candidate)
+        except (InvalidAnalysisError, DependencyError) as exc:
             message = exc.message.replace(str(candidate), f"{analysis_id}.{kind}")
-            raise ApiError(422, "invalid_analysis", message) from None
+            raise ApiError(422, exc.error_type, message) from None
     version = _digest(source)
     row = {
         "project_id": project_id, "analysis_id": analysis_id, "version": version, "kind": kind,

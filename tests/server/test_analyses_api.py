@@ -82,3 +82,22 @@ def test_a_notebook_upload_runs(serve: Any) -> None:
         job = _run(http, {"analysis_id": "nb", "parameters": {"n": 21}})
     assert job["status"] == "succeeded", job
     assert job["envelope"]["result"] == 42
+
+
+def test_an_upload_whose_dependencies_do_not_resolve_is_refused(
+    serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Declared packages are resolved at upload (offline here: an empty wheelhouse), before any run."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    monkeypatch.setenv("UV_FIND_LINKS", str(wheels))
+    monkeypatch.setenv("ANALYSIS_DEPS_CACHE", str(tmp_path / "deps-cache"))
+    server = serve()
+    source = "# /// script\n# dependencies = ['nothing-here-pkg']\n# ///\n" + V1
+    with server.client("alpha") as http:
+        refused = http.put("/v1/projects/alpha/analyses/needs", json={"source": source})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["type"] == "dependency_error"
+        assert "nothing-here-pkg" in refused.json()["error"]["message"]
+        assert http.get("/v1/projects/alpha/analyses/needs/versions").status_code == 404
