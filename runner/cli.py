@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import os
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -153,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a notebook: write the executed notebook here (after every cell)",
     )
     run.add_argument(
+        "--result-file",
+        type=Path,
+        default=None,
+        metavar="FILE.parquet",
+        help="a table result over --max-result-bytes goes here as Parquet (the envelope has a preview)",
+    )
+    run.add_argument(
         "--progress",
         action="store_true",
         help="progress on stderr: per cell for a notebook, per step for a script",
@@ -211,6 +221,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise _usage("--output-notebook is for .ipynb analyses")
     if not args.path.is_file():
         raise _usage(f"{args.path} does not exist")
+    if args.result_file is not None and not args.result_file.resolve().parent.is_dir():
+        raise _usage(f"--result-file: the folder of {args.result_file} does not exist")
     if args.datasources is not None and not args.datasources.is_file():
         raise _usage(f"datasources file {args.datasources} does not exist")
     try:
@@ -243,7 +255,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sandbox=args.sandbox,
         **limits,
     )
-    result = asyncio.run(_run_until_stopped(spec))
+    if args.result_file is None:
+        result = asyncio.run(_run_until_stopped(spec))
+    else:  # the artifact lands next to the target, then takes its name
+        with tempfile.TemporaryDirectory(prefix=".analysis-", dir=args.result_file.resolve().parent) as tmp:
+            spec = dataclasses.replace(spec, artifact_dir=Path(tmp))
+            result = asyncio.run(_run_until_stopped(spec))
+            artifact = Path(tmp) / f"{spec.job_id}.parquet"
+            if artifact.exists():
+                os.replace(artifact, args.result_file)
     sys.stdout.write(result.to_json() + "\n")
     return EXIT_OK if result.success else EXIT_FAILED
 

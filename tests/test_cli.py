@@ -257,3 +257,24 @@ def test_stopping_the_runner_stops_the_kernel(tmp_path: Path, how: str) -> None:
         assert list(root.glob("*/analysis/temp/*"))
         assert cli("run", str(tmp_path / "slow.py"), "--root", str(root), "--timeout", "1", cwd=tmp_path)
         assert not list(root.glob("*/analysis/temp/*"))
+
+
+def test_result_file_takes_a_table_result_too_large_for_the_envelope(tmp_path: Path) -> None:
+    script = tmp_path / "big.py"
+    script.write_text(
+        "def run(ctx, parameters):\n"
+        "    return ctx.query('SELECT range AS i, repeat(\\'x\\', 20) AS s FROM range(100000)')\n"
+    )
+    target = tmp_path / "out.parquet"
+    done = cli("run", str(script), "--max-result-bytes", "100000", "--result-file", str(target), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    envelope = json.loads(done.stdout)
+    assert envelope["result"] is None and envelope["result_ref"]["rows"] == 100000
+    assert envelope["result_preview"][0] == {"i": 0, "s": "x" * 20}
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(target)
+    assert table.num_rows == 100000 and table.column_names == ["i", "s"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".analysis-")] == []
+    without = cli("run", str(script), "--max-result-bytes", "100000", cwd=tmp_path)
+    assert json.loads(without.stdout)["error_type"] == "result_too_large"
