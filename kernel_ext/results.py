@@ -23,7 +23,7 @@ __all__ = ["DEFAULT_MAX_RESULT_BYTES", "OUTCOME_MIME", "encode_result", "format_
 #: The MIME type of the one message that carries a job's outcome from the kernel to the runner.
 OUTCOME_MIME = "application/vnd.analysis.outcome+json"
 
-#: CONTRACT.md 4: encoded results are limited to 10 MiB unless a job says otherwise.
+#: Encoded results are limited (README, "The envelope") to 10 MiB unless a job says otherwise.
 DEFAULT_MAX_RESULT_BYTES = 10 * 1024 * 1024
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS

@@ -1,4 +1,4 @@
-"""The ``analysis`` command line: ``run`` and ``validate`` (CONTRACT.md section 5), and friends.
+"""The ``analysis`` command line: ``run`` and ``validate`` (README, "Headless: the runner"), and friends.
 
 Exit codes: 0 success, 1 the analysis failed (the envelope is still printed; Ctrl-C and SIGTERM
 cancel the job and print its ``cancelled`` envelope), 2 usage error.

@@ -1,4 +1,4 @@
-"""``JobResult``: the outcome of one job, and its JSON envelope (CONTRACT.md section 4)."""
+"""``JobResult``: the outcome of one job, and its JSON envelope (README, "The envelope")."""
 
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ __all__ = [
     "run_job_async",
 ]
 
-#: CONTRACT.md 4: the whole-run deadline.
+#: The whole-run deadline (README, "The envelope").
 DEFAULT_TIMEOUT_S = 300.0
 #: Default disk limit of a job: its job directory, and any one file it writes.
 DEFAULT_MAX_DISK_BYTES = 1024**3

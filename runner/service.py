@@ -1,4 +1,4 @@
-"""``AnalysisService``: run a project's saved analyses by id (CONTRACT.md section 7)."""
+"""``AnalysisService``: run a project's saved analyses by id (README, "Headless: the runner")."""
 
 from __future__ import annotations
 
