@@ -27,6 +27,7 @@ EXTRAS: dict[str, str] = {
     "connectorx": "mysql",
     "arrow_odbc": "mysql",
     "vl_convert": "charts",
+    "uv": "deps",
     "starlette": "server",
     "uvicorn": "server",
     "sqlalchemy": "server",

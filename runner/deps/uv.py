@@ -61,7 +61,9 @@ def uv_binary(environ: Mapping[str, str]) -> str:
         from uv import find_uv_bin
     except ImportError:
         raise DependencyError(
-            "The analysis declares dependencies but uv is not installed: pip install uv.", package="uv"
+            "The analysis declares dependencies but uv is not installed: "
+            "pip install 'analysis-kernel[deps]'.",
+            package="uv",
         ) from None
     return str(find_uv_bin())
 
