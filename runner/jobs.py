@@ -54,7 +54,7 @@ from analysis.runner.logbuffer import DEFAULT_MAX_LOG_BYTES, LogBuffer
 from analysis.runner.notebooks import NotebookRun, error_stack, load_notebook
 
 if TYPE_CHECKING:
-    from analysis.runner.pool import KernelPool
+    from analysis.runner.pool import KernelPool, WarmKernel
 
 __all__ = [
     "DEFAULT_MAX_DISK_BYTES",
@@ -578,6 +578,7 @@ async def run_job_async(
     broker = contextlib.AsyncExitStack()
     claimed = False
     bar = None
+    warm: WarmKernel | None = None
     try:
         _check_parameters(spec.parameters)
         settings = dataclasses.replace(Settings.from_env(), root=spec.root)
@@ -619,13 +620,14 @@ async def run_job_async(
             job_dir, claimed, job.job_dir, job.kernel = warm.job_dir, True, warm.job_dir, warm.kernel
             client = AsyncKernelClient()
             client.load_connection_info(job.kernel.connection_info)
-            client.start_channels()
+            client.start_channels(hb=False)  # its thread spins if stopped before it ran (a dead kernel)
             try:
                 await _wait_ready(job, client)
             except KernelStartError:  # it died while being handed over: start cold instead
                 client.stop_channels()
                 client, job.kernel, job.job_dir, claimed = None, None, None, False
                 warm.discard()
+                warm = None
                 job_dir = spec.root / spec.project_id / "analysis" / "temp" / spec.job_id
         if job.kernel is None:
             try:
@@ -685,14 +687,18 @@ async def run_job_async(
                 client.stop_channels()
         finally:
             try:
-                if job.kernel is not None:
+                if warm is not None and pool is not None:  # killed now, reaped by the pool's thread
+                    warm.signal_kill()
+                elif job.kernel is not None:
                     job.kernel.kill()
                     job.kernel.cleanup()
             finally:
                 if lease is not None:
                     lease.release()
                 await broker.aclose()
-                if claimed:
+                if warm is not None and pool is not None:
+                    pool.retire(warm)
+                elif claimed:
                     shutil.rmtree(job_dir, ignore_errors=True)
 
 

@@ -22,7 +22,10 @@ kernels, when the machine has less than ``min_available_bytes`` available.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -55,6 +58,13 @@ class WarmKernel:
     job_dir: Path
     pss_bytes: int = 0
     idle_since: float = field(default_factory=time.monotonic)
+
+    def signal_kill(self) -> None:
+        """SIGKILL the kernel's process group now (a sandbox's whole PID namespace ends with it)."""
+        try:
+            os.killpg(self.kernel.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def discard(self) -> None:
         """Kill the kernel and remove its job directory."""
@@ -109,6 +119,7 @@ class KernelPool:
         self._lock = threading.Condition()
         self._closed = False
         self._dead: list[WarmKernel] = []
+        self._finished = False
         self.stats = {"warm": 0, "cold": 0, "started": 0, "replaced": 0, "shed": 0}
         self._thread = threading.Thread(target=self._run, name="analysis-kernel-pool", daemon=True)
         self._thread.start()
@@ -139,6 +150,16 @@ class KernelPool:
             self.stats["cold"] += 1
             self._lock.notify_all()
         return None
+
+    def retire(self, warm: WarmKernel) -> None:
+        """Take back a kernel whose job ended: the pool's thread kills it and removes its directory."""
+        warm.signal_kill()
+        with self._lock:
+            if not self._finished:
+                self._dead.append(warm)
+                self._lock.notify_all()
+                return
+        warm.discard()
 
     def idle_count(self, key: PoolKey | None = None) -> int:
         """How many warm kernels wait (for ``key``, or in all)."""
@@ -173,6 +194,7 @@ class KernelPool:
         self.stats["replaced"] += 1
 
     def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
         try:
             while True:
                 with self._lock:
@@ -192,8 +214,11 @@ class KernelPool:
             with self._lock:
                 left = [warm for kernels in self._idle.values() for warm in kernels] + self._dead
                 self._idle.clear()
+                self._dead = []
+                self._finished = True
             for warm in left:
                 warm.discard()
+            self._loop.close()
 
     def _shed(self) -> list[WarmKernel]:
         """Under the lock: take out idle kernels that died, idled too long, or must go for memory."""
@@ -244,8 +269,9 @@ class KernelPool:
                 continue
             started.append((key, WarmKernel(kernel, job_dir)))
             self.stats["started"] += 1
-        for key, warm in started:
-            if not self._warm_up(warm):
+        ready = self._loop.run_until_complete(self._warm_all([warm for _, warm in started]))
+        for (key, warm), ok in zip(started, ready, strict=True):
+            if not ok:
                 warm.discard()
                 continue
             warm.pss_bytes = _pss(warm.kernel)
@@ -257,25 +283,36 @@ class KernelPool:
                 self._idle.setdefault(key, []).append(warm)
                 self._lock.notify_all()
 
-    def _warm_up(self, warm: WarmKernel) -> bool:
-        """Wait for the kernel to answer and run the warm-up code; whether it is ready for a job."""
-        from jupyter_client.blocking.client import BlockingKernelClient
+    async def _warm_all(self, kernels: list[WarmKernel]) -> list[bool]:
+        return list(await asyncio.gather(*(self._warm_up(warm) for warm in kernels)))
 
-        client: Any = BlockingKernelClient()
+    async def _warm_up(self, warm: WarmKernel) -> bool:
+        """Wait for the kernel to answer and run the warm-up code; whether it is ready for a job."""
+        from jupyter_client.asynchronous.client import AsyncKernelClient
+
+        client: Any = AsyncKernelClient()
         client.load_connection_info(warm.kernel.connection_info)
-        client.start_channels()
+        # no heartbeat thread: jupyter_client's spins if stopped before it ran; the process is watched
+        client.start_channels(hb=False)
         try:
-            client.wait_for_ready(timeout=self.start_timeout_s)
+            await _reply(client, client.kernel_info(), self.start_timeout_s)
             inside = sandboxing.JOB_DIR if warm.kernel.sandboxed else warm.job_dir.resolve()
             msg_id = client.execute(_WARM_UP.format(job_dir=str(inside)), silent=True, store_history=False)
-            reply = client.get_shell_msg(timeout=self.start_timeout_s)
-            while reply["parent_header"].get("msg_id") != msg_id:
-                reply = client.get_shell_msg(timeout=self.start_timeout_s)
+            reply = await _reply(client, msg_id, self.start_timeout_s)
             return bool(reply["content"].get("status") == "ok") and warm.kernel.is_alive()
         except Exception:  # a kernel that does not start is not pooled
             return False
         finally:
             client.stop_channels()
+
+
+async def _reply(client: Any, msg_id: str, timeout_s: float) -> dict[str, Any]:
+    """The shell reply to ``msg_id`` (``queue.Empty`` past ``timeout_s``)."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        reply: dict[str, Any] = await client.get_shell_msg(timeout=max(0.0, give_up - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
 
 
 def _pss(kernel: KernelProcess) -> int:
