@@ -43,9 +43,13 @@ __all__ = ["KernelPool", "PoolKey", "WarmKernel"]
 
 #: What a pooled kernel runs while idle: the imports of a job and its DuckDB connection.
 _WARM_UP = (
-    "__import__('analysis.execute'); __import__('duckdb'); __import__('pyarrow'); "
+    "__import__('analysis.execute'); __import__('analysis.broker_client'); "
+    "__import__('duckdb'); __import__('pyarrow'); "
     "__import__('analysis.duck').duck.prepare_connection({job_dir!r})"
 )
+
+#: What a kernel is taken to cost before one was measured (a cold kernel's RSS).
+_FIRST_ESTIMATE = 150 * 1024**2
 
 PoolKey = tuple[str, str, tuple[tuple[str, str], ...]]
 
@@ -245,7 +249,7 @@ class KernelPool:
             return []
         idle = [w for kernels in self._idle.values() for w in kernels]
         used = sum(w.pss_bytes for w in idle)
-        each = max((w.pss_bytes for w in idle), default=0)
+        each = max((w.pss_bytes for w in idle), default=_FIRST_ESTIMATE)
         plan: list[tuple[PoolKey, str, Path, dict[str, Any]]] = []
         for key, (project_id, root, launch, _) in self._wanted.items():
             for _ in range(self.size - len(self._idle.get(key, []))):
