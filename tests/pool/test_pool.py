@@ -216,3 +216,29 @@ def test_closing_the_pool_stops_idle_kernels(root: Path, no_leftovers: None) -> 
     kernels = warm(svc)
     svc.close()
     assert not any(k.kernel.is_alive() or k.job_dir.exists() for k in kernels)
+
+
+def test_idle_pool_shrinks_after_idle_timeout(root: Path, no_leftovers: None) -> None:
+    pool = KernelPool(2, idle_timeout_s=3.0)
+    try:
+        pool.want("default", root, {"sandboxed": MODE == "on"})
+        wait_for(lambda: pool.stats["started"] == 2, "two kernels started")
+        # no job comes: after the idle timeout the project's kernels are stopped, none restarted
+        wait_for(lambda: not list(root.glob("*/analysis/temp/*")), "the idle kernels removed")
+        assert pool.idle_count() == 0 and pool.stats["started"] == 2
+    finally:
+        pool.close()
+
+
+def test_low_memory_sheds_idle_kernels(root: Path, no_leftovers: None) -> None:
+    pool = KernelPool(2)
+    try:
+        pool.want("default", root, {"sandboxed": MODE == "on"})
+        wait_for(lambda: pool.idle_count() == 2, "two warm kernels")
+        kernels = pool.idle_kernels()
+        pool.min_available_bytes = psutil.virtual_memory().total * 2  # as if memory ran short
+        wait_for(lambda: pool.stats["shed"] == 2, "the idle kernels shed")
+        wait_for(lambda: not any(k.kernel.is_alive() for k in kernels), "the shed kernels stopped")
+        assert pool.idle_count() == 0 and pool.stats["started"] == 2
+    finally:
+        pool.close()
