@@ -614,7 +614,7 @@ async def run_job_async(
         warm = (
             None
             if pool is None or lease.path is not None
-            else pool.acquire(spec.project_id, spec.root, launch)
+            else await pool.acquire_async(spec.project_id, spec.root, launch)
         )
         if warm is not None:  # the pooled kernel's job directory becomes this job's
             job_dir, claimed, job.job_dir, job.kernel = warm.job_dir, True, warm.job_dir, warm.kernel

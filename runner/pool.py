@@ -124,6 +124,10 @@ class KernelPool:
         self._closed = False
         self._dead: list[WarmKernel] = []
         self._finished = False
+        self._starting: dict[PoolKey, int] = {}
+        self._waiting: dict[PoolKey, int] = {}
+        #: Seconds a kernel took to start and warm up (the last batch): about a cold start.
+        self.start_s = 1.0
         self.stats = {"warm": 0, "cold": 0, "started": 0, "replaced": 0, "shed": 0}
         self._thread = threading.Thread(target=self._run, name="analysis-kernel-pool", daemon=True)
         self._thread.start()
@@ -139,7 +143,9 @@ class KernelPool:
                 self._lock.notify_all()
         return key
 
-    def acquire(self, project_id: str, root: Path, launch: dict[str, Any]) -> WarmKernel | None:
+    def acquire(
+        self, project_id: str, root: Path, launch: dict[str, Any], *, count_cold: bool = True
+    ) -> WarmKernel | None:
         """A warm kernel for this key, now, or ``None`` (the job then starts cold); never waits."""
         key = self.want(project_id, root, launch)
         with self._lock:
@@ -151,7 +157,7 @@ class KernelPool:
                     self._lock.notify_all()
                     return warm
                 self._discard_later(warm)
-            self.stats["cold"] += 1
+            self.stats["cold"] += count_cold
             self._lock.notify_all()
         return None
 
@@ -164,6 +170,44 @@ class KernelPool:
                 self._lock.notify_all()
                 return
         warm.discard()
+
+    async def acquire_async(self, project_id: str, root: Path, launch: dict[str, Any]) -> WarmKernel | None:
+        """As :meth:`acquire`, but a job may wait for a kernel that is warming up for no other job.
+
+        It waits at most as long as a kernel takes to start (:attr:`start_s`), the time a cold
+        start would cost it, and only while a kernel of its key is starting that no other
+        waiting job counts on; else it gets ``None`` at once and starts cold.
+        """
+        warm = self.acquire(project_id, root, launch, count_cold=False)
+        if warm is None:
+            warm = await self._wait_for_starting(project_id, root, launch)
+        if warm is None:
+            with self._lock:
+                self.stats["cold"] += 1
+        return warm
+
+    async def _wait_for_starting(
+        self, project_id: str, root: Path, launch: dict[str, Any]
+    ) -> WarmKernel | None:
+        key = pool_key(project_id, root, launch)
+        with self._lock:
+            if self._waiting.get(key, 0) >= self._starting.get(key, 0):
+                return None
+            self._waiting[key] = self._waiting.get(key, 0) + 1
+            give_up = time.monotonic() + self.start_s
+        try:
+            while time.monotonic() < give_up:
+                await asyncio.sleep(0.005)
+                with self._lock:
+                    if not self._idle.get(key) and self._starting.get(key, 0):
+                        continue
+                warm = self.acquire(project_id, root, launch, count_cold=False)
+                if warm is not None or not self._starting.get(key, 0):
+                    return warm
+            return None
+        finally:
+            with self._lock:
+                self._waiting[key] -= 1
 
     def idle_count(self, key: PoolKey | None = None) -> int:
         """How many warm kernels wait (for ``key``, or in all)."""
@@ -257,10 +301,22 @@ class KernelPool:
                     return plan
                 used += each
                 plan.append((key, project_id, root, launch))
+                self._starting[key] = self._starting.get(key, 0) + 1
         return plan
 
     def _start(self, plan: list[tuple[PoolKey, str, Path, dict[str, Any]]]) -> None:
         """Launch the planned kernels together, then warm each and make it available."""
+        began = time.monotonic()
+        try:
+            self._start_batch(plan)
+        finally:
+            with self._lock:
+                for key, *_ in plan:
+                    self._starting[key] -= 1
+                self.start_s = max(0.5, time.monotonic() - began)
+                self._lock.notify_all()
+
+    def _start_batch(self, plan: list[tuple[PoolKey, str, Path, dict[str, Any]]]) -> None:
         started: list[tuple[PoolKey, WarmKernel]] = []
         for key, project_id, root, launch in plan:
             job_dir = root / project_id / "analysis" / "temp" / f"pool-{uuid.uuid4().hex}"
