@@ -222,7 +222,11 @@ class KernelPool:
             return [warm for kernels in self._idle.values() for warm in kernels]
 
     def close(self) -> None:
-        """Stop refilling and kill every idle kernel (kernels handed to jobs are the jobs')."""
+        """Stop refilling and kill every idle kernel.
+
+        Kernels handed to jobs that still run die too (they were started by the pool's thread and
+        get its parent-death signal): close the pool once its jobs have ended.
+        """
         with self._lock:
             self._closed = True
             self._lock.notify_all()

@@ -83,7 +83,7 @@ class AnalysisService:
         want_pool(self.pool, spec)
 
     def close(self) -> None:
-        """Stop the kernel pool's idle kernels (jobs still running keep theirs until they end)."""
+        """Stop the kernel pool: its idle kernels, and the pooled kernels of jobs still running."""
         if self.pool is not None:
             self.pool.close()
 
