@@ -234,7 +234,9 @@ class Duck:
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
-        """The DuckDB connection (created on first access)."""
+        """The DuckDB connection (created on first access, or the one a pooled kernel prepared)."""
+        if self._con is None and self._job_dir is not None:
+            self._con = _take_prepared(self._job_dir)
         if self._con is None:
             import duckdb
 
@@ -344,3 +346,19 @@ class Duck:
         if self._con is not None:
             self._con.close()
             self._con = None
+
+
+#: A pooled kernel's locked-down connection, opened before its job arrives, by job directory.
+_prepared: dict[Path, duckdb.DuckDBPyConnection] = {}
+
+
+def prepare_connection(job_dir: str) -> None:
+    """Open the locked-down connection of a job in ``job_dir`` now (a pooled kernel, while idle)."""
+    duck = Duck()
+    duck.lock_down(Path(job_dir))
+    _prepared[Path(job_dir)] = duck.connection
+
+
+def _take_prepared(job_dir: Path) -> duckdb.DuckDBPyConnection | None:
+    """The connection prepared for ``job_dir``, if any; it is handed out once."""
+    return _prepared.pop(job_dir, None)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from analysis.artifacts import DEFAULT_MAX_ARTIFACT_BYTES
 from analysis.config import Settings
@@ -52,6 +52,9 @@ from analysis.runner.jobdirs import claim_job_dir, disk_usage, sweep_orphans
 from analysis.runner.kernels import KernelProcess, launch_kernel
 from analysis.runner.logbuffer import DEFAULT_MAX_LOG_BYTES, LogBuffer
 from analysis.runner.notebooks import NotebookRun, error_stack, load_notebook
+
+if TYPE_CHECKING:
+    from analysis.runner.pool import KernelPool, WarmKernel
 
 __all__ = [
     "DEFAULT_MAX_DISK_BYTES",
@@ -279,6 +282,34 @@ def _write_job_document(job: _Job, job_dir: Path, source: Path, wall_deadline: f
     path = job_dir / "job.json"
     path.write_bytes(to_json_fragment(document))
     return path
+
+
+def _launch_settings(
+    spec: JobSpec, settings: Settings, lease: EnvironmentLease, *, sandboxed: bool
+) -> dict[str, Any]:
+    """The :func:`launch_kernel` arguments of a job's kernel, but its job directory (a pool's key too)."""
+    return {
+        "cwd": spec.cwd,
+        "base_env": None if sandboxed else kernel_environ(os.environ, settings),
+        "max_memory_bytes": spec.max_memory_bytes,
+        "max_cpu_s": spec.max_cpu_s,
+        "max_file_bytes": spec.max_disk_bytes,
+        "max_processes": spec.max_processes,
+        "max_tmp_bytes": spec.max_tmp_bytes,
+        "sandboxed": sandboxed,
+        "python": lease.python,
+        "python_env": lease.path,
+    }
+
+
+def want_pool(pool: KernelPool, spec: JobSpec) -> None:
+    """Have ``pool`` keep warm kernels for jobs like ``spec`` in the runner's own environment."""
+    settings = dataclasses.replace(Settings.from_env(), root=spec.root)
+    if spec.datasources_file is not None:
+        settings = dataclasses.replace(settings, datasources_file=spec.datasources_file.resolve())
+    sandboxed = sandboxing.use_sandbox(spec.sandbox or settings.sandbox)
+    launch = _launch_settings(spec, settings, EnvironmentLease(sys.executable), sandboxed=sandboxed)
+    pool.want(spec.project_id, spec.root, launch)
 
 
 def _check_parameters(parameters: Any) -> None:
@@ -519,9 +550,15 @@ def _steps_bar() -> Any:
 
 
 async def run_job_async(
-    spec: JobSpec, *, on_cancelled: Callable[[JobResult], None] | None = None
+    spec: JobSpec,
+    *,
+    on_cancelled: Callable[[JobResult], None] | None = None,
+    pool: KernelPool | None = None,
 ) -> JobResult:
     """Run one analysis job in a fresh kernel and return its result (never raises for job faults).
+
+    With a ``pool``, the job takes a warm kernel of its project and launch settings when one is
+    idle (its job directory becomes the job's), else it starts cold; the kernel is discarded after.
 
     When the task running it is cancelled, the kernel is stopped and the job directory removed,
     ``on_cancelled`` (if given) receives the ``cancelled`` envelope, and ``CancelledError``
@@ -541,6 +578,7 @@ async def run_job_async(
     broker = contextlib.AsyncExitStack()
     claimed = False
     bar = None
+    warm: WarmKernel | None = None
     try:
         _check_parameters(spec.parameters)
         settings = dataclasses.replace(Settings.from_env(), root=spec.root)
@@ -565,44 +603,54 @@ async def run_job_async(
         elif spec.progress:
             bar = _steps_bar()
         sweep_orphans(spec.root)
-        try:
-            job_dir.mkdir(mode=0o700, parents=True)
-            os.chmod(job_dir, 0o700)
-        except OSError as exc:
-            raise KernelStartError(
-                f"The job directory {job_dir} could not be created: {exc.strerror or exc} "
-                "(check the projects root, --root)."
-            ) from None
-        claimed = True
-        job.job_dir = job_dir
-        claim_job_dir(job_dir)
         if spec.datasources_file is not None:
             settings = dataclasses.replace(settings, datasources_file=spec.datasources_file.resolve())
         deadline = Deadline.after(spec.timeout_s)
-        await broker.enter_async_context(serve_broker(job_dir, spec.project_id, settings, deadline=deadline))
-        job_file = _write_job_document(job, job_dir, source, deadline.at)  # the broker's deadline too
-        job_file_seen = str((sandboxing.JOB_DIR if job.sandboxed else job_dir.resolve()) / job_file.name)
         from jupyter_client.asynchronous.client import AsyncKernelClient
 
         project_dir, log = spec.root / spec.project_id / "analysis", partial(job.logs.write, "stderr")
         lease = await lease_environment(source, project_dir=project_dir, timeout_s=job.remaining(), log=log)
-        job.kernel = launch_kernel(
-            job_dir,
-            cwd=spec.cwd,
-            base_env=kernel_environ(os.environ, settings),
-            max_memory_bytes=spec.max_memory_bytes,
-            max_cpu_s=spec.max_cpu_s,
-            max_file_bytes=spec.max_disk_bytes,
-            max_processes=spec.max_processes,
-            max_tmp_bytes=spec.max_tmp_bytes,
-            sandboxed=job.sandboxed,
-            python=lease.python,
-            python_env=lease.path,
+        launch = _launch_settings(spec, settings, lease, sandboxed=job.sandboxed)
+        warm = (
+            None
+            if pool is None or lease.path is not None
+            else await pool.acquire_async(spec.project_id, spec.root, launch)
         )
-        client = AsyncKernelClient()
-        client.load_connection_info(job.kernel.connection_info)
-        client.start_channels()
-        await _wait_ready(job, client)
+        if warm is not None:  # the pooled kernel's job directory becomes this job's
+            job_dir, claimed, job.job_dir, job.kernel = warm.job_dir, True, warm.job_dir, warm.kernel
+            client = AsyncKernelClient()
+            client.load_connection_info(job.kernel.connection_info)
+            client.start_channels(hb=False)  # its thread spins if stopped before it ran (a dead kernel)
+            try:
+                await _wait_ready(job, client)
+            except KernelStartError:  # it died while being handed over: start cold instead
+                client.stop_channels()
+                client, job.kernel, job.job_dir, claimed = None, None, None, False
+                warm.discard()
+                warm = None
+                job_dir = spec.root / spec.project_id / "analysis" / "temp" / spec.job_id
+        if job.kernel is None:
+            try:
+                job_dir.mkdir(mode=0o700, parents=True)
+                os.chmod(job_dir, 0o700)
+            except OSError as exc:
+                raise KernelStartError(
+                    f"The job directory {job_dir} could not be created: {exc.strerror or exc} "
+                    "(check the projects root, --root)."
+                ) from None
+            claimed = True
+            job.job_dir = job_dir
+            claim_job_dir(job_dir)
+            job.kernel = launch_kernel(job_dir, **launch)
+            client = AsyncKernelClient()
+            client.load_connection_info(job.kernel.connection_info)
+            client.start_channels()
+            await _wait_ready(job, client)
+        await broker.enter_async_context(serve_broker(job_dir, spec.project_id, settings, deadline=deadline))
+        job_file = _write_job_document(job, job_dir, source, deadline.at)  # the broker's deadline too
+        job_file_seen = str((sandboxing.JOB_DIR if job.sandboxed else job_dir.resolve()) / job_file.name)
+        if job.sandboxed:  # the job document and the broker's socket, to the sandbox's user
+            sandboxing.prepare_job_dir(job_dir)
         if spec.on_kernel_ready is not None:
             spec.on_kernel_ready(time.monotonic() - job.started)
         if bar is not None:
@@ -639,14 +687,18 @@ async def run_job_async(
                 client.stop_channels()
         finally:
             try:
-                if job.kernel is not None:
+                if warm is not None and pool is not None:  # killed now, reaped by the pool's thread
+                    warm.signal_kill()
+                elif job.kernel is not None:
                     job.kernel.kill()
                     job.kernel.cleanup()
             finally:
                 if lease is not None:
                     lease.release()
                 await broker.aclose()
-                if claimed:
+                if warm is not None and pool is not None:
+                    pool.retire(warm)
+                elif claimed:
                     shutil.rmtree(job_dir, ignore_errors=True)
 
 

@@ -7,13 +7,16 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from analysis.errors import InvalidAnalysisError, InvalidParametersError
 from analysis.params import check_id
 from analysis.runner.envelope import JobResult
-from analysis.runner.jobs import JobSpec, run_job_async
+from analysis.runner.jobs import JobSpec, run_job_async, want_pool
 from analysis.validate import validate_source
+
+if TYPE_CHECKING:
+    from analysis.runner.pool import KernelPool
 
 __all__ = ["AnalysisService", "validate_file"]
 
@@ -48,14 +51,47 @@ class AnalysisService:
     ----------
     root
         Root folder of the projects.
+    pool_size
+        Warm kernels kept ready per project (and launch settings) that ran a job; ``0`` (the
+        default): every job starts a fresh kernel (README, "Warm kernels"). Call :meth:`close`
+        (or use the service as a context manager) to stop the pool's kernels.
     **job_options
         Defaults for every job (``timeout_s``, ``max_result_bytes``, ``max_log_bytes``,
         ``interrupt_grace_s``, ...; see :class:`~analysis.runner.jobs.JobSpec`).
     """
 
-    def __init__(self, root: str | Path = ".clients", **job_options: Any) -> None:
+    def __init__(self, root: str | Path = ".clients", *, pool_size: int = 0, **job_options: Any) -> None:
         self.root = Path(root)
         self.job_options = job_options
+        self.pool: KernelPool | None = None
+        if pool_size:
+            from analysis.runner.pool import KernelPool
+
+            self.pool = KernelPool(pool_size)
+
+    def warm_up(self, project_id: str = "default", **job_options: Any) -> None:
+        """Start warm kernels for ``project_id`` now, for jobs with these options (needs ``pool_size``)."""
+        if self.pool is None:
+            raise ValueError("warm_up needs a kernel pool: AnalysisService(pool_size=N).")
+        check_id(project_id, "Project id")
+        spec = JobSpec(
+            source_path=Path("warm_up.py"),
+            project_id=project_id,
+            root=self.root,
+            **{**self.job_options, **job_options},
+        )
+        want_pool(self.pool, spec)
+
+    def close(self) -> None:
+        """Stop the kernel pool: its idle kernels, and the pooled kernels of jobs still running."""
+        if self.pool is not None:
+            self.pool.close()
+
+    def __enter__(self) -> AnalysisService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def script_path(self, analysis_id: str, *, project_id: str = "default") -> Path:
         """Where the saved analysis lives: ``{id}.py``, else ``{id}.ipynb`` (ids are checked first)."""
@@ -104,7 +140,7 @@ class AnalysisService:
             )
         except TypeError as exc:  # an unknown job option
             return _refused(InvalidParametersError(f"Invalid job option: {exc}."), started)
-        return await run_job_async(spec, on_cancelled=on_cancelled)
+        return await run_job_async(spec, on_cancelled=on_cancelled, pool=self.pool)
 
     def submit_analysis_job(
         self,

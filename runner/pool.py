@@ -1,0 +1,394 @@
+"""A pool of warm job kernels: started ahead of demand, each handed to one job, then discarded.
+
+A pooled kernel is started exactly as a cold one (:func:`~analysis.runner.kernels.launch_kernel`:
+same sandbox, same limits) in a job directory of its own, under its project's
+``analysis/temp``. Once it answers, the pool imports what every job imports (``analysis.execute``,
+DuckDB, PyArrow) and opens the job's locked-down DuckDB connection. A job that takes it adopts
+that directory as its own job directory: the runner then writes the job document there and
+serves the job's broker in it, and the kernel (which sees the folder as ``/job`` in its sandbox)
+runs the job as a cold kernel would. After its job the kernel is killed like any other.
+
+Kernels are pooled per *key*: the project, the projects root, the interpreter and every launch
+setting (limits, sandbox, working directory, environment), so a kernel never serves another
+project or other limits. One thread, started with the pool and living as long as it, launches
+and watches the kernels: kernels get ``PR_SET_PDEATHSIG`` from it, so they die with the pool's
+owner however it ends. The thread refills each key that was asked for in the background,
+replaces kernels that died while idle, drops kernels idle longer than ``idle_timeout_s``, stays
+within ``max_pool_bytes`` (measured PSS of the idle kernels) and stops growing, and sheds idle
+kernels, when the machine has less than ``min_available_bytes`` available.
+
+:meth:`KernelPool.acquire` never waits: with no warm kernel for the key, the job starts cold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from analysis.runner import sandbox as sandboxing
+from analysis.runner.jobdirs import claim_job_dir
+from analysis.runner.kernels import KernelProcess, launch_kernel
+
+__all__ = ["KernelPool", "PoolKey", "WarmKernel"]
+
+#: What a pooled kernel runs while idle: the imports of a job and its DuckDB connection.
+_WARM_UP = (
+    "__import__('analysis.execute'); __import__('analysis.broker_client'); "
+    "__import__('duckdb'); __import__('pyarrow'); "
+    "__import__('analysis.duck').duck.prepare_connection({job_dir!r})"
+)
+
+#: What a kernel is taken to cost before one was measured (a cold kernel's RSS).
+_FIRST_ESTIMATE = 150 * 1024**2
+
+PoolKey = tuple[str, str, tuple[tuple[str, str], ...]]
+
+
+@dataclass
+class WarmKernel:
+    """A started, warmed kernel waiting for its job, and the job directory it owns."""
+
+    kernel: KernelProcess
+    job_dir: Path
+    pss_bytes: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
+
+    def signal_kill(self) -> None:
+        """SIGKILL the kernel's process group now (a sandbox's whole PID namespace ends with it)."""
+        try:
+            os.killpg(self.kernel.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def discard(self) -> None:
+        """Kill the kernel and remove its job directory."""
+        try:
+            self.kernel.kill()
+            self.kernel.cleanup()
+        finally:
+            shutil.rmtree(self.job_dir, ignore_errors=True)
+
+
+def pool_key(project_id: str, root: Path, launch: dict[str, Any]) -> PoolKey:
+    """The key of the kernels a job with these launch settings may take."""
+    settings = tuple(sorted((name, repr(value)) for name, value in launch.items()))
+    return (project_id, str(root.resolve()), settings)
+
+
+class KernelPool:
+    """Warm kernels per project and launch settings (README, "Warm kernels").
+
+    Parameters
+    ----------
+    size
+        Warm kernels kept ready per key that jobs asked for.
+    idle_timeout_s
+        A key with no job for this long loses its warm kernels (they are started again on demand).
+    max_pool_bytes
+        Memory budget of the idle kernels (their PSS); ``None``: no budget.
+    min_available_bytes
+        Below this much available memory the pool starts no kernel and sheds idle ones.
+    start_timeout_s
+        How long a pooled kernel may take to start and warm up before it is given up.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        idle_timeout_s: float = 600.0,
+        max_pool_bytes: int | None = None,
+        min_available_bytes: int = 1024**3,
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"A kernel pool needs a size of at least 1, not {size}.")
+        self.size = size
+        self.idle_timeout_s = idle_timeout_s
+        self.max_pool_bytes = max_pool_bytes
+        self.min_available_bytes = min_available_bytes
+        self.start_timeout_s = start_timeout_s
+        self._idle: dict[PoolKey, list[WarmKernel]] = {}
+        self._wanted: dict[PoolKey, tuple[str, Path, dict[str, Any], float]] = {}
+        self._lock = threading.Condition()
+        self._closed = False
+        self._dead: list[WarmKernel] = []
+        self._finished = False
+        self._starting: dict[PoolKey, int] = {}
+        self._waiting: dict[PoolKey, int] = {}
+        #: Seconds a kernel took to start and warm up (the last batch): about a cold start.
+        self.start_s = 1.0
+        self.stats = {"warm": 0, "cold": 0, "started": 0, "replaced": 0, "shed": 0}
+        self._thread = threading.Thread(target=self._run, name="analysis-kernel-pool", daemon=True)
+        self._thread.start()
+
+    # -- the jobs' side ------------------------------------------------------------------------
+
+    def want(self, project_id: str, root: Path, launch: dict[str, Any]) -> PoolKey:
+        """Keep warm kernels for this key (refilled in the background); its key."""
+        key = pool_key(project_id, root, launch)
+        with self._lock:
+            if not self._closed:
+                self._wanted[key] = (project_id, root, dict(launch), time.monotonic())
+                self._lock.notify_all()
+        return key
+
+    def acquire(
+        self, project_id: str, root: Path, launch: dict[str, Any], *, count_cold: bool = True
+    ) -> WarmKernel | None:
+        """A warm kernel for this key, now, or ``None`` (the job then starts cold); never waits."""
+        key = self.want(project_id, root, launch)
+        with self._lock:
+            idle = self._idle.get(key, [])
+            while idle:
+                warm = idle.pop(0)
+                if warm.kernel.is_alive():
+                    self.stats["warm"] += 1
+                    self._lock.notify_all()
+                    return warm
+                self._discard_later(warm)
+            self.stats["cold"] += count_cold
+            self._lock.notify_all()
+        return None
+
+    def retire(self, warm: WarmKernel) -> None:
+        """Take back a kernel whose job ended: the pool's thread kills it and removes its directory."""
+        warm.signal_kill()
+        with self._lock:
+            if not self._finished:
+                self._dead.append(warm)
+                self._lock.notify_all()
+                return
+        warm.discard()
+
+    async def acquire_async(self, project_id: str, root: Path, launch: dict[str, Any]) -> WarmKernel | None:
+        """As :meth:`acquire`, but a job may wait for a kernel that is warming up for no other job.
+
+        It waits at most as long as a kernel takes to start (:attr:`start_s`), the time a cold
+        start would cost it, and only while a kernel of its key is starting that no other
+        waiting job counts on; else it gets ``None`` at once and starts cold.
+        """
+        warm = self.acquire(project_id, root, launch, count_cold=False)
+        if warm is None:
+            warm = await self._wait_for_starting(project_id, root, launch)
+        if warm is None:
+            with self._lock:
+                self.stats["cold"] += 1
+        return warm
+
+    async def _wait_for_starting(
+        self, project_id: str, root: Path, launch: dict[str, Any]
+    ) -> WarmKernel | None:
+        key = pool_key(project_id, root, launch)
+        with self._lock:
+            if self._waiting.get(key, 0) >= self._starting.get(key, 0):
+                return None
+            self._waiting[key] = self._waiting.get(key, 0) + 1
+            give_up = time.monotonic() + self.start_s
+        try:
+            while time.monotonic() < give_up:
+                await asyncio.sleep(0.005)
+                with self._lock:
+                    if not self._idle.get(key) and self._starting.get(key, 0):
+                        continue
+                warm = self.acquire(project_id, root, launch, count_cold=False)
+                if warm is not None or not self._starting.get(key, 0):
+                    return warm
+            return None
+        finally:
+            with self._lock:
+                self._waiting[key] -= 1
+
+    def idle_count(self, key: PoolKey | None = None) -> int:
+        """How many warm kernels wait (for ``key``, or in all)."""
+        with self._lock:
+            if key is not None:
+                return len(self._idle.get(key, []))
+            return sum(len(kernels) for kernels in self._idle.values())
+
+    def idle_kernels(self) -> list[WarmKernel]:
+        """The idle warm kernels (a copy of the list; for inspection and tests)."""
+        with self._lock:
+            return [warm for kernels in self._idle.values() for warm in kernels]
+
+    def close(self) -> None:
+        """Stop refilling and kill every idle kernel.
+
+        Kernels handed to jobs that still run die too (they were started by the pool's thread and
+        get its parent-death signal): close the pool once its jobs have ended.
+        """
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self) -> KernelPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the pool's thread ---------------------------------------------------------------------
+
+    def _discard_later(self, warm: WarmKernel) -> None:
+        self._dead.append(warm)
+        self.stats["replaced"] += 1
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            while True:
+                with self._lock:
+                    if self._closed:
+                        break
+                    self._lock.wait(0.25)
+                    if self._closed:
+                        break
+                    dead, self._dead = self._dead, []
+                    shed = self._shed()
+                    plan = self._plan()
+                for warm in dead + shed:
+                    warm.discard()
+                if plan:
+                    self._start(plan)
+        finally:
+            with self._lock:
+                left = [warm for kernels in self._idle.values() for warm in kernels] + self._dead
+                self._idle.clear()
+                self._dead = []
+                self._finished = True
+            for warm in left:
+                warm.discard()
+            self._loop.close()
+
+    def _shed(self) -> list[WarmKernel]:
+        """Under the lock: take out idle kernels that died, idled too long, or must go for memory."""
+        now, out = time.monotonic(), []
+        for key in list(self._wanted):
+            if now - self._wanted[key][3] > self.idle_timeout_s:
+                del self._wanted[key]
+                out += self._idle.pop(key, [])
+        for kernels in self._idle.values():
+            for warm in [w for w in kernels if not w.kernel.is_alive()]:
+                kernels.remove(warm)
+                out.append(warm)
+                self.stats["replaced"] += 1
+        if psutil.virtual_memory().available < self.min_available_bytes:
+            for kernels in self._idle.values():
+                while kernels:
+                    out.append(kernels.pop())
+                    self.stats["shed"] += 1
+        return out
+
+    def _plan(self) -> list[tuple[PoolKey, str, Path, dict[str, Any]]]:
+        """Under the lock: the kernels to start now (within the memory budget and what is available)."""
+        if psutil.virtual_memory().available < self.min_available_bytes:
+            return []
+        idle = [w for kernels in self._idle.values() for w in kernels]
+        used = sum(w.pss_bytes for w in idle)
+        each = max((w.pss_bytes for w in idle), default=_FIRST_ESTIMATE)
+        plan: list[tuple[PoolKey, str, Path, dict[str, Any]]] = []
+        for key, (project_id, root, launch, _) in self._wanted.items():
+            for _ in range(self.size - len(self._idle.get(key, []))):
+                if self.max_pool_bytes is not None and used + each > self.max_pool_bytes:
+                    return plan
+                used += each
+                plan.append((key, project_id, root, launch))
+                self._starting[key] = self._starting.get(key, 0) + 1
+        return plan
+
+    def _start(self, plan: list[tuple[PoolKey, str, Path, dict[str, Any]]]) -> None:
+        """Launch the planned kernels together, then warm each and make it available."""
+        began = time.monotonic()
+        try:
+            self._start_batch(plan)
+        finally:
+            with self._lock:
+                for key, *_ in plan:
+                    self._starting[key] -= 1
+                self.start_s = max(0.5, time.monotonic() - began)
+                self._lock.notify_all()
+
+    def _start_batch(self, plan: list[tuple[PoolKey, str, Path, dict[str, Any]]]) -> None:
+        started: list[tuple[PoolKey, WarmKernel]] = []
+        for key, project_id, root, launch in plan:
+            job_dir = root / project_id / "analysis" / "temp" / f"pool-{uuid.uuid4().hex}"
+            try:
+                job_dir.mkdir(mode=0o700, parents=True)
+                claim_job_dir(job_dir)
+                kernel = launch_kernel(job_dir, **launch)
+            except Exception:  # the job will start cold instead
+                shutil.rmtree(job_dir, ignore_errors=True)
+                continue
+            started.append((key, WarmKernel(kernel, job_dir)))
+            self.stats["started"] += 1
+        ready = self._loop.run_until_complete(self._warm_all([warm for _, warm in started]))
+        for (key, warm), ok in zip(started, ready, strict=True):
+            if not ok:
+                warm.discard()
+                continue
+            warm.pss_bytes = _pss(warm.kernel)
+            warm.idle_since = time.monotonic()
+            with self._lock:
+                if self._closed or key not in self._wanted:
+                    self._dead.append(warm)
+                    continue
+                self._idle.setdefault(key, []).append(warm)
+                self._lock.notify_all()
+
+    async def _warm_all(self, kernels: list[WarmKernel]) -> list[bool]:
+        return list(await asyncio.gather(*(self._warm_up(warm) for warm in kernels)))
+
+    async def _warm_up(self, warm: WarmKernel) -> bool:
+        """Wait for the kernel to answer and run the warm-up code; whether it is ready for a job."""
+        from jupyter_client.asynchronous.client import AsyncKernelClient
+
+        client: Any = AsyncKernelClient()
+        client.load_connection_info(warm.kernel.connection_info)
+        # no heartbeat thread: jupyter_client's spins if stopped before it ran; the process is watched
+        client.start_channels(hb=False)
+        try:
+            await _reply(client, client.kernel_info(), self.start_timeout_s)
+            inside = sandboxing.JOB_DIR if warm.kernel.sandboxed else warm.job_dir.resolve()
+            msg_id = client.execute(_WARM_UP.format(job_dir=str(inside)), silent=True, store_history=False)
+            reply = await _reply(client, msg_id, self.start_timeout_s)
+            return bool(reply["content"].get("status") == "ok") and warm.kernel.is_alive()
+        except Exception:  # a kernel that does not start is not pooled
+            return False
+        finally:
+            client.stop_channels()
+
+
+async def _reply(client: Any, msg_id: str, timeout_s: float) -> dict[str, Any]:
+    """The shell reply to ``msg_id`` (``queue.Empty`` past ``timeout_s``)."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        reply: dict[str, Any] = await client.get_shell_msg(timeout=max(0.0, give_up - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
+
+
+def _pss(kernel: KernelProcess) -> int:
+    """Proportional set size of the kernel's process tree (shared pages split among sharers)."""
+    total = 0
+    try:
+        procs = [psutil.Process(kernel.pid), *psutil.Process(kernel.pid).children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for proc in procs:
+        try:
+            total += int(proc.memory_full_info().pss)
+        except (psutil.Error, AttributeError):
+            continue
+    return total
