@@ -231,13 +231,12 @@ def plan(
         fd = _data_fd(text)
         fds.append(fd)
         argv += ["--perms", "0444", "--ro-bind-data", str(fd), dest]
-    for path in _python_paths():
-        argv += ["--ro-bind", source(path), str(path)]
     argv += ["--proc", "/proc", "--dev", "/dev"]
     if max_tmp_bytes is not None:
         argv += ["--size", str(max_tmp_bytes)]
     argv += ["--perms", "1777", "--tmpfs", "/tmp"]
-    for path in (Path(os.path.realpath(p)) for p in read_only):  # after /tmp, which may hold them
+    # after the private /tmp, which would hide an environment (or a checkout) that lives under /tmp
+    for path in [*_python_paths(), *(Path(os.path.realpath(p)) for p in read_only)]:
         argv += ["--ro-bind", source(path), str(path)]
     argv += ["--bind", source(job_dir), str(JOB_DIR), "--chdir", str(JOB_DIR)]
     argv += ["--clearenv"]
