@@ -11,6 +11,7 @@ variable                       meaning
 ``ANALYSIS_BACKEND_TOKEN``     bearer token for the file API
 ``ANALYSIS_FILES_MAX_BYTES``   largest file API response body accepted (104857600 = 100 MiB)
 ``ANALYSIS_SANDBOX``           sandbox of headless jobs: ``auto``, ``on`` or ``off`` (``auto``)
+``ANALYSIS_BROKER_SOCKET``     set by the runner in a notebook job: every ``ctx`` of the kernel uses it
 ``ANALYSIS_CACHE_MAX_BYTES``   size budget of each project's result cache (1073741824 = 1 GiB)
 =============================  ==========================================================
 """
@@ -37,6 +38,8 @@ class Settings:
     backend_token: str | None = field(default=None, repr=False)
     files_max_bytes: int = 100 * 1024 * 1024
     sandbox: str = "auto"
+    #: The job's data broker, when this kernel runs a notebook job (README: "How secrets flow").
+    broker_socket: Path | None = None
     #: Size budget of each project's result cache (README: "Result cache").
     cache_max_bytes: int = 1024**3
     #: The environment the settings were read from, where ``password_env`` variables are looked up.
@@ -56,6 +59,7 @@ class Settings:
             backend_token=env.get("ANALYSIS_BACKEND_TOKEN") or None,
             files_max_bytes=_positive_int(env, "ANALYSIS_FILES_MAX_BYTES", 100 * 1024 * 1024),
             sandbox=env.get("ANALYSIS_SANDBOX") or "auto",
+            broker_socket=Path(env["ANALYSIS_BROKER_SOCKET"]) if env.get("ANALYSIS_BROKER_SOCKET") else None,
             cache_max_bytes=_positive_int(env, "ANALYSIS_CACHE_MAX_BYTES", 1024**3),
             environ=dict(env),
         )

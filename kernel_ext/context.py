@@ -63,6 +63,11 @@ class Context:
         #: broker's own access layer scrubs its answers before they reach the kernel.
         self.redactor = Redactor()
         self._duck = Duck()
+        if access is None and self.settings.broker_socket is not None:
+            # a %%analysis cell of a notebook job: datasources and files through the job's broker
+            from analysis.broker_client import BrokerAccess
+
+            access = BrokerAccess(self.settings.broker_socket)
         self._access = access or LocalAccess(
             Datasources(
                 self.settings.datasources_path(project_id),

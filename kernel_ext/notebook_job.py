@@ -43,6 +43,8 @@ def start(job_file: str) -> None:
     ctx = context_from_job(job)
     os.environ["ANALYSIS_PROJECT_ID"] = ctx.project_id
     os.environ["ANALYSIS_DATASOURCES_FILE"] = str(ctx.settings.datasources_path(ctx.project_id))
+    if job.get("broker"):  # the notebook's own %%analysis cells reach datasources through it too
+        os.environ["ANALYSIS_BROKER_SOCKET"] = str(Path(job["job_dir"]) / Path(job["broker"]).name)
     watchdog = Watchdog(ctx, ctx.deadline, interrupt_main=False)
     watchdog.__enter__()
     shell = _shell()

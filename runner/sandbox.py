@@ -163,6 +163,7 @@ def _python_paths() -> list[Path]:
     for name in ("stdlib", "platstdlib", "purelib", "platlib"):
         paths.add(Path(sysconfig.get_paths()[name]))
     paths.add(Path(analysis.__file__).resolve().parent)
+    paths.add(Path(__file__).resolve().parent)  # analysis.runner: its own folder in a source checkout
     paths.add(Path(os.path.realpath(sys.executable)).parent)
     resolved = sorted({Path(os.path.realpath(p)) for p in paths if p.exists()})
     outside_usr = [p for p in resolved if not p.is_relative_to("/usr")]

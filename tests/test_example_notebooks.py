@@ -98,6 +98,10 @@ def test_files_against_a_backend(tmp_path: Path, file_backend: str) -> None:
         "region=north",
         "--root",
         str(tmp_path),
+        # the notebook reads sample_files/ beside it, which a sandboxed job does not see (README,
+        # "Security model": a sandboxed notebook has only its own copy)
+        "--sandbox",
+        "off",
         env={"ANALYSIS_BACKEND_URL": file_backend},
     )
     result = envelope["result"]

@@ -319,7 +319,8 @@ def test_a_notebook_runs_in_its_own_folder_as_in_jupyter(tmp_path: Path, root: P
         new_code_cell("ctx.set_result(lines('targets.csv'))"),
     ]
     nbformat.write(new_notebook(cells=cells), folder / "report.ipynb")
-    result = run_notebook(folder / "report.ipynb", root)  # pytest's working folder is elsewhere
+    # unsandboxed: a sandboxed notebook sees only its own copy, not its folder (README, "Security model")
+    result = run_notebook(folder / "report.ipynb", root, sandbox="off")  # run from another folder
     assert result.success, result.to_dict()
     assert result.result == ["category,target", "coffee,2500"]
 
