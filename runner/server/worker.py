@@ -2,7 +2,7 @@
 
 A worker shares nothing with the server but the database: it reads the job row and the analysis
 version from the store, writes the version under its own root, runs the job in a local kernel
-(``run_job_async``, the broker included), and writes the envelope and any Parquet artifact back to
+(``run_job_to_envelope``, the broker included), and writes the envelope and any Parquet artifact back to
 the store. Each change of a job is a compare-and-set on (status, attempt), so a worker the server
 declared lost can no longer finish a job that another worker now runs. SIGTERM stops fetching
 jobs and lets running ones finish within the grace period; those still running then go back to
@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from analysis.errors import AnalysisError
 from analysis.runner.envelope import JobResult
-from analysis.runner.jobs import JobSpec, run_job_async
+from analysis.runner.jobs import JobSpec, run_job_to_envelope
 from analysis.runner.server.manager import failure, final_envelope, materialize
 from analysis.runner.server.orphans import start_guard
 from analysis.runner.server.queue import DEFAULT_QUEUE, TASK, ensure_schema, open_app
@@ -147,7 +147,7 @@ class _Runner:
             source_path=source, parameters=json.loads(job["parameters"]), project_id=project,
             root=self.root, trigger=job["trigger"], job_id=job["id"], artifact_dir=artifacts, **options,
         )  # fmt: skip
-        result = await run_job_async(spec)
+        result = await run_job_to_envelope(spec)  # a cancelled job ends with its cancelled envelope
         artifact = artifacts / f"{job['id']}.parquet"
         if artifact.is_file():
             try:
