@@ -46,13 +46,6 @@ def _need(available: bool, what: str) -> None:
         pytest.skip(f"{what} is not installed")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def _without_outputs(source: Path, target: Path) -> None:
     notebook = json.loads(source.read_text(encoding="utf-8"))
     for cell in notebook["cells"]:
@@ -79,7 +72,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tracker = config / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
     tracker.parent.mkdir(parents=True)
     tracker.write_text(json.dumps({"autoStartDefaultKernel": True}))
-    port, token = _free_port(), "analysis-browser-test"
+    token = "analysis-browser-test"
+    runtime = work / "runtime"  # the server writes the port it bound into jpserver-<pid>.json here
     log = (work / "lab.log").open("w")
     server = subprocess.Popen(
         [
@@ -89,7 +83,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--no-browser",
             "--allow-root",
             "--ip=127.0.0.1",
-            f"--port={port}",
+            "--port=0",  # the server picks a free port itself, instead of us picking one it may lose
+            "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={token}",
             f"--ServerApp.root_dir={work}",
             "--LabApp.expose_app_in_browser=True",
@@ -98,17 +93,24 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=log,
-        env={**os.environ, "JUPYTER_CONFIG_DIR": str(config), "ANALYSIS_ROOT": str(work / ".clients")},
+        env={
+            **os.environ,
+            "JUPYTER_CONFIG_DIR": str(config),
+            "JUPYTER_RUNTIME_DIR": str(runtime),
+            "ANALYSIS_ROOT": str(work / ".clients"),
+        },
         start_new_session=True,  # the server and its kernels end together below
     )
     try:
         deadline = time.monotonic() + 60
         while True:
             assert server.poll() is None, (work / "lab.log").read_text()
+            info = runtime / f"jpserver-{server.pid}.json"
             try:
+                port = json.loads(info.read_text(encoding="utf-8"))["port"]
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
-            except OSError:
+            except (OSError, ValueError, KeyError):  # not written yet, half written, or not listening yet
                 assert time.monotonic() < deadline, "JupyterLab did not start within 60 s"
                 time.sleep(0.2)
         yield f"http://127.0.0.1:{port}/lab/tree/notebooks/{{name}}?token={token}&reset"

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,10 +46,33 @@ class ServerMissingError(RuntimeError):
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago (another process may take it since:
+    servers started on it go through :func:`_on_a_free_port`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+#: How a server's log says that its port was taken between ``free_port()`` and its bind.
+_PORT_TAKEN = ("Address already in use", "error: 98")
+
+
+def _on_a_free_port(start: Callable[[int], None], log: Callable[[], str], attempts: int = 5) -> int:
+    """Start a server with ``start(port)`` on a port picked just before; the port it got.
+
+    A port picked with ``free_port()`` is free when picked, not when the server binds it: an
+    outgoing connection of another process can take it meanwhile. When the server's ``log()``
+    says exactly that, the start is repeated on another port; any other failure is raised.
+    """
+    for attempt in range(attempts):
+        port = free_port()
+        try:
+            start(port)
+            return port
+        except RuntimeError:
+            if attempt == attempts - 1 or not any(marker in log() for marker in _PORT_TAKEN):
+                raise
+    raise AssertionError("unreachable")
 
 
 def _as_user(user: str) -> list[str]:
@@ -100,7 +124,6 @@ class PostgresServer:
             raise ServerMissingError(missing)
         owner = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
         self.base = _tempdir(owner)
-        self.port = free_port()
         data = self.base / "data"
         pwfile = self.base / "pw"
         pwfile.write_text("unused-superuser-pw\n")
@@ -117,12 +140,16 @@ class PostgresServer:
             listen += f",{self.listen_also}"
             with (data / "pg_hba.conf").open("a") as hba:
                 hba.write(f"host all all {self.listen_also}/24 scram-sha-256\n")
-        opts = (
-            f"-p {self.port} -k {self.base} -c listen_addresses={listen} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB"
-        )
-        _run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
-              str(self.base / "log"), "-w", "-t", "30", "start"])  # fmt: skip
+
+        def start(port: int) -> None:
+            opts = (
+                f"-p {port} -k {self.base} -c listen_addresses={listen} -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB"
+            )
+            _run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
+                  str(self.base / "log"), "-w", "-t", "30", "start"])  # fmt: skip
+
+        self.port = _on_a_free_port(start, lambda: (self.base / "log").read_text(errors="replace"))
         try:
             self.psql(f"CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'")
             self.psql(f"CREATE DATABASE {DATABASE} OWNER {USER}")
@@ -177,34 +204,43 @@ class MariaDBServer:
             raise ServerMissingError(missing)
         owner = "mysql" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
         self.base = _tempdir(owner)
-        self.port = free_port()
         data = self.base / "data"
+        log = self.base / "error.log"
         user_opt = [f"--user={owner}"] if os.geteuid() == 0 else []
         _run(["mariadb-install-db", "--no-defaults", *user_opt, f"--datadir={data}",
               "--auth-root-authentication-method=socket", "--skip-test-db",
               "--skip-name-resolve"])  # fmt: skip
         mariadbd = shutil.which("mariadbd", path="/usr/sbin:/usr/bin") or "mariadbd"
-        # setsid --fork: the server is nobody's child, like pg_ctl's postmaster (tests check
-        # that jobs leave no child process behind); it is stopped by the pid in its pid file.
-        subprocess.run(
-            ["setsid", "--fork", mariadbd, "--no-defaults", *user_opt, f"--datadir={data}",
-             f"--port={self.port}", "--bind-address=127.0.0.1", f"--socket={self.socket}",
-             f"--pid-file={self.base / 'pid'}", f"--log-error={self.base / 'error.log'}", "--skip-log-bin",
-             "--skip-name-resolve", "--innodb-buffer-pool-size=256M", "--innodb-flush-log-at-trx-commit=0",
-             "--innodb-doublewrite=0", "--character-set-server=utf8mb4", "--max-allowed-packet=64M"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.sql("SELECT 1")
-                break
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    log = (self.base / "error.log").read_text(errors="replace")[-2000:]
-                    self.stop()
-                    raise RuntimeError(f"mariadbd did not start: {log}") from None
-                time.sleep(0.1)
+
+        def start(port: int) -> None:
+            log.unlink(missing_ok=True)
+            # setsid --fork: the server is nobody's child, like pg_ctl's postmaster (tests check
+            # that jobs leave no child process behind); it is stopped by the pid in its pid file.
+            subprocess.run(
+                ["setsid", "--fork", mariadbd, "--no-defaults", *user_opt, f"--datadir={data}",
+                 f"--port={port}", "--bind-address=127.0.0.1", f"--socket={self.socket}",
+                 f"--pid-file={self.base / 'pid'}", f"--log-error={log}", "--skip-log-bin",
+                 "--skip-name-resolve", "--innodb-buffer-pool-size=256M",
+                 "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0",
+                 "--character-set-server=utf8mb4", "--max-allowed-packet=64M"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
+            )  # fmt: skip
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    self.sql("SELECT 1")
+                    return
+                except RuntimeError:
+                    text = log.read_text(errors="replace") if log.exists() else ""
+                    if any(marker in text for marker in _PORT_TAKEN):
+                        _wait_until_gone(f"--datadir={data}")  # it aborts and frees its data directory
+                        raise RuntimeError(f"mariadbd could not bind port {port}") from None
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise RuntimeError(f"mariadbd did not start: {text[-2000:]}") from None
+                    time.sleep(0.1)
+
+        self.port = _on_a_free_port(start, lambda: log.read_text(errors="replace") if log.exists() else "")
         self.pid = int((self.base / "pid").read_text().strip())
         self.sql(
             f"CREATE USER '{USER}'@'127.0.0.1' IDENTIFIED BY '{PASSWORD}';"
@@ -240,6 +276,20 @@ class MariaDBServer:
             self.pid = None
         if self.base != Path():
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _wait_until_gone(argument: str, timeout_s: float = 30) -> None:
+    """Wait until no process has ``argument`` on its command line."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        running = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                if argument.encode() in cmdline.read_bytes().split(b"\0"):
+                    running.append(cmdline)
+        if not running:
+            return
+        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:

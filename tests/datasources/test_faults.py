@@ -31,6 +31,15 @@ class _Fake:
 
 
 @pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port that refuses connections: bound and never listening, so no other process can take
+    it while the test runs (as it could a port that was merely free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+@pytest.fixture
 def silent_listener() -> Iterator[int]:
     """A port that accepts TCP connections (backlog) and never says a word."""
     with socket.socket() as sock:
@@ -63,8 +72,8 @@ def _assert_fails_fast(source: Any, within_s: float, match: str, *, into: bool =
 
 @pytest.mark.parametrize("into", [False, True])
 @pytest.mark.parametrize("kind", ["postgres", "mysql"])
-def test_connection_refused(kind: str, into: bool) -> None:
-    _assert_fails_fast(_make(kind, _Fake(servers.free_port())), 8, "cannot connect", into=into)
+def test_connection_refused(kind: str, into: bool, refused_port: int) -> None:
+    _assert_fails_fast(_make(kind, _Fake(refused_port)), 8, "cannot connect", into=into)
 
 
 @pytest.mark.parametrize("into", [False, True])
@@ -224,10 +233,11 @@ def test_unknown_datasource_names_the_configured_ones(tmp_path: Path) -> None:
         ctx.close()
 
 
-def test_password_never_shows_in_repr_errors_or_tracebacks(
+def test_password_never_shows_in_repr_errors_or_tracebacks(  # noqa: PLR0917 (fixtures)
     tmp_path: Path,
     pg_server: Any,
     my_server: Any,
+    refused_port: int,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -246,9 +256,9 @@ def test_password_never_shows_in_repr_errors_or_tracebacks(
         f'user = "{servers.USER}"\npassword_encrypted = "{token}"\n\n'
         f'[my]\nkind = "mysql"\nport = {my_server.port}\ndatabase = "{servers.DATABASE}"\n'
         f'user = "{servers.USER}"\npassword_encrypted = "{token}"\n\n'
-        f'[down]\nkind = "postgres"\nport = {servers.free_port()}\nuser = "{servers.USER}"\n'
+        f'[down]\nkind = "postgres"\nport = {refused_port}\nuser = "{servers.USER}"\n'
         f'password_encrypted = "{token}"\nconnect_timeout_s = 2\n\n'
-        f'[mydown]\nkind = "mysql"\nport = {servers.free_port()}\nuser = "{servers.USER}"\n'
+        f'[mydown]\nkind = "mysql"\nport = {refused_port}\nuser = "{servers.USER}"\n'
         f'password_encrypted = "{token}"\nconnect_timeout_s = 2\n',
         encoding="utf-8",
     )
