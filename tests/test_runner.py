@@ -351,7 +351,7 @@ def test_cancelling_the_job_task_stops_the_kernel_and_propagates(
     raised, took = asyncio.run(scenario())
     assert raised, "the caller's cancellation was swallowed"
     assert [e.error_type for e in envelopes] == ["cancelled"]
-    assert took < 5
+    assert took < 20  # far below the analysis' 60 s sleep, far above a cancel on a loaded machine
 
 
 def test_asyncio_timeout_around_a_job_fires(tmp_path: Path, root: Path, no_leftovers: None) -> None:
