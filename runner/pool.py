@@ -18,6 +18,14 @@ within ``max_pool_bytes`` (measured PSS of the idle kernels) and stops growing, 
 kernels, when the machine has less than ``min_available_bytes`` available.
 
 :meth:`KernelPool.acquire` never waits: with no warm kernel for the key, the job starts cold.
+
+An analysis with its own dependencies runs from a cached environment (``analysis.runner.deps``):
+its launch settings name that environment's interpreter and folder, so its kernels are pooled
+apart. Each pooled kernel of such an environment holds its own lease on it (a shared lock that
+``analysis deps prune`` and the cache's size budget respect) from before it starts until it has
+been killed, so an environment is never removed under a pooled kernel. The pool keeps warm
+kernels for at most ``max_environments`` dependency environments, the most recently used: the
+kernels of the others are discarded, which ends their leases.
 """
 
 from __future__ import annotations
@@ -31,13 +39,16 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from analysis.runner import sandbox as sandboxing
 from analysis.runner.jobdirs import claim_job_dir
 from analysis.runner.kernels import KernelProcess, launch_kernel
+
+if TYPE_CHECKING:
+    from analysis.runner.deps import EnvironmentLease
 
 __all__ = ["KernelPool", "PoolKey", "WarmKernel"]
 
@@ -56,12 +67,13 @@ PoolKey = tuple[str, str, tuple[tuple[str, str], ...]]
 
 @dataclass
 class WarmKernel:
-    """A started, warmed kernel waiting for its job, and the job directory it owns."""
+    """A warmed kernel waiting for its job, the job directory it owns, and its environment's lease."""
 
     kernel: KernelProcess
     job_dir: Path
     pss_bytes: int = 0
     idle_since: float = field(default_factory=time.monotonic)
+    lease: EnvironmentLease | None = None
 
     def signal_kill(self) -> None:
         """SIGKILL the kernel's process group now (a sandbox's whole PID namespace ends with it)."""
@@ -71,12 +83,14 @@ class WarmKernel:
             pass
 
     def discard(self) -> None:
-        """Kill the kernel and remove its job directory."""
+        """Kill the kernel and remove its job directory, then let go of its environment."""
         try:
             self.kernel.kill()
             self.kernel.cleanup()
         finally:
             shutil.rmtree(self.job_dir, ignore_errors=True)
+            if self.lease is not None:
+                self.lease.release()
 
 
 def pool_key(project_id: str, root: Path, launch: dict[str, Any]) -> PoolKey:
@@ -100,6 +114,9 @@ class KernelPool:
         Below this much available memory the pool starts no kernel and sheds idle ones.
     start_timeout_s
         How long a pooled kernel may take to start and warm up before it is given up.
+    max_environments
+        How many dependency environments (README, "Dependencies per analysis") keep warm kernels
+        at once, the most recently used; the runtime's own environment is not counted.
     """
 
     def __init__(
@@ -110,9 +127,17 @@ class KernelPool:
         max_pool_bytes: int | None = None,
         min_available_bytes: int = 1024**3,
         start_timeout_s: float = 60.0,
+        max_environments: int = 4,
     ) -> None:
         if size < 1:
             raise ValueError(f"A kernel pool needs a size of at least 1, not {size}.")
+        if max_environments < 0:
+            raise ValueError(f"max_environments must be 0 or more, not {max_environments}.")
+        self.max_environments = max_environments
+        #: Per key of a dependency environment: a lease to take the leases of new kernels from.
+        self._templates: dict[PoolKey, EnvironmentLease] = {}
+        #: Leases taken for kernels being started (the pool's thread only).
+        self._holds: dict[PoolKey, list[EnvironmentLease]] = {}
         self.size = size
         self.idle_timeout_s = idle_timeout_s
         self.max_pool_bytes = max_pool_bytes
@@ -128,26 +153,46 @@ class KernelPool:
         self._waiting: dict[PoolKey, int] = {}
         #: Seconds a kernel took to start and warm up (the last batch): about a cold start.
         self.start_s = 1.0
-        self.stats = {"warm": 0, "cold": 0, "started": 0, "replaced": 0, "shed": 0}
+        self.stats = {"warm": 0, "cold": 0, "started": 0, "replaced": 0, "shed": 0, "evicted": 0}
         self._thread = threading.Thread(target=self._run, name="analysis-kernel-pool", daemon=True)
         self._thread.start()
 
     # -- the jobs' side ------------------------------------------------------------------------
 
-    def want(self, project_id: str, root: Path, launch: dict[str, Any]) -> PoolKey:
-        """Keep warm kernels for this key (refilled in the background); its key."""
+    def want(
+        self, project_id: str, root: Path, launch: dict[str, Any], *, lease: EnvironmentLease | None = None
+    ) -> PoolKey:
+        """Keep warm kernels for this key (refilled in the background); its key.
+
+        A key whose kernels run from a dependency environment (``launch["python_env"]``) is kept
+        only with the ``lease`` of a job on that environment: each new kernel takes its own.
+        """
         key = pool_key(project_id, root, launch)
+        env = launch.get("python_env")
         with self._lock:
-            if not self._closed:
-                self._wanted[key] = (project_id, root, dict(launch), time.monotonic())
-                self._lock.notify_all()
+            if self._closed or (env is not None and (lease is None or lease.path is None)):
+                return key
+            self._wanted[key] = (project_id, root, dict(launch), time.monotonic())
+            if env is not None and lease is not None:
+                self._templates[key] = lease
+                self._evict_environments()
+            self._lock.notify_all()
         return key
 
     def acquire(
-        self, project_id: str, root: Path, launch: dict[str, Any], *, count_cold: bool = True
+        self,
+        project_id: str,
+        root: Path,
+        launch: dict[str, Any],
+        *,
+        count_cold: bool = True,
+        lease: EnvironmentLease | None = None,
     ) -> WarmKernel | None:
-        """A warm kernel for this key, now, or ``None`` (the job then starts cold); never waits."""
-        key = self.want(project_id, root, launch)
+        """A warm kernel for this key, now, or ``None`` (the job then starts cold); never waits.
+
+        ``lease``: the job's lease on its dependency environment, if it has one (see :meth:`want`).
+        """
+        key = self.want(project_id, root, launch, lease=lease)
         with self._lock:
             idle = self._idle.get(key, [])
             while idle:
@@ -171,23 +216,25 @@ class KernelPool:
                 return
         warm.discard()
 
-    async def acquire_async(self, project_id: str, root: Path, launch: dict[str, Any]) -> WarmKernel | None:
+    async def acquire_async(
+        self, project_id: str, root: Path, launch: dict[str, Any], *, lease: EnvironmentLease | None = None
+    ) -> WarmKernel | None:
         """As :meth:`acquire`, but a job may wait for a kernel that is warming up for no other job.
 
         It waits at most as long as a kernel takes to start (:attr:`start_s`), the time a cold
         start would cost it, and only while a kernel of its key is starting that no other
         waiting job counts on; else it gets ``None`` at once and starts cold.
         """
-        warm = self.acquire(project_id, root, launch, count_cold=False)
+        warm = self.acquire(project_id, root, launch, count_cold=False, lease=lease)
         if warm is None:
-            warm = await self._wait_for_starting(project_id, root, launch)
+            warm = await self._wait_for_starting(project_id, root, launch, lease)
         if warm is None:
             with self._lock:
                 self.stats["cold"] += 1
         return warm
 
     async def _wait_for_starting(
-        self, project_id: str, root: Path, launch: dict[str, Any]
+        self, project_id: str, root: Path, launch: dict[str, Any], lease: EnvironmentLease | None
     ) -> WarmKernel | None:
         key = pool_key(project_id, root, launch)
         with self._lock:
@@ -201,7 +248,7 @@ class KernelPool:
                 with self._lock:
                     if not self._idle.get(key) and self._starting.get(key, 0):
                         continue
-                warm = self.acquire(project_id, root, launch, count_cold=False)
+                warm = self.acquire(project_id, root, launch, count_cold=False, lease=lease)
                 if warm is not None or not self._starting.get(key, 0):
                     return warm
             return None
@@ -245,6 +292,57 @@ class KernelPool:
         self._dead.append(warm)
         self.stats["replaced"] += 1
 
+    def _forget(self, key: PoolKey) -> None:
+        """Under the lock: stop keeping ``key`` warm; its idle kernels (and their leases) go."""
+        self._wanted.pop(key, None)
+        self._templates.pop(key, None)
+        self._dead += self._idle.pop(key, [])
+
+    def _evict_environments(self) -> None:
+        """Under the lock: forget the keys of all but the ``max_environments`` latest environments."""
+        last_use: dict[Path, float] = {}
+        for _, _, launch, used in self._wanted.values():
+            env = launch.get("python_env")
+            if env is not None:
+                last_use[env] = max(used, last_use.get(env, used))
+        evicted = sorted(last_use, key=last_use.__getitem__)[: max(0, len(last_use) - self.max_environments)]
+        for key in [k for k, wanted in self._wanted.items() if wanted[2].get("python_env") in evicted]:
+            self.stats["evicted"] += len(self._idle.get(key, []))
+            self._forget(key)
+
+    def _hold_environments(
+        self, plan: list[tuple[PoolKey, str, Path, dict[str, Any]]]
+    ) -> list[tuple[PoolKey, str, Path, dict[str, Any]]]:
+        """Under the lock: a lease for each planned kernel of a dependency environment.
+
+        A kernel whose environment cannot be held (pruned, or being pruned) is not started, and
+        its key is forgotten until a job leases the environment again.
+        """
+        kept = []
+        for entry in plan:
+            key = entry[0]
+            template = self._templates.get(key)
+            if template is not None:
+                hold = template.share()
+                if hold is None:
+                    self._starting[key] -= 1
+                    self._forget(key)
+                    continue
+                self._holds.setdefault(key, []).append(hold)
+            kept.append(entry)
+        return kept
+
+    def _take_hold(self, key: PoolKey) -> EnvironmentLease | None:
+        """The lease taken for a kernel of ``key`` about to start (``None``: the runtime's own)."""
+        holds = self._holds.get(key)
+        return holds.pop() if holds else None
+
+    def _release_holds(self) -> None:
+        """Let go of the leases of planned kernels that did not start."""
+        holds, self._holds = self._holds, {}
+        for lease in (lease for leases in holds.values() for lease in leases):
+            lease.release()
+
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()
         try:
@@ -257,11 +355,14 @@ class KernelPool:
                         break
                     dead, self._dead = self._dead, []
                     shed = self._shed()
-                    plan = self._plan()
+                    plan = self._hold_environments(self._plan())
                 for warm in dead + shed:
                     warm.discard()
                 if plan:
-                    self._start(plan)
+                    try:
+                        self._start(plan)
+                    finally:
+                        self._release_holds()
         finally:
             with self._lock:
                 left = [warm for kernels in self._idle.values() for warm in kernels] + self._dead
@@ -270,6 +371,7 @@ class KernelPool:
                 self._finished = True
             for warm in left:
                 warm.discard()
+            self._release_holds()
             self._loop.close()
 
     def _shed(self) -> list[WarmKernel]:
@@ -278,6 +380,7 @@ class KernelPool:
         for key in list(self._wanted):
             if now - self._wanted[key][3] > self.idle_timeout_s:
                 del self._wanted[key]
+                self._templates.pop(key, None)
                 out += self._idle.pop(key, [])
         for kernels in self._idle.values():
             for warm in [w for w in kernels if not w.kernel.is_alive()]:
@@ -331,7 +434,7 @@ class KernelPool:
             except Exception:  # the job will start cold instead
                 shutil.rmtree(job_dir, ignore_errors=True)
                 continue
-            started.append((key, WarmKernel(kernel, job_dir)))
+            started.append((key, WarmKernel(kernel, job_dir, lease=self._take_hold(key))))
             self.stats["started"] += 1
         ready = self._loop.run_until_complete(self._warm_all([warm for _, warm in started]))
         for (key, warm), ok in zip(started, ready, strict=True):
