@@ -320,10 +320,10 @@ class KernelPool:
         """
         kept = []
         for entry in plan:
-            key = entry[0]
-            template = self._templates.get(key)
-            if template is not None:
-                hold = template.share()
+            key, launch = entry[0], entry[3]
+            if launch.get("python_env") is not None:
+                template = self._templates.get(key)
+                hold = None if template is None else template.share()
                 if hold is None:
                     self._starting[key] -= 1
                     self._forget(key)
