@@ -68,21 +68,23 @@ def test_a_job_with_dependencies_takes_a_warm_kernel_of_its_environment(
 ) -> None:
     save_pinned(root)
     with AnalysisService(root, pool_size=1, sandbox=MODE, timeout_s=120) as service:
-        first = service.submit_analysis_job("one", {})  # builds the environment, starts cold
+        assert service.pool is not None
+        first = service.submit_analysis_job("one", {})  # builds the environment
         assert first.success, first.to_dict()
         env = env_of(deps_env, "tinypkg==1.0")
         wait_for(lambda: len(warm_of(service.pool, env)) == 1, "a warm kernel of the environment")
         (kernel,) = warm_of(service.pool, env)
 
+        other = service.submit_analysis_job("two", {})  # another environment: not that kernel
+        assert other.success and other.result["version"] == "2.0", other.to_dict()  # type: ignore[index]
+        assert warm_of(service.pool, env) == [kernel] and kernel.kernel.is_alive()
+
+        taken = service.pool.stats["warm"]
         second = service.submit_analysis_job("one", {})
         assert second.success, second.to_dict()
         assert second.result == first.result  # same packages, same interpreter
-        assert service.pool is not None and service.pool.stats["warm"] == 1
+        assert service.pool.stats["warm"] == taken + 1
         assert kernel not in service.pool.idle_kernels()
-
-        other = service.submit_analysis_job("two", {})  # another environment: not that kernel
-        assert other.success and other.result["version"] == "2.0", other.to_dict()  # type: ignore[index]
-        assert service.pool.stats["warm"] == 1
         wait_for(lambda: not kernel.kernel.is_alive() and not kernel.job_dir.exists(), "the used kernel gone")
 
 
@@ -98,9 +100,11 @@ def test_an_environment_with_warm_kernels_is_never_pruned(
 
         assert prune(deps_env, max_bytes=0) == []  # no job runs, but the idle kernel uses it
         assert [e.in_use for e in list_environments(deps_env)] == [True]
-        result = service.submit_analysis_job("one", {})
+        assert service.pool is not None
+        taken = service.pool.stats["warm"]
+        result = service.submit_analysis_job("one", {})  # the environment is still there
         assert result.success and result.result["version"] == "1.0", result.to_dict()  # type: ignore[index]
-        assert service.pool is not None and service.pool.stats["warm"] == 1
+        assert service.pool.stats["warm"] == taken + 1
         wait_for(lambda: not kernel.kernel.is_alive(), "the used kernel gone")
     # the service closed: its kernels are gone, and with them their hold on the environment
     assert [e.path for e in prune(deps_env, max_bytes=0)] == [env]
@@ -123,11 +127,15 @@ def test_only_the_latest_environments_keep_warm_kernels(
         wait_for(lambda: len(warm_of(service.pool, two)) == 1, "a warm kernel of environment two")
         wait_for(lambda: not kernel_one.kernel.is_alive(), "environment one's kernel discarded")
         assert warm_of(service.pool, one) == []
-        assert len(warm_of(service.pool, None)) == 1  # the runtime's own is not counted
+        wait_for(lambda: len(warm_of(service.pool, None)) == 1, "the runtime's kernel kept (not counted)")
         assert service.pool is not None and service.pool.stats["evicted"] == 1
 
+        # its lease ends once it is gone: environment one may go, two (a warm kernel) may not
         wait_for(lambda: not kernel_one.job_dir.exists(), "environment one's kernel removed")
-        # its lease ended with it: environment one may go, two (a warm kernel) may not
+        wait_for(
+            lambda: [e.in_use for e in list_environments(deps_env) if e.path == one] == [False],
+            "environment one released",
+        )
         assert [e.path for e in prune(deps_env, max_bytes=0)] == [one]
         again = service.submit_analysis_job("one", {})  # rebuilt, cold
         assert again.success and again.result["version"] == "1.0", again.to_dict()  # type: ignore[index]
