@@ -19,13 +19,10 @@ kernels, when the machine has less than ``min_available_bytes`` available.
 
 :meth:`KernelPool.acquire` never waits: with no warm kernel for the key, the job starts cold.
 
-An analysis with its own dependencies runs from a cached environment (``analysis.runner.deps``):
-its launch settings name that environment's interpreter and folder, so its kernels are pooled
-apart. Each pooled kernel of such an environment holds its own lease on it (a shared lock that
-``analysis deps prune`` and the cache's size budget respect) from before it starts until it has
-been killed, so an environment is never removed under a pooled kernel. The pool keeps warm
-kernels for at most ``max_environments`` dependency environments, the most recently used: the
-kernels of the others are discarded, which ends their leases.
+An analysis with its own dependencies runs from a cached environment: its launch settings name
+that environment's interpreter and folder, so its kernels are pooled apart, each holding a lease
+on the environment, for at most ``max_environments`` environments
+(:mod:`~analysis.runner.pool_environments`).
 """
 
 from __future__ import annotations
@@ -46,6 +43,7 @@ import psutil
 from analysis.runner import sandbox as sandboxing
 from analysis.runner.jobdirs import claim_job_dir
 from analysis.runner.kernels import KernelProcess, launch_kernel
+from analysis.runner.pool_environments import PoolEnvironments
 
 if TYPE_CHECKING:
     from analysis.runner.deps import EnvironmentLease
@@ -131,13 +129,7 @@ class KernelPool:
     ) -> None:
         if size < 1:
             raise ValueError(f"A kernel pool needs a size of at least 1, not {size}.")
-        if max_environments < 0:
-            raise ValueError(f"max_environments must be 0 or more, not {max_environments}.")
-        self.max_environments = max_environments
-        #: Per key of a dependency environment: a lease to take the leases of new kernels from.
-        self._templates: dict[PoolKey, EnvironmentLease] = {}
-        #: Leases taken for kernels being started (the pool's thread only).
-        self._holds: dict[PoolKey, list[EnvironmentLease]] = {}
+        self._environments = PoolEnvironments(max_environments)
         self.size = size
         self.idle_timeout_s = idle_timeout_s
         self.max_pool_bytes = max_pool_bytes
@@ -168,14 +160,13 @@ class KernelPool:
         only with the ``lease`` of a job on that environment: each new kernel takes its own.
         """
         key = pool_key(project_id, root, launch)
-        env = launch.get("python_env")
         with self._lock:
-            if self._closed or (env is not None and (lease is None or lease.path is None)):
+            if self._closed or not self._environments.remember(key, launch, lease):
                 return key
             self._wanted[key] = (project_id, root, dict(launch), time.monotonic())
-            if env is not None and lease is not None:
-                self._templates[key] = lease
-                self._evict_environments()
+            for evicted in self._environments.over_limit(self._wanted):
+                self.stats["evicted"] += len(self._idle.get(evicted, []))
+                self._forget(evicted)
             self._lock.notify_all()
         return key
 
@@ -295,53 +286,25 @@ class KernelPool:
     def _forget(self, key: PoolKey) -> None:
         """Under the lock: stop keeping ``key`` warm; its idle kernels (and their leases) go."""
         self._wanted.pop(key, None)
-        self._templates.pop(key, None)
+        self._environments.forget(key)
         self._dead += self._idle.pop(key, [])
-
-    def _evict_environments(self) -> None:
-        """Under the lock: forget the keys of all but the ``max_environments`` latest environments."""
-        last_use: dict[Path, float] = {}
-        for _, _, launch, used in self._wanted.values():
-            env = launch.get("python_env")
-            if env is not None:
-                last_use[env] = max(used, last_use.get(env, used))
-        evicted = sorted(last_use, key=last_use.__getitem__)[: max(0, len(last_use) - self.max_environments)]
-        for key in [k for k, wanted in self._wanted.items() if wanted[2].get("python_env") in evicted]:
-            self.stats["evicted"] += len(self._idle.get(key, []))
-            self._forget(key)
 
     def _hold_environments(
         self, plan: list[tuple[PoolKey, str, Path, dict[str, Any]]]
     ) -> list[tuple[PoolKey, str, Path, dict[str, Any]]]:
-        """Under the lock: a lease for each planned kernel of a dependency environment.
+        """Under the lock: the planned kernels whose environment's lease could be taken.
 
-        A kernel whose environment cannot be held (pruned, or being pruned) is not started, and
-        its key is forgotten until a job leases the environment again.
+        The key of a kernel whose environment is gone (or being pruned) is forgotten until a job
+        leases the environment again.
         """
         kept = []
         for entry in plan:
-            key, launch = entry[0], entry[3]
-            if launch.get("python_env") is not None:
-                template = self._templates.get(key)
-                hold = None if template is None else template.share()
-                if hold is None:
-                    self._starting[key] -= 1
-                    self._forget(key)
-                    continue
-                self._holds.setdefault(key, []).append(hold)
-            kept.append(entry)
+            if self._environments.hold(entry[0], entry[3]):
+                kept.append(entry)
+            else:
+                self._starting[entry[0]] -= 1
+                self._forget(entry[0])
         return kept
-
-    def _take_hold(self, key: PoolKey) -> EnvironmentLease | None:
-        """The lease taken for a kernel of ``key`` about to start (``None``: the runtime's own)."""
-        holds = self._holds.get(key)
-        return holds.pop() if holds else None
-
-    def _release_holds(self) -> None:
-        """Let go of the leases of planned kernels that did not start."""
-        holds, self._holds = self._holds, {}
-        for lease in (lease for leases in holds.values() for lease in leases):
-            lease.release()
 
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -362,7 +325,7 @@ class KernelPool:
                     try:
                         self._start(plan)
                     finally:
-                        self._release_holds()
+                        self._environments.release_unused()
         finally:
             with self._lock:
                 left = [warm for kernels in self._idle.values() for warm in kernels] + self._dead
@@ -371,7 +334,7 @@ class KernelPool:
                 self._finished = True
             for warm in left:
                 warm.discard()
-            self._release_holds()
+            self._environments.release_unused()
             self._loop.close()
 
     def _shed(self) -> list[WarmKernel]:
@@ -380,7 +343,7 @@ class KernelPool:
         for key in list(self._wanted):
             if now - self._wanted[key][3] > self.idle_timeout_s:
                 del self._wanted[key]
-                self._templates.pop(key, None)
+                self._environments.forget(key)
                 out += self._idle.pop(key, [])
         for kernels in self._idle.values():
             for warm in [w for w in kernels if not w.kernel.is_alive()]:
@@ -434,7 +397,7 @@ class KernelPool:
             except Exception:  # the job will start cold instead
                 shutil.rmtree(job_dir, ignore_errors=True)
                 continue
-            started.append((key, WarmKernel(kernel, job_dir, lease=self._take_hold(key))))
+            started.append((key, WarmKernel(kernel, job_dir, lease=self._environments.take(key))))
             self.stats["started"] += 1
         ready = self._loop.run_until_complete(self._warm_all([warm for _, warm in started]))
         for (key, warm), ok in zip(started, ready, strict=True):
