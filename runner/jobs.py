@@ -557,8 +557,9 @@ async def run_job_async(
 ) -> JobResult:
     """Run one analysis job in a fresh kernel and return its result (never raises for job faults).
 
-    With a ``pool``, the job takes a warm kernel of its project and launch settings when one is
-    idle (its job directory becomes the job's), else it starts cold; the kernel is discarded after.
+    With a ``pool``, the job takes a warm kernel of its project, launch settings and environment
+    when one is idle (its job directory becomes the job's), else it starts cold; the kernel is
+    discarded after.
 
     When the task running it is cancelled, the kernel is stopped and the job directory removed,
     ``on_cancelled`` (if given) receives the ``cancelled`` envelope, and ``CancelledError``
@@ -613,8 +614,8 @@ async def run_job_async(
         launch = _launch_settings(spec, settings, lease, sandboxed=job.sandboxed)
         warm = (
             None
-            if pool is None or lease.path is not None
-            else await pool.acquire_async(spec.project_id, spec.root, launch)
+            if pool is None
+            else await pool.acquire_async(spec.project_id, spec.root, launch, lease=lease)
         )
         if warm is not None:  # the pooled kernel's job directory becomes this job's
             job_dir, claimed, job.job_dir, job.kernel = warm.job_dir, True, warm.job_dir, warm.kernel

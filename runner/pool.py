@@ -18,6 +18,11 @@ within ``max_pool_bytes`` (measured PSS of the idle kernels) and stops growing, 
 kernels, when the machine has less than ``min_available_bytes`` available.
 
 :meth:`KernelPool.acquire` never waits: with no warm kernel for the key, the job starts cold.
+
+An analysis with its own dependencies runs from a cached environment: its launch settings name
+that environment's interpreter and folder, so its kernels are pooled apart, each holding a lease
+on the environment, for at most ``max_environments`` environments
+(:mod:`~analysis.runner.pool_environments`).
 """
 
 from __future__ import annotations
@@ -31,13 +36,17 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from analysis.runner import sandbox as sandboxing
 from analysis.runner.jobdirs import claim_job_dir
 from analysis.runner.kernels import KernelProcess, launch_kernel
+from analysis.runner.pool_environments import PoolEnvironments
+
+if TYPE_CHECKING:
+    from analysis.runner.deps import EnvironmentLease
 
 __all__ = ["KernelPool", "PoolKey", "WarmKernel"]
 
@@ -56,12 +65,13 @@ PoolKey = tuple[str, str, tuple[tuple[str, str], ...]]
 
 @dataclass
 class WarmKernel:
-    """A started, warmed kernel waiting for its job, and the job directory it owns."""
+    """A warmed kernel waiting for its job, the job directory it owns, and its environment's lease."""
 
     kernel: KernelProcess
     job_dir: Path
     pss_bytes: int = 0
     idle_since: float = field(default_factory=time.monotonic)
+    lease: EnvironmentLease | None = None
 
     def signal_kill(self) -> None:
         """SIGKILL the kernel's process group now (a sandbox's whole PID namespace ends with it)."""
@@ -71,12 +81,14 @@ class WarmKernel:
             pass
 
     def discard(self) -> None:
-        """Kill the kernel and remove its job directory."""
+        """Kill the kernel and remove its job directory, then let go of its environment."""
         try:
             self.kernel.kill()
             self.kernel.cleanup()
         finally:
             shutil.rmtree(self.job_dir, ignore_errors=True)
+            if self.lease is not None:
+                self.lease.release()
 
 
 def pool_key(project_id: str, root: Path, launch: dict[str, Any]) -> PoolKey:
@@ -100,6 +112,9 @@ class KernelPool:
         Below this much available memory the pool starts no kernel and sheds idle ones.
     start_timeout_s
         How long a pooled kernel may take to start and warm up before it is given up.
+    max_environments
+        How many dependency environments (README, "Dependencies per analysis") keep warm kernels
+        at once, the most recently used; the runtime's own environment is not counted.
     """
 
     def __init__(
@@ -110,9 +125,11 @@ class KernelPool:
         max_pool_bytes: int | None = None,
         min_available_bytes: int = 1024**3,
         start_timeout_s: float = 60.0,
+        max_environments: int = 4,
     ) -> None:
         if size < 1:
             raise ValueError(f"A kernel pool needs a size of at least 1, not {size}.")
+        self._environments = PoolEnvironments(max_environments)
         self.size = size
         self.idle_timeout_s = idle_timeout_s
         self.max_pool_bytes = max_pool_bytes
@@ -128,26 +145,45 @@ class KernelPool:
         self._waiting: dict[PoolKey, int] = {}
         #: Seconds a kernel took to start and warm up (the last batch): about a cold start.
         self.start_s = 1.0
-        self.stats = {"warm": 0, "cold": 0, "started": 0, "replaced": 0, "shed": 0}
+        self.stats = {"warm": 0, "cold": 0, "started": 0, "replaced": 0, "shed": 0, "evicted": 0}
         self._thread = threading.Thread(target=self._run, name="analysis-kernel-pool", daemon=True)
         self._thread.start()
 
     # -- the jobs' side ------------------------------------------------------------------------
 
-    def want(self, project_id: str, root: Path, launch: dict[str, Any]) -> PoolKey:
-        """Keep warm kernels for this key (refilled in the background); its key."""
+    def want(
+        self, project_id: str, root: Path, launch: dict[str, Any], *, lease: EnvironmentLease | None = None
+    ) -> PoolKey:
+        """Keep warm kernels for this key (refilled in the background); its key.
+
+        A key whose kernels run from a dependency environment (``launch["python_env"]``) is kept
+        only with the ``lease`` of a job on that environment: each new kernel takes its own.
+        """
         key = pool_key(project_id, root, launch)
         with self._lock:
-            if not self._closed:
-                self._wanted[key] = (project_id, root, dict(launch), time.monotonic())
-                self._lock.notify_all()
+            if self._closed or not self._environments.remember(key, launch, lease):
+                return key
+            self._wanted[key] = (project_id, root, dict(launch), time.monotonic())
+            for evicted in self._environments.over_limit(self._wanted):
+                self.stats["evicted"] += len(self._idle.get(evicted, []))
+                self._forget(evicted)
+            self._lock.notify_all()
         return key
 
     def acquire(
-        self, project_id: str, root: Path, launch: dict[str, Any], *, count_cold: bool = True
+        self,
+        project_id: str,
+        root: Path,
+        launch: dict[str, Any],
+        *,
+        count_cold: bool = True,
+        lease: EnvironmentLease | None = None,
     ) -> WarmKernel | None:
-        """A warm kernel for this key, now, or ``None`` (the job then starts cold); never waits."""
-        key = self.want(project_id, root, launch)
+        """A warm kernel for this key, now, or ``None`` (the job then starts cold); never waits.
+
+        ``lease``: the job's lease on its dependency environment, if it has one (see :meth:`want`).
+        """
+        key = self.want(project_id, root, launch, lease=lease)
         with self._lock:
             idle = self._idle.get(key, [])
             while idle:
@@ -171,23 +207,25 @@ class KernelPool:
                 return
         warm.discard()
 
-    async def acquire_async(self, project_id: str, root: Path, launch: dict[str, Any]) -> WarmKernel | None:
+    async def acquire_async(
+        self, project_id: str, root: Path, launch: dict[str, Any], *, lease: EnvironmentLease | None = None
+    ) -> WarmKernel | None:
         """As :meth:`acquire`, but a job may wait for a kernel that is warming up for no other job.
 
         It waits at most as long as a kernel takes to start (:attr:`start_s`), the time a cold
         start would cost it, and only while a kernel of its key is starting that no other
         waiting job counts on; else it gets ``None`` at once and starts cold.
         """
-        warm = self.acquire(project_id, root, launch, count_cold=False)
+        warm = self.acquire(project_id, root, launch, count_cold=False, lease=lease)
         if warm is None:
-            warm = await self._wait_for_starting(project_id, root, launch)
+            warm = await self._wait_for_starting(project_id, root, launch, lease)
         if warm is None:
             with self._lock:
                 self.stats["cold"] += 1
         return warm
 
     async def _wait_for_starting(
-        self, project_id: str, root: Path, launch: dict[str, Any]
+        self, project_id: str, root: Path, launch: dict[str, Any], lease: EnvironmentLease | None
     ) -> WarmKernel | None:
         key = pool_key(project_id, root, launch)
         with self._lock:
@@ -201,7 +239,7 @@ class KernelPool:
                 with self._lock:
                     if not self._idle.get(key) and self._starting.get(key, 0):
                         continue
-                warm = self.acquire(project_id, root, launch, count_cold=False)
+                warm = self.acquire(project_id, root, launch, count_cold=False, lease=lease)
                 if warm is not None or not self._starting.get(key, 0):
                     return warm
             return None
@@ -245,6 +283,29 @@ class KernelPool:
         self._dead.append(warm)
         self.stats["replaced"] += 1
 
+    def _forget(self, key: PoolKey) -> None:
+        """Under the lock: stop keeping ``key`` warm; its idle kernels (and their leases) go."""
+        self._wanted.pop(key, None)
+        self._environments.forget(key)
+        self._dead += self._idle.pop(key, [])
+
+    def _hold_environments(
+        self, plan: list[tuple[PoolKey, str, Path, dict[str, Any]]]
+    ) -> list[tuple[PoolKey, str, Path, dict[str, Any]]]:
+        """Under the lock: the planned kernels whose environment's lease could be taken.
+
+        The key of a kernel whose environment is gone (or being pruned) is forgotten until a job
+        leases the environment again.
+        """
+        kept = []
+        for entry in plan:
+            if self._environments.hold(entry[0], entry[3]):
+                kept.append(entry)
+            else:
+                self._starting[entry[0]] -= 1
+                self._forget(entry[0])
+        return kept
+
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()
         try:
@@ -257,11 +318,14 @@ class KernelPool:
                         break
                     dead, self._dead = self._dead, []
                     shed = self._shed()
-                    plan = self._plan()
+                    plan = self._hold_environments(self._plan())
                 for warm in dead + shed:
                     warm.discard()
                 if plan:
-                    self._start(plan)
+                    try:
+                        self._start(plan)
+                    finally:
+                        self._environments.release_unused()
         finally:
             with self._lock:
                 left = [warm for kernels in self._idle.values() for warm in kernels] + self._dead
@@ -270,6 +334,7 @@ class KernelPool:
                 self._finished = True
             for warm in left:
                 warm.discard()
+            self._environments.release_unused()
             self._loop.close()
 
     def _shed(self) -> list[WarmKernel]:
@@ -278,6 +343,7 @@ class KernelPool:
         for key in list(self._wanted):
             if now - self._wanted[key][3] > self.idle_timeout_s:
                 del self._wanted[key]
+                self._environments.forget(key)
                 out += self._idle.pop(key, [])
         for kernels in self._idle.values():
             for warm in [w for w in kernels if not w.kernel.is_alive()]:
@@ -331,7 +397,7 @@ class KernelPool:
             except Exception:  # the job will start cold instead
                 shutil.rmtree(job_dir, ignore_errors=True)
                 continue
-            started.append((key, WarmKernel(kernel, job_dir)))
+            started.append((key, WarmKernel(kernel, job_dir, lease=self._environments.take(key))))
             self.stats["started"] += 1
         ready = self._loop.run_until_complete(self._warm_all([warm for _, warm in started]))
         for (key, warm), ok in zip(started, ready, strict=True):

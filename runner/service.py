@@ -52,22 +52,33 @@ class AnalysisService:
     root
         Root folder of the projects.
     pool_size
-        Warm kernels kept ready per project (and launch settings) that ran a job; ``0`` (the
-        default): every job starts a fresh kernel (README, "Warm kernels"). Call :meth:`close`
-        (or use the service as a context manager) to stop the pool's kernels.
+        Warm kernels kept ready per project (and launch settings, and dependency environment)
+        that ran a job; ``0`` (the default): every job starts a fresh kernel (README, "Warm
+        kernels"). Call :meth:`close` (or use the service as a context manager) to stop the
+        pool's kernels.
+    pool_environments
+        With a pool: how many dependency environments keep warm kernels at once, the most
+        recently used (default 4; the runtime's own environment is not counted).
     **job_options
         Defaults for every job (``timeout_s``, ``max_result_bytes``, ``max_log_bytes``,
         ``interrupt_grace_s``, ...; see :class:`~analysis.runner.jobs.JobSpec`).
     """
 
-    def __init__(self, root: str | Path = ".clients", *, pool_size: int = 0, **job_options: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path = ".clients",
+        *,
+        pool_size: int = 0,
+        pool_environments: int = 4,
+        **job_options: Any,
+    ) -> None:
         self.root = Path(root)
         self.job_options = job_options
         self.pool: KernelPool | None = None
         if pool_size:
             from analysis.runner.pool import KernelPool
 
-            self.pool = KernelPool(pool_size)
+            self.pool = KernelPool(pool_size, max_environments=pool_environments)
 
     def warm_up(self, project_id: str = "default", **job_options: Any) -> None:
         """Start warm kernels for ``project_id`` now, for jobs with these options (needs ``pool_size``)."""

@@ -44,6 +44,28 @@ class EnvironmentLease:
     path: Path | None = None
     built: bool = False
     _lock: FileLock | None = field(default=None, repr=False)
+    _use_path: Path | None = field(default=None, repr=False)
+
+    def share(self) -> EnvironmentLease | None:
+        """Another hold on the same environment, for a pooled kernel; ``None`` if it is gone.
+
+        It does not wait: an environment being removed right now (``analysis deps prune``), or
+        removed since, gives ``None``. This lease may have been released already.
+        """
+        if self.path is None:
+            return EnvironmentLease(self.python)
+        if self._use_path is None:  # not a lease of the cache: nothing to hold it by
+            return None
+        hold = FileLock(self._use_path, shared=True)
+        try:
+            if not hold.try_acquire():
+                return None
+        except OSError:  # the cache itself is gone
+            return None
+        if not (self.path / META_FILE).is_file():  # pruned before we took the lock
+            hold.release()
+            return None
+        return EnvironmentLease(self.python, self.path, False, hold, self._use_path)
 
     def release(self) -> None:
         """Let the environment be pruned again; safe to call twice."""
@@ -129,7 +151,8 @@ async def prepare(
     if built:
         with contextlib.suppress(OSError):  # best effort: the job has its environment either way
             prune(settings)
-    return EnvironmentLease(str(environment_python(settings.env_dir(key))), settings.env_dir(key), built, use)
+    env = settings.env_dir(key)
+    return EnvironmentLease(str(environment_python(env)), env, built, use, use.path)
 
 
 async def lease_environment(
