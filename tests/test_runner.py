@@ -134,11 +134,11 @@ def test_timeout_interrupts_a_running_duckdb_query(run_script: RunScript) -> Non
         "def run(ctx, parameters):\n"
         "    return ctx.query('SELECT count(*) FROM range(10000000000000)').rows\n",
         timeout_s=2,
-        interrupt_grace_s=10,
+        interrupt_grace_s=30,  # DuckDB notices the interrupt in well under a second; a loaded machine is slower
     )
     assert result.error_type == "timeout"
     assert "was stopped" in (result.error or "")  # stopped by the interrupt, not killed
-    assert time.monotonic() - started < 60  # the query takes hours; load must not fail this
+    assert time.monotonic() - started < 90  # the query takes hours; load must not fail this
 
 
 @pytest.mark.parametrize(
