@@ -57,6 +57,14 @@ def add_subparsers(subparsers: Any) -> None:
         "--max-artifact-bytes", type=int, default=None, metavar="N", help="Parquet artifact limit (1 GiB)"
     )
     serve.add_argument(
+        "--artifact-ttl", type=float, default=7 * 24 * 3600.0, metavar="SECONDS",
+        help="keep large-result artifacts this long after their job (7 days); 0: forever",
+    )  # fmt: skip
+    serve.add_argument(
+        "--pool-size", type=int, default=None, metavar="N",
+        help="warm kernels per project (default: its job slots, up to 4); 0: cold kernels",
+    )  # fmt: skip
+    serve.add_argument(
         "--workers", action="store_true",
         help="queue jobs for 'analysis worker' processes (PostgreSQL store) instead of running them",
     )  # fmt: skip
@@ -103,6 +111,12 @@ def run_serve(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             sys.stderr.write(f"analysis serve: --{name.replace('_', '-')} must be at least 1\n")
             return EXIT_USAGE
+    if args.pool_size is not None and args.pool_size < 0:
+        sys.stderr.write("analysis serve: --pool-size must be 0 (cold kernels) or more\n")
+        return EXIT_USAGE
+    if args.artifact_ttl < 0:
+        sys.stderr.write("analysis serve: --artifact-ttl must be 0 (keep forever) or more seconds\n")
+        return EXIT_USAGE
     if args.workers and not (args.db or "").startswith(("postgresql://", "postgresql+psycopg://")):
         sys.stderr.write("analysis serve: --workers needs --db postgresql://...\n")
         return EXIT_USAGE
@@ -115,6 +129,8 @@ def run_serve(args: argparse.Namespace) -> int:
         shutdown_grace_s=args.grace,
         workers=args.workers,
         heartbeat_timeout_s=args.heartbeat_timeout,
+        pool_size=args.pool_size,
+        artifact_ttl_s=args.artifact_ttl or None,
         job_options={
             name: value
             for name, value in (

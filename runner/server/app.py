@@ -23,6 +23,7 @@ from analysis.runner.server.inputs import caller, state
 from analysis.runner.server.manager import JobManager
 from analysis.runner.server.metrics import ServerMetrics
 from analysis.runner.server.openapi import openapi_document
+from analysis.runner.server.retention import ArtifactSweeper
 from analysis.runner.server.schedules import Scheduler
 from analysis.runner.server.store import Store, default_url, open_store
 
@@ -125,13 +126,16 @@ def create_app(config: ServerConfig) -> Starlette:
             app.state.server = Server(config, root, store, manager, server_metrics)
             manager.start()
             scheduler = Scheduler(store, manager, config.schedule_tick_s)
-            ticking = asyncio.create_task(scheduler.run())
+            ticking = [asyncio.create_task(scheduler.run())]
+            if config.artifact_ttl_s:
+                ticking.append(asyncio.create_task(ArtifactSweeper(store, root, config.artifact_ttl_s).run()))
             try:
                 yield
             finally:
-                ticking.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ticking
+                for task in ticking:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 await manager.shutdown()
 
     routes: list[Route] = [

@@ -97,8 +97,15 @@ class ServerProcess:
         )
 
     def kernels(self) -> list[psutil.Process]:
-        """The kernel processes of this server still alive."""
-        return [p for p in _descendants(self.popen.pid) if "analysis.kernel_app" in " ".join(p.cmdline())]
+        """The kernel processes of this server still alive (not zombies killed and not yet reaped)."""
+        alive = []
+        for process in _descendants(self.popen.pid):
+            try:
+                if "analysis.kernel_app" in " ".join(process.cmdline()):
+                    alive.append(process)
+            except psutil.Error:  # ended, or a zombie
+                continue
+        return alive
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         """Signal the server and wait for it to exit; its exit code."""

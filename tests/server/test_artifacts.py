@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ def test_a_large_table_becomes_a_parquet_artifact(serve: Any, save: Any, root: P
     save("alpha", "table", TABLE)
     save("alpha", "rows", ROWS)
     save("alpha", "text", TEXT)
-    server = serve("--max-result-bytes", "100000")
+    # cold kernels: the test checks that no job directory is left, and warm kernels have theirs
+    server = serve("--max-result-bytes", "100000", "--pool-size", "0")
     with server.client("alpha") as http:
         job = _run(http, "table", {"rows": 50_000})
         envelope = job["envelope"]
@@ -92,3 +94,38 @@ def test_an_artifact_over_its_limit_is_result_too_large(serve: Any, save: Any, r
     assert job["error_type"] == "result_too_large"
     assert "max_artifact_bytes" in job["envelope"]["error"]
     assert not list(root.glob("alpha/analysis/artifacts/*"))
+
+
+def test_an_expired_artifact_is_deleted_and_its_download_answers_410(
+    serve: Any, save: Any, root: Path, store: Any
+) -> None:
+    """README, "Large results": retention. The job's record stays; a download already streaming ends."""
+    save("alpha", "table", TABLE)
+    rows = 300_000  # JSON Lines of several MB: more than the sockets buffer, so the download is mid-way
+    server = serve("--max-result-bytes", "10000", "--artifact-ttl", "120")  # sweeps every 12 s
+    with server.client("alpha") as http:
+        job = _run(http, "table", {"rows": rows})
+        assert job["status"] == "succeeded", job
+        artifact = root / "alpha" / "analysis" / "artifacts" / f"{job['id']}.parquet"
+        assert artifact.is_file()
+        base = f"/v1/projects/alpha/jobs/{job['id']}/result"
+        with http.stream("GET", base, params={"format": "jsonl"}) as download:
+            assert download.status_code == 200
+            chunks = download.iter_bytes()
+            received = [next(chunks)]
+            # the job ended long ago, as far as retention can tell: its artifact is past 120 s
+            assert store.update_job(job["id"], finished_at=time.time() - 3600)
+            give_up = time.monotonic() + 120
+            while artifact.exists():
+                assert time.monotonic() < give_up, "the expired artifact was not deleted"
+                time.sleep(0.2)
+            expired = http.get(base)
+            assert expired.status_code == 410, expired.text
+            error = expired.json()["error"]
+            assert error["type"] == "result_expired" and "--artifact-ttl" in error["message"]
+            assert job["id"] in error["message"]
+            record = http.get(f"/v1/projects/alpha/jobs/{job['id']}").json()
+            assert record["status"] == "succeeded" and record["envelope"]["result_ref"]["rows"] == rows
+            received += list(chunks)  # the download that was under way reads on to the end
+        lines = b"".join(received).decode().splitlines()
+        assert len(lines) == rows and json.loads(lines[-1])["s"] == f"row {rows - 1}"
