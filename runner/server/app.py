@@ -91,9 +91,10 @@ def _one_route_per_path(routes: list[Route]) -> list[Route]:
 async def remote_manager(
     store: Store, config: ServerConfig, metrics: ServerMetrics
 ) -> AsyncIterator[JobManager]:
-    """A :class:`RemoteJobManager` with its procrastinate apps open (``serve --workers``)."""
+    """A :class:`RemoteJobManager` with its procrastinate apps open, and the server's local worker."""
     from procrastinate import SyncPsycopgConnector
 
+    from analysis.runner.server.local_worker import local_worker
     from analysis.runner.server.queue import conninfo, ensure_schema, open_app
     from analysis.runner.server.remote import RemoteJobManager
 
@@ -103,7 +104,8 @@ async def remote_manager(
     async with app.open_async():
         await ensure_schema(app)
         with sync_app.open():
-            yield RemoteJobManager(store, config, metrics, app, sync_app)
+            async with local_worker(store, config):
+                yield RemoteJobManager(store, config, metrics, app, sync_app)
 
 
 def create_app(config: ServerConfig) -> Starlette:

@@ -45,8 +45,12 @@ class ServerConfig:
     job_options
         Defaults of every job (``timeout_s``, ``max_result_bytes``...; see ``JobSpec``).
     workers
-        Queue jobs for ``analysis worker`` processes (procrastinate; PostgreSQL store only)
-        instead of running them in this process.
+        Queue jobs through procrastinate (PostgreSQL store only) for ``analysis worker``
+        processes and the server's local worker, instead of dispatching them in this process
+        (``analysis serve`` sets it for every PostgreSQL store).
+    local_workers
+        With ``workers``: job slots of the worker the server runs itself (``0``: none, jobs
+        run only on ``analysis worker`` processes).
     heartbeat_timeout_s
         With ``workers``: a worker silent this long is lost; its jobs are retried or failed.
     artifact_ttl_s
@@ -68,6 +72,7 @@ class ServerConfig:
     schedule_tick_s: float = 1.0
     job_options: dict[str, Any] = field(default_factory=dict)
     workers: bool = False
+    local_workers: int = 0
     heartbeat_timeout_s: float = 10.0
     pool_size: int | None = None
     artifact_ttl_s: float | None = 7 * 24 * 3600.0

@@ -157,6 +157,12 @@ class Store:
         with self.engine.connect() as db:
             return {row.id: row.status for row in db.execute(query)}
 
+    def count_jobs(self, statuses: tuple[str, ...]) -> int:
+        """How many jobs (of every project) are in one of ``statuses``."""
+        query = sa.select(sa.func.count()).select_from(self.jobs).where(self.jobs.c.status.in_(statuses))
+        with self.engine.connect() as db:
+            return int(db.execute(query).scalar_one())
+
     def update_job(
         self,
         job_id: str,

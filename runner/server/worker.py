@@ -38,7 +38,7 @@ from analysis.runner.server.store import Store, open_store
 if TYPE_CHECKING:
     from analysis.runner.pool import KernelPool
 
-__all__ = ["WorkerConfig", "WorkerMetrics", "run_worker"]
+__all__ = ["WorkerConfig", "WorkerMetrics", "open_pool", "procrastinate_worker", "run_worker"]
 
 log = logging.getLogger("analysis.worker")
 
@@ -240,10 +240,35 @@ async def _count_heartbeats(app: Any, worker: Any, metrics: WorkerMetrics, every
             metrics.last_heartbeat.set(float(last))
 
 
-async def run_worker(config: WorkerConfig) -> None:
-    """Run the worker until SIGTERM or SIGINT (running jobs finish within ``grace_s``)."""
+def procrastinate_worker(
+    app: Any, store: Store, config: WorkerConfig, name: str, metrics: WorkerMetrics,
+    *, pool: KernelPool | None, install_signal_handlers: bool = True,
+) -> Any:  # fmt: skip
+    """Register the job task on ``app`` and return the procrastinate worker that runs it."""
     from procrastinate import worker as procrastinate_worker
 
+    runner = _Runner(app, store, config, name, metrics, pool=pool)
+    app.task(name=TASK, queue=DEFAULT_QUEUE, pass_context=True)(runner.__call__)
+    return procrastinate_worker.Worker(
+        app, queues=list(config.queues) or None, name=name, concurrency=config.concurrency,
+        shutdown_graceful_timeout=config.grace_s, update_heartbeat_interval=config.heartbeat_s,
+        stalled_worker_timeout=max(30.0, 5 * config.heartbeat_s),
+        delete_jobs="always",  # the store keeps the history; the queue keeps only live jobs
+        install_signal_handlers=install_signal_handlers,
+    )  # fmt: skip
+
+
+def open_pool(config: WorkerConfig) -> KernelPool | None:
+    """The worker's kernel pool (``None`` with ``pool_size=0``); close it once its jobs ended."""
+    if not config.warm_kernels:
+        return None
+    from analysis.runner.pool import KernelPool
+
+    return KernelPool(config.warm_kernels)
+
+
+async def run_worker(config: WorkerConfig) -> None:
+    """Run the worker until SIGTERM or SIGINT (running jobs finish within ``grace_s``)."""
     config.root.mkdir(parents=True, exist_ok=True)
     start_guard(config.root)  # kill -9 of this process must not leave its kernels running
     name = config.name or f"{socket.gethostname()}:{os.getpid()}"
@@ -252,22 +277,11 @@ async def run_worker(config: WorkerConfig) -> None:
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, config.metrics_host, registry=metrics.registry)
     app = open_app(config.db_url)
-    pool = None
-    if config.warm_kernels:
-        from analysis.runner.pool import KernelPool
-
-        pool = KernelPool(config.warm_kernels)
-    runner = _Runner(app, store, config, name, metrics, pool=pool)
-    app.task(name=TASK, queue=DEFAULT_QUEUE, pass_context=True)(runner.__call__)
+    pool = open_pool(config)
     try:
         async with app.open_async():
             await ensure_schema(app)
-            worker: Any = procrastinate_worker.Worker(
-                app, queues=list(config.queues) or None, name=name, concurrency=config.concurrency,
-                shutdown_graceful_timeout=config.grace_s, update_heartbeat_interval=config.heartbeat_s,
-                stalled_worker_timeout=max(30.0, 5 * config.heartbeat_s),
-                delete_jobs="always",  # the store keeps the history; the queue keeps only live jobs
-            )  # fmt: skip
+            worker = procrastinate_worker(app, store, config, name, metrics, pool=pool)
             counting = asyncio.create_task(_count_heartbeats(app, worker, metrics, config.heartbeat_s))
             try:
                 log.info("worker %s: %d slots", name, config.concurrency)

@@ -162,7 +162,7 @@ def _wait_file(path: Path, timeout: float = 90) -> None:
 
 @pytest.mark.host_files  # the analysis waits for a file the test writes
 def test_a_server_fault_fails_the_job_instead_of_leaving_it_running(
-    serve: Any, save: Any, root: Path
+    serve: Any, save: Any, root: Path, in_process: None
 ) -> None:
     save("alpha", "hello", HELLO)
     (root / "alpha" / "analysis" / "versions").write_text("a file where the versions folder goes")

@@ -123,7 +123,9 @@ def test_sigterm_stops_accepting_and_lets_running_jobs_finish(serve: Any, root: 
     assert all(_gone(k) for k in kernels)
 
 
-def test_sigterm_past_the_grace_period_cancels_running_jobs(serve: Any, root: Path, store: Any) -> None:
+def test_sigterm_past_the_grace_period_cancels_running_jobs(
+    serve: Any, root: Path, store: Any, in_process: None
+) -> None:
     server = serve("--grace", "1")
     job_id, kernels = _start_blocked(server, root)
     assert server.stop(signal.SIGTERM, timeout=120) in _CLEAN_EXIT
