@@ -14,6 +14,7 @@ command runs.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -120,7 +121,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.pool_size is not None and args.pool_size < 0:
         sys.stderr.write("analysis serve: --pool-size must be 0 (cold kernels) or more\n")
         return EXIT_USAGE
-    if args.artifact_ttl < 0:
+    if not math.isfinite(args.artifact_ttl) or args.artifact_ttl < 0:
         sys.stderr.write("analysis serve: --artifact-ttl must be 0 (keep forever) or more seconds\n")
         return EXIT_USAGE
     queued = (args.db or "").startswith(("postgresql://", "postgresql+psycopg://"))

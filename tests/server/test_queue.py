@@ -72,6 +72,20 @@ def test_with_no_local_worker_jobs_wait_for_an_analysis_worker(
     assert done["worker"] == "machine-2"
 
 
+def test_bad_serve_options_are_refused_naming_the_option(root: Path) -> None:
+    for option, says in (
+        (["--artifact-ttl", "nan"], "--artifact-ttl must be 0"),
+        (["--artifact-ttl", "-5"], "--artifact-ttl must be 0"),
+        (["--pool-size", "-1"], "--pool-size must be 0"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "analysis.runner.cli", "serve", "--root", str(root), *option],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2 and says in done.stderr, (option, done.stderr)
+    assert not (root / ".server").exists(), "nothing was created for a refused command"
+
+
 def test_sqlite_refuses_the_queue_s_options(root: Path) -> None:
     for option in (["--local-workers", "2"], ["--workers"]):
         done = subprocess.run(
