@@ -2,6 +2,8 @@
 
 * ``serve --root R [--host 127.0.0.1] [--port 8000] [--db URL]``: the server under uvicorn.
   SIGTERM stops accepting, lets running jobs finish within ``--grace`` seconds, then cancels them.
+  With a PostgreSQL store, jobs are queued through procrastinate; the server's local worker
+  (``--local-workers N``, default ``--max-concurrent-jobs``) and ``analysis worker`` processes run them.
 * ``token create --project P`` (or ``--admin``): prints a new bearer token once; only its hash
   is stored.
 
@@ -12,6 +14,7 @@ command runs.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -57,12 +60,24 @@ def add_subparsers(subparsers: Any) -> None:
         "--max-artifact-bytes", type=int, default=None, metavar="N", help="Parquet artifact limit (1 GiB)"
     )
     serve.add_argument(
-        "--workers", action="store_true",
-        help="queue jobs for 'analysis worker' processes (PostgreSQL store) instead of running them",
+        "--artifact-ttl", type=float, default=7 * 24 * 3600.0, metavar="SECONDS",
+        help="keep large-result artifacts this long after their job (7 days); 0: forever",
+    )  # fmt: skip
+    serve.add_argument(
+        "--pool-size", type=int, default=None, metavar="N",
+        help="warm kernels per project (default: its job slots, up to 4); 0: cold kernels",
+    )  # fmt: skip
+    serve.add_argument(
+        "--local-workers", type=int, default=None, metavar="N",
+        help="PostgreSQL store: queued jobs this server runs itself at once (default: "
+        "--max-concurrent-jobs); 0: only 'analysis worker' processes run them",
+    )  # fmt: skip
+    serve.add_argument(
+        "--workers", action="store_true", help="the same as --local-workers 0 (PostgreSQL store)"
     )  # fmt: skip
     serve.add_argument(
         "--heartbeat-timeout", type=float, default=10.0, metavar="SECONDS",
-        help="with --workers: a worker silent this long is lost (10)",
+        help="PostgreSQL store: a worker silent this long is lost (10)",
     )  # fmt: skip
     serve.set_defaults(handler=run_serve)
 
@@ -103,18 +118,37 @@ def run_serve(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             sys.stderr.write(f"analysis serve: --{name.replace('_', '-')} must be at least 1\n")
             return EXIT_USAGE
-    if args.workers and not (args.db or "").startswith(("postgresql://", "postgresql+psycopg://")):
-        sys.stderr.write("analysis serve: --workers needs --db postgresql://...\n")
+    if args.pool_size is not None and args.pool_size < 0:
+        sys.stderr.write("analysis serve: --pool-size must be 0 (cold kernels) or more\n")
         return EXIT_USAGE
+    if not math.isfinite(args.artifact_ttl) or args.artifact_ttl < 0:
+        sys.stderr.write("analysis serve: --artifact-ttl must be 0 (keep forever) or more seconds\n")
+        return EXIT_USAGE
+    queued = (args.db or "").startswith(("postgresql://", "postgresql+psycopg://"))
+    for flag, given in (("--workers", args.workers), ("--local-workers", args.local_workers is not None)):
+        if given and not queued:
+            sys.stderr.write(f"analysis serve: {flag} needs --db postgresql://... (a queue in PostgreSQL)\n")
+            return EXIT_USAGE
+    if args.workers and args.local_workers:
+        sys.stderr.write("analysis serve: --workers means --local-workers 0; give one of them\n")
+        return EXIT_USAGE
+    if args.local_workers is not None and args.local_workers < 0:
+        sys.stderr.write("analysis serve: --local-workers must be 0 (no local jobs) or more\n")
+        return EXIT_USAGE
+    slots = args.max_concurrent_jobs or os.cpu_count() or 1
+    local = 0 if args.workers else (slots if args.local_workers is None else args.local_workers)
     config = ServerConfig(
         root=_root(args),
         db_url=args.db,
-        max_concurrent_jobs=args.max_concurrent_jobs or os.cpu_count() or 1,
+        max_concurrent_jobs=slots,
         max_jobs_per_project=args.max_jobs_per_project,
         max_queued_jobs=args.max_queued_jobs,
         shutdown_grace_s=args.grace,
-        workers=args.workers,
+        workers=queued,
+        local_workers=local if queued else 0,
         heartbeat_timeout_s=args.heartbeat_timeout,
+        pool_size=args.pool_size,
+        artifact_ttl_s=args.artifact_ttl or None,
         job_options={
             name: value
             for name, value in (

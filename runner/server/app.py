@@ -23,6 +23,7 @@ from analysis.runner.server.inputs import caller, state
 from analysis.runner.server.manager import JobManager
 from analysis.runner.server.metrics import ServerMetrics
 from analysis.runner.server.openapi import openapi_document
+from analysis.runner.server.retention import ArtifactSweeper
 from analysis.runner.server.schedules import Scheduler
 from analysis.runner.server.store import Store, default_url, open_store
 
@@ -90,9 +91,10 @@ def _one_route_per_path(routes: list[Route]) -> list[Route]:
 async def remote_manager(
     store: Store, config: ServerConfig, metrics: ServerMetrics
 ) -> AsyncIterator[JobManager]:
-    """A :class:`RemoteJobManager` with its procrastinate apps open (``serve --workers``)."""
+    """A :class:`RemoteJobManager` with its procrastinate apps open, and the server's local worker."""
     from procrastinate import SyncPsycopgConnector
 
+    from analysis.runner.server.local_worker import local_worker
     from analysis.runner.server.queue import conninfo, ensure_schema, open_app
     from analysis.runner.server.remote import RemoteJobManager
 
@@ -102,7 +104,8 @@ async def remote_manager(
     async with app.open_async():
         await ensure_schema(app)
         with sync_app.open():
-            yield RemoteJobManager(store, config, metrics, app, sync_app)
+            async with local_worker(store, config):
+                yield RemoteJobManager(store, config, metrics, app, sync_app)
 
 
 def create_app(config: ServerConfig) -> Starlette:
@@ -125,13 +128,16 @@ def create_app(config: ServerConfig) -> Starlette:
             app.state.server = Server(config, root, store, manager, server_metrics)
             manager.start()
             scheduler = Scheduler(store, manager, config.schedule_tick_s)
-            ticking = asyncio.create_task(scheduler.run())
+            ticking = [asyncio.create_task(scheduler.run())]
+            if config.artifact_ttl_s:
+                ticking.append(asyncio.create_task(ArtifactSweeper(store, root, config.artifact_ttl_s).run()))
             try:
                 yield
             finally:
-                ticking.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ticking
+                for task in ticking:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 await manager.shutdown()
 
     routes: list[Route] = [

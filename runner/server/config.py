@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServerConfig"]
+__all__ = ["DEFAULT_POOL_CAP", "ServerConfig", "default_pool_size"]
+
+#: The default pool holds as many warm kernels per project as it may run jobs at once, up to this.
+DEFAULT_POOL_CAP = 4
+
+
+def default_pool_size(slots: int) -> int:
+    """Warm kernels per project when none was asked for: one per job slot, up to :data:`DEFAULT_POOL_CAP`."""
+    return max(1, min(slots, DEFAULT_POOL_CAP))
 
 
 @dataclass(frozen=True)
@@ -37,10 +45,20 @@ class ServerConfig:
     job_options
         Defaults of every job (``timeout_s``, ``max_result_bytes``...; see ``JobSpec``).
     workers
-        Queue jobs for ``analysis worker`` processes (procrastinate; PostgreSQL store only)
-        instead of running them in this process.
+        Queue jobs through procrastinate (PostgreSQL store only) for ``analysis worker``
+        processes and the server's local worker, instead of dispatching them in this process
+        (``analysis serve`` sets it for every PostgreSQL store).
+    local_workers
+        With ``workers``: job slots of the worker the server runs itself (``0``: none, jobs
+        run only on ``analysis worker`` processes).
     heartbeat_timeout_s
         With ``workers``: a worker silent this long is lost; its jobs are retried or failed.
+    artifact_ttl_s
+        How long the Parquet artifact of a large result is kept after its job ended (then its
+        download answers 410); ``None``: forever. Default: 7 days.
+    pool_size
+        Warm kernels kept ready per project that ran a job (README, "Warm kernels"); ``0``: every
+        job starts a cold kernel. Default: :data:`DEFAULT_POOL_CAP` or fewer (see :attr:`warm_kernels`).
     """
 
     root: Path
@@ -54,9 +72,17 @@ class ServerConfig:
     schedule_tick_s: float = 1.0
     job_options: dict[str, Any] = field(default_factory=dict)
     workers: bool = False
+    local_workers: int = 0
     heartbeat_timeout_s: float = 10.0
+    pool_size: int | None = None
+    artifact_ttl_s: float | None = 7 * 24 * 3600.0
 
     @property
     def project_cap(self) -> int:
         """Jobs of one project that may run at once."""
         return self.max_jobs_per_project or self.max_concurrent_jobs
+
+    @property
+    def warm_kernels(self) -> int:
+        """Warm kernels per project: ``pool_size``, else one per job a project may run at once (up to 4)."""
+        return default_pool_size(self.project_cap) if self.pool_size is None else self.pool_size

@@ -16,6 +16,7 @@ from analysis.runner.server.downloads import FORMATS, stream_artifact
 from analysis.runner.server.errors import ApiError
 from analysis.runner.server.inputs import body_id, caller, field, iso, parse_time, path_id, read_json, state
 from analysis.runner.server.manager import FINAL
+from analysis.runner.server.retention import check_not_expired
 from analysis.runner.server.versions import VERSION_PATTERN, current_version
 
 __all__ = ["job_document", "routes"]
@@ -164,10 +165,12 @@ async def job_result(request: Request) -> Response:
         raise ApiError(409, "no_result", f"Job {job['id']} has no result (it is {job['status']}).")
     envelope = json.loads(job["envelope"])
     if "result_ref" in envelope:
+        check_not_expired(job, state(request).config.artifact_ttl_s)
         path = state(request).manager.artifact_path(job["project_id"], job["id"])
-        if not path.is_file():
-            raise ApiError(404, "not_found", f"The result artifact of job {job['id']} is gone.")
-        return stream_artifact(path, fmt or "parquet", job["id"])
+        try:
+            return stream_artifact(path, fmt or "parquet", job["id"])
+        except FileNotFoundError:
+            raise ApiError(404, "not_found", f"The result artifact of job {job['id']} is gone.") from None
     headers = {"Content-Disposition": f'attachment; filename="{job["id"]}.json"'}
     return JSONResponse(envelope["result"], headers=headers)
 

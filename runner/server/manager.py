@@ -3,6 +3,8 @@
 Every accepted job is a row of the store before the client hears of it, and reaches a final state:
 on start-up the jobs a killed server left ``running`` are failed with ``worker_lost`` (or queued
 again when their analysis declares ``retries``), and their orphaned kernels are killed.
+Jobs take warm kernels from the server's :class:`~analysis.runner.pool.KernelPool` (``pool_size``
+per project), which is closed, its kernels killed, once the running jobs ended on shutdown.
 Dispatch is fair across projects: a free slot goes to the project with the fewest running jobs,
 then to the one served least recently (round robin), then to the oldest queued job; never past
 ``max_jobs_per_project``.
@@ -22,17 +24,21 @@ from collections import deque
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from analysis.errors import AnalysisError, JobCancelledError, WorkerLostError
 from analysis.runner.envelope import JobResult
+from analysis.runner.jobdirs import sweep_orphans
 from analysis.runner.jobs import JobSpec, run_job_async
 from analysis.runner.server.config import ServerConfig
 from analysis.runner.server.errors import ApiError
 from analysis.runner.server.metrics import ServerMetrics
 from analysis.runner.server.store import Store
+
+if TYPE_CHECKING:
+    from analysis.runner.pool import KernelPool
 
 __all__ = ["FINAL", "JobManager", "failure", "final_envelope", "materialize"]
 
@@ -69,12 +75,18 @@ class JobManager:
         self._listeners: dict[str, list[asyncio.Queue[dict[str, Any]]]] = {}
         self._done: dict[str, asyncio.Event] = {}
         self._partial_lines: dict[tuple[str, str], str] = {}
+        self.pool: KernelPool | None = None
 
     # life cycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Recover what a previous process left behind, load the queue, and start dispatching."""
         for job in self.store.jobs_in(("running",)):
             self._recover(job)
+        sweep_orphans(self.root)  # the other job directories of a killed server (its pool's, say)
+        if self.config.warm_kernels:
+            from analysis.runner.pool import KernelPool
+
+            self.pool = KernelPool(self.config.warm_kernels)
         for job in self.store.jobs_in(("queued",)):
             self._enqueue(job)
         self.accepting = True
@@ -90,6 +102,13 @@ class JobManager:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        await self.close_pool()
+
+    async def close_pool(self) -> None:
+        """Kill the pool's kernels and stop its thread (once no job runs: theirs would die too)."""
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.close)
 
     def _recover(self, job: dict[str, Any]) -> None:
         """A job left ``running`` by a killed server: kill its kernel, then retry or fail it."""
@@ -231,7 +250,7 @@ class JobManager:
             on_kernel_ready=self.metrics.kernel_start.labels(job["project_id"]).observe, **options,
         )  # fmt: skip
         try:
-            return await run_job_async(spec)
+            return await run_job_async(spec, pool=self.pool)
         except asyncio.CancelledError:  # a runner that lets the cancellation through
             task = asyncio.current_task()
             if task is not None:

@@ -155,7 +155,7 @@ def openapi_document() -> dict[str, Any]:
                     "getJobResult",
                     "The result of a succeeded job: JSON, or its Parquet artifact streamed as `format`",
                     [project, job, _query("format", {"type": "string", "enum": ["parquet", "jsonl", "csv"]})],
-                    {"200": _RESULT, **_errors("404", "409", "422")},
+                    {"200": _RESULT, **_errors("404", "409", "410", "422")},
                 )
             },
             f"{base}/jobs/{{job_id}}/events": {

@@ -57,7 +57,6 @@ class RemoteJobManager(JobManager):
         self.app = app
         self.sync_app = sync_app
         self.reaper = LostWorkerReaper(app, store, config.heartbeat_timeout_s)
-        self._depth = 0
         self._watching: asyncio.Task[None] | None = None
         self._seen: dict[str, str] = {}
         self._datasources: dict[str, str | None] = {}
@@ -76,14 +75,13 @@ class RemoteJobManager(JobManager):
                 await self._watching
 
     def queue_depth(self) -> int:
-        """Jobs waiting for a worker (as of the last look at the queue)."""
-        return self._depth
+        """Jobs waiting for a worker (queued in the store: no worker claimed them yet)."""
+        return self.store.count_jobs(("queued",))
 
     def _enqueue(self, job: dict[str, Any]) -> None:
         self._share_datasources(job["project_id"])
         queued = self.sync_app.configure_task(TASK, queue=DEFAULT_QUEUE).defer(job_id=job["id"])
         self.store.update_job(job["id"], queue_job_id=queued)
-        self._depth += 1
 
     def _share_datasources(self, project_id: str) -> None:
         """Put the project's datasources file (tokens and names, no plaintext) where workers read it."""
@@ -181,7 +179,6 @@ class RemoteJobManager(JobManager):
             cursor = await connection.execute(_QUEUE_SQL)
             row = await cursor.fetchone()
         if row is not None:
-            self._depth = int(row[0])
             self.metrics.queue_depth.set(row[0])
             self.metrics.running.set(row[1])
             self.metrics.workers.set(row[2])

@@ -157,6 +157,12 @@ class Store:
         with self.engine.connect() as db:
             return {row.id: row.status for row in db.execute(query)}
 
+    def count_jobs(self, statuses: tuple[str, ...]) -> int:
+        """How many jobs (of every project) are in one of ``statuses``."""
+        query = sa.select(sa.func.count()).select_from(self.jobs).where(self.jobs.c.status.in_(statuses))
+        with self.engine.connect() as db:
+            return int(db.execute(query).scalar_one())
+
     def update_job(
         self,
         job_id: str,
@@ -258,6 +264,27 @@ class Store:
         with self.engine.connect() as db:
             row = db.execute(query).first()
         return None if row is None else bytes(row[0])
+
+    def delete_artifacts_before(self, cutoff: float) -> list[str]:
+        """Delete the stored artifacts of jobs that finished before ``cutoff``; their job ids."""
+        j, a = self.jobs.c, self.artifacts.c
+        expired = sa.select(j.id).where(j.finished_at < cutoff)
+        with self._begin() as db:
+            ids = [row[0] for row in db.execute(sa.select(a.job_id).where(a.job_id.in_(expired)))]
+            if ids:
+                db.execute(self.artifacts.delete().where(a.job_id.in_(ids)))
+        return ids
+
+    def finished_at(self, job_ids: list[str]) -> dict[str, float]:
+        """When each of ``job_ids`` finished (jobs unknown or not finished are left out)."""
+        ended: dict[str, float] = {}
+        with self.engine.connect() as db:
+            for start in range(0, len(job_ids), 500):
+                query = sa.select(self.jobs.c.id, self.jobs.c.finished_at).where(
+                    self.jobs.c.id.in_(job_ids[start : start + 500]), self.jobs.c.finished_at.is_not(None)
+                )
+                ended.update((row[0], float(row[1])) for row in db.execute(query))
+        return ended
 
     def put_datasources(self, project_id: str, text: str | None) -> None:
         """Share a project's datasources file with the workers (``None``: the project has none)."""

@@ -2,9 +2,10 @@
 
 A worker shares nothing with the server but the database: it reads the job row and the analysis
 version from the store, writes the version under its own root, runs the job in a local kernel
-(``run_job_to_envelope``, the broker included), and writes the envelope and any Parquet artifact back to
-the store. Each change of a job is a compare-and-set on (status, attempt), so a worker the server
-declared lost can no longer finish a job that another worker now runs. SIGTERM stops fetching
+(``run_job_async``, a warm one of the worker's pool when one is idle, the broker included), and
+writes the envelope and any Parquet artifact back to the store. Each change of a job is a
+compare-and-set on (status, attempt), so a worker the server declared lost can no longer finish
+a job that another worker now runs. SIGTERM stops fetching
 jobs and lets running ones finish within the grace period; those still running then go back to
 the queue. If the worker dies, its guard (:mod:`.orphans`) kills its kernels. The worker's own
 ``/metrics`` reports its slots and heartbeats.
@@ -21,19 +22,23 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from analysis.errors import AnalysisError
 from analysis.runner.envelope import JobResult
-from analysis.runner.jobs import JobSpec, run_job_to_envelope
+from analysis.runner.jobs import JobSpec, run_job_async
+from analysis.runner.server.config import default_pool_size
 from analysis.runner.server.manager import failure, final_envelope, materialize
 from analysis.runner.server.orphans import start_guard
 from analysis.runner.server.queue import DEFAULT_QUEUE, TASK, ensure_schema, open_app
 from analysis.runner.server.store import Store, open_store
 
-__all__ = ["WorkerConfig", "WorkerMetrics", "run_worker"]
+if TYPE_CHECKING:
+    from analysis.runner.pool import KernelPool
+
+__all__ = ["WorkerConfig", "WorkerMetrics", "open_pool", "procrastinate_worker", "run_worker"]
 
 log = logging.getLogger("analysis.worker")
 
@@ -62,6 +67,9 @@ class WorkerConfig:
         Where ``/metrics`` listens (no listener when the port is ``None``).
     job_options
         Defaults of every job (``timeout_s``...; see ``JobSpec``).
+    pool_size
+        Warm kernels kept ready per project (README, "Warm kernels"); ``0``: cold kernels.
+        Default: one per slot, up to 4.
     """
 
     db_url: str
@@ -74,6 +82,12 @@ class WorkerConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     job_options: dict[str, Any] = field(default_factory=dict)
+    pool_size: int | None = None
+
+    @property
+    def warm_kernels(self) -> int:
+        """Warm kernels per project: ``pool_size``, else one per slot (up to 4)."""
+        return default_pool_size(self.concurrency) if self.pool_size is None else self.pool_size
 
 
 class WorkerMetrics:
@@ -97,8 +111,12 @@ class WorkerMetrics:
 class _Runner:
     """The task body: one store job, start to end."""
 
-    def __init__(self, app: Any, store: Store, config: WorkerConfig, name: str, metrics: WorkerMetrics):
+    def __init__(
+        self, app: Any, store: Store, config: WorkerConfig, name: str, metrics: WorkerMetrics,
+        *, pool: KernelPool | None,
+    ) -> None:  # fmt: skip
         self.app = app
+        self.pool = pool
         self.store = store
         self.config = config
         self.name = name
@@ -147,7 +165,13 @@ class _Runner:
             source_path=source, parameters=json.loads(job["parameters"]), project_id=project,
             root=self.root, trigger=job["trigger"], job_id=job["id"], artifact_dir=artifacts, **options,
         )  # fmt: skip
-        result = await run_job_to_envelope(spec)  # a cancelled job ends with its cancelled envelope
+        cancelled: list[JobResult] = []
+        try:
+            result = await run_job_async(spec, on_cancelled=cancelled.append, pool=self.pool)
+        except asyncio.CancelledError:  # aborted: the job ends with its cancelled envelope
+            if not cancelled:
+                raise
+            result = cancelled[0]
         artifact = artifacts / f"{job['id']}.parquet"
         if artifact.is_file():
             try:
@@ -216,10 +240,35 @@ async def _count_heartbeats(app: Any, worker: Any, metrics: WorkerMetrics, every
             metrics.last_heartbeat.set(float(last))
 
 
-async def run_worker(config: WorkerConfig) -> None:
-    """Run the worker until SIGTERM or SIGINT (running jobs finish within ``grace_s``)."""
+def procrastinate_worker(
+    app: Any, store: Store, config: WorkerConfig, name: str, metrics: WorkerMetrics,
+    *, pool: KernelPool | None, install_signal_handlers: bool = True,
+) -> Any:  # fmt: skip
+    """Register the job task on ``app`` and return the procrastinate worker that runs it."""
     from procrastinate import worker as procrastinate_worker
 
+    runner = _Runner(app, store, config, name, metrics, pool=pool)
+    app.task(name=TASK, queue=DEFAULT_QUEUE, pass_context=True)(runner.__call__)
+    return procrastinate_worker.Worker(
+        app, queues=list(config.queues) or None, name=name, concurrency=config.concurrency,
+        shutdown_graceful_timeout=config.grace_s, update_heartbeat_interval=config.heartbeat_s,
+        stalled_worker_timeout=max(30.0, 5 * config.heartbeat_s),
+        delete_jobs="always",  # the store keeps the history; the queue keeps only live jobs
+        install_signal_handlers=install_signal_handlers,
+    )  # fmt: skip
+
+
+def open_pool(config: WorkerConfig) -> KernelPool | None:
+    """The worker's kernel pool (``None`` with ``pool_size=0``); close it once its jobs ended."""
+    if not config.warm_kernels:
+        return None
+    from analysis.runner.pool import KernelPool
+
+    return KernelPool(config.warm_kernels)
+
+
+async def run_worker(config: WorkerConfig) -> None:
+    """Run the worker until SIGTERM or SIGINT (running jobs finish within ``grace_s``)."""
     config.root.mkdir(parents=True, exist_ok=True)
     start_guard(config.root)  # kill -9 of this process must not leave its kernels running
     name = config.name or f"{socket.gethostname()}:{os.getpid()}"
@@ -228,17 +277,11 @@ async def run_worker(config: WorkerConfig) -> None:
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, config.metrics_host, registry=metrics.registry)
     app = open_app(config.db_url)
-    runner = _Runner(app, store, config, name, metrics)
-    app.task(name=TASK, queue=DEFAULT_QUEUE, pass_context=True)(runner.__call__)
+    pool = open_pool(config)
     try:
         async with app.open_async():
             await ensure_schema(app)
-            worker: Any = procrastinate_worker.Worker(
-                app, queues=list(config.queues) or None, name=name, concurrency=config.concurrency,
-                shutdown_graceful_timeout=config.grace_s, update_heartbeat_interval=config.heartbeat_s,
-                stalled_worker_timeout=max(30.0, 5 * config.heartbeat_s),
-                delete_jobs="always",  # the store keeps the history; the queue keeps only live jobs
-            )  # fmt: skip
+            worker = procrastinate_worker(app, store, config, name, metrics, pool=pool)
             counting = asyncio.create_task(_count_heartbeats(app, worker, metrics, config.heartbeat_s))
             try:
                 log.info("worker %s: %d slots", name, config.concurrency)
@@ -246,4 +289,8 @@ async def run_worker(config: WorkerConfig) -> None:
             finally:
                 counting.cancel()
     finally:
-        store.close()
+        try:
+            if pool is not None:  # after the worker's jobs ended: their pooled kernels die with it
+                await asyncio.to_thread(pool.close)
+        finally:
+            store.close()

@@ -70,6 +70,17 @@ def store_url(request: pytest.FixtureRequest, root: Path) -> str:
 
 
 @pytest.fixture
+def in_process(store_url: str) -> None:
+    """Skip on PostgreSQL: the test is about the jobs a SQLite server dispatches itself.
+
+    Over PostgreSQL jobs go through procrastinate's queue (first in, first out) to the server's
+    local worker and to ``analysis worker`` processes (README, "Running on several machines").
+    """
+    if store_url.startswith("postgresql"):
+        pytest.skip("a PostgreSQL store queues jobs through procrastinate; this is the in-process dispatcher")
+
+
+@pytest.fixture
 def store(store_url: str) -> Iterator[Store]:
     """The test's store, opened in the test process (to mint tokens and inspect rows)."""
     opened = open_store(store_url)
@@ -97,8 +108,15 @@ class ServerProcess:
         )
 
     def kernels(self) -> list[psutil.Process]:
-        """The kernel processes of this server still alive."""
-        return [p for p in _descendants(self.popen.pid) if "analysis.kernel_app" in " ".join(p.cmdline())]
+        """The kernel processes of this server still alive (not zombies killed and not yet reaped)."""
+        alive = []
+        for process in _descendants(self.popen.pid):
+            try:
+                if "analysis.kernel_app" in " ".join(process.cmdline()):
+                    alive.append(process)
+            except psutil.Error:  # ended, or a zombie
+                continue
+        return alive
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         """Signal the server and wait for it to exit; its exit code."""

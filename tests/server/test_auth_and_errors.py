@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,12 @@ def test_bad_input_gets_a_4xx_naming_the_problem(serve: Any, root: Path) -> None
         # back-pressure: one running, one queued, the next is refused with Retry-After
         http.put("/v1/projects/alpha/analyses/block", json={"source": BLOCK})
         params = {"analysis_id": "block", "parameters": {"release": str(root / "release")}}
-        assert http.post("/v1/projects/alpha/jobs", json=params).status_code == 202
+        running = http.post("/v1/projects/alpha/jobs", json=params)
+        assert running.status_code == 202
+        give_up = time.monotonic() + 120  # over PostgreSQL a worker claims it from the queue
+        while http.get(f"/v1/projects/alpha/jobs/{running.json()['id']}").json()["status"] != "running":
+            assert time.monotonic() < give_up, "the first job never started"
+            time.sleep(0.1)
         assert http.post("/v1/projects/alpha/jobs", json=params).status_code == 202
         refused = http.post("/v1/projects/alpha/jobs", json=params)
         assert refused.status_code == 429 and refused.json()["error"]["type"] == "queue_full"

@@ -41,7 +41,9 @@ def _submit(http: Any, project: str, analysis_id: str, parameters: dict[str, Any
     return job_id
 
 
-def test_a_free_slot_goes_to_the_project_served_least(serve: Any, save: Any, root: Path, final: Any) -> None:
+def test_a_free_slot_goes_to_the_project_served_least(
+    serve: Any, save: Any, root: Path, final: Any, in_process: None
+) -> None:
     for project in ("alpha", "beta"):
         save(project, "block", BLOCK)
         save(project, "hello", HELLO)
@@ -60,7 +62,9 @@ def test_a_free_slot_goes_to_the_project_served_least(serve: Any, save: Any, roo
     assert done_beta["started_at"] < done_alpha[0]["started_at"] < done_alpha[1]["started_at"]
 
 
-def test_a_project_never_runs_more_than_its_cap(serve: Any, save: Any, root: Path, final: Any) -> None:
+def test_a_project_never_runs_more_than_its_cap(
+    serve: Any, save: Any, root: Path, final: Any, in_process: None
+) -> None:
     for project in ("alpha", "beta"):
         save(project, "block", BLOCK)
         save(project, "hello", HELLO)

@@ -107,7 +107,8 @@ def test_list_filters_and_pages_and_cancel_queued_and_running(
     save("alpha", "block", BLOCK)
     save("alpha", "hello", HELLO)
     started, release = root / "started", root / "release"
-    server = serve("--max-concurrent-jobs", "1")
+    # cold kernels: the test counts the job's own kernel (warm kernels of the pool wait beside it)
+    server = serve("--max-concurrent-jobs", "1", "--pool-size", "0")
     with server.client("alpha") as http:
         params = {"started": str(started), "release": str(release)}
         blocker = http.post(
@@ -161,7 +162,7 @@ def _wait_file(path: Path, timeout: float = 90) -> None:
 
 @pytest.mark.host_files  # the analysis waits for a file the test writes
 def test_a_server_fault_fails_the_job_instead_of_leaving_it_running(
-    serve: Any, save: Any, root: Path
+    serve: Any, save: Any, root: Path, in_process: None
 ) -> None:
     save("alpha", "hello", HELLO)
     (root / "alpha" / "analysis" / "versions").write_text("a file where the versions folder goes")

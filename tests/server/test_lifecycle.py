@@ -1,4 +1,4 @@
-"""Nothing lost: kill -9 mid-job, restart, SIGTERM with and without enough grace."""
+"""Nothing lost: kill -9 mid-job, restart, SIGTERM with and without enough grace; the kernel pool."""
 
 from __future__ import annotations
 
@@ -42,6 +42,14 @@ def _wait_file(path: Path, timeout: float = 90) -> None:
         time.sleep(0.05)
 
 
+def wait_for(predicate: Any, timeout: float = 120, what: str = "condition") -> Any:
+    give_up = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < give_up, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return value
+
+
 def _gone(process: psutil.Process) -> bool:
     try:
         return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
@@ -56,9 +64,15 @@ def _start_blocked(server: Any, root: Path, retries: int = 0) -> tuple[str, list
         params = {"started": str(root / "started"), "release": str(root / "release")}
         job = http.post("/v1/projects/alpha/jobs", json={"analysis_id": "block", "parameters": params}).json()
     _wait_file(root / "started")
-    kernels = server.kernels()
-    assert len(kernels) == 1
+    kernels = server.kernels()  # the job's, and any warm kernel of the pool started by then
+    assert kernels
     return job["id"], kernels
+
+
+def _dirs_of_others(root: Path, pid: int) -> list[Path]:
+    """Job directories under ``root`` not owned by process ``pid`` (a dead server's leftovers)."""
+    dirs = root.glob("*/analysis/temp/*")
+    return [d for d in dirs if (d / "runner.pid").read_text().split()[0] != str(pid)]
 
 
 @pytest.mark.parametrize("retries", [0, 1])
@@ -82,7 +96,7 @@ def test_kill_9_mid_job_then_restart(serve: Any, root: Path, final: Any, retries
         assert job["status"] == "failed" and job["error_type"] == "worker_lost"
         assert job["envelope"]["error_type"] == "worker_lost" and job["attempt"] == 1
         assert "was not retried" in job["envelope"]["error"]
-    assert not list(root.glob("*/analysis/temp/*"))
+    assert not _dirs_of_others(root, restarted.popen.pid)
 
 
 def test_sigterm_stops_accepting_and_lets_running_jobs_finish(serve: Any, root: Path, store: Any) -> None:
@@ -109,7 +123,9 @@ def test_sigterm_stops_accepting_and_lets_running_jobs_finish(serve: Any, root: 
     assert all(_gone(k) for k in kernels)
 
 
-def test_sigterm_past_the_grace_period_cancels_running_jobs(serve: Any, root: Path, store: Any) -> None:
+def test_sigterm_past_the_grace_period_cancels_running_jobs(
+    serve: Any, root: Path, store: Any, in_process: None
+) -> None:
     server = serve("--grace", "1")
     job_id, kernels = _start_blocked(server, root)
     assert server.stop(signal.SIGTERM, timeout=120) in _CLEAN_EXIT
@@ -120,7 +136,7 @@ def test_sigterm_past_the_grace_period_cancels_running_jobs(serve: Any, root: Pa
     assert not list(root.glob("*/analysis/temp/*"))
 
 
-def test_queued_jobs_survive_a_restart(serve: Any, root: Path, final: Any) -> None:
+def test_queued_jobs_survive_a_restart(serve: Any, root: Path, final: Any, store: Any) -> None:
     server = serve("--grace", "1", "--max-concurrent-jobs", "1")
     blocked, _ = _start_blocked(server, root)
     with server.client("alpha") as http:
@@ -132,6 +148,39 @@ def test_queued_jobs_survive_a_restart(serve: Any, root: Path, final: Any) -> No
     assert server.stop(signal.SIGTERM, timeout=120) in _CLEAN_EXIT
     restarted = serve()
     with restarted.client("alpha") as http:
-        assert http.get(f"/v1/projects/alpha/jobs/{blocked}").json()["status"] == "cancelled"
+        if store.engine.dialect.name == "sqlite":  # the server ran it: cancelled past the grace
+            assert http.get(f"/v1/projects/alpha/jobs/{blocked}").json()["status"] == "cancelled"
+        else:  # its local worker ran it: queued again (the attempt does not count), run on restart
+            again = final(http, "alpha", blocked)
+            assert again["status"] == "succeeded" and again["envelope"]["result"] == "second attempt"
+            assert again["attempt"] == 1
         done = final(http, "alpha", waiting["id"])
     assert done["status"] == "succeeded" and done["envelope"]["result"] == 7 and done["attempt"] == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_the_pool_s_warm_kernels_end_with_the_server(serve: Any, root: Path, sig: int) -> None:
+    server = serve("--pool-size", "2", "--grace", "5")
+    with server.client("alpha") as http:
+        hello = {"source": "def run(ctx, parameters):\n    return 7\n"}
+        assert http.put("/v1/projects/alpha/analyses/hello", json=hello).status_code == 201
+        first = http.post("/v1/projects/alpha/jobs", json={"analysis_id": "hello", "wait": 120}).json()
+        assert first["status"] == "succeeded"
+
+        def two_warm() -> list[psutil.Process] | None:
+            kernels = server.kernels()
+            return kernels if len(kernels) == 2 else None
+
+        warm = wait_for(two_warm, what="the pool to start two warm kernels for alpha")
+        second = http.post("/v1/projects/alpha/jobs", json={"analysis_id": "hello", "wait": 120}).json()
+        assert second["status"] == "succeeded" and second["envelope"]["result"] == 7
+        wait_for(lambda: any(_gone(k) for k in warm), what="the second job to take (and end) a warm kernel")
+        kernels = wait_for(two_warm, what="the pool to refill")
+    server.stop(sig, timeout=120)
+    wait_for(lambda: all(_gone(k) for k in kernels), timeout=30, what="warm kernels to die with the server")
+    if sig == signal.SIGTERM:
+        assert not list(root.glob("*/analysis/temp/*"))
+        return
+    restarted = serve("--pool-size", "0")  # the dead server's job directories go on restart
+    assert not list(root.glob("*/analysis/temp/*"))
+    assert restarted.kernels() == []

@@ -194,19 +194,22 @@ def test_kill_9_of_a_worker_stops_its_kernel_and_the_job_runs_on_another(
     cluster: Any, tmp_path: Path
 ) -> None:
     cluster.serve("--heartbeat-timeout", "6")
-    doomed = cluster.worker("w1", "--concurrency", "1")
+    doomed = cluster.worker("w1", "--concurrency", "1", "--pool-size", "1")
     with _client(cluster) as http:
         _upload(http, "block", BLOCK, retries=1)
         job = _submit(http, "block", {"started": str(tmp_path / "started")})
         _wait_file(tmp_path / "started")
         marker = str(doomed.workdir / "root") + os.sep
-        assert _processes_with(marker), "the job's kernel should be running under w1's root"
+        give_up = time.monotonic() + 90
+        while len(_processes_with(marker)) < 2:  # the job's kernel, and the warm one of w1's pool
+            assert time.monotonic() < give_up, _processes_with(marker)
+            time.sleep(0.1)
         cluster.worker("w2", "--concurrency", "1")
         os.kill(doomed.popen.pid, signal.SIGKILL)  # the worker alone, not its namespace
         done = _final(http, job["id"], timeout=60)
         assert done["status"] == "succeeded" and done["worker"] == "w2" and done["attempt"] == 2
     give_up = time.monotonic() + 30
-    while _processes_with(marker):  # w1's kernel was killed by its guard, not left running
+    while _processes_with(marker):  # w1's kernels were killed by its guard, not left running
         assert time.monotonic() < give_up, _processes_with(marker)
         time.sleep(0.1)
 
@@ -233,6 +236,11 @@ def test_sigterm_lets_the_running_job_finish_and_takes_no_new_one(cluster: Any) 
         os.killpg(leaving.popen.pid, signal.SIGTERM)
         later = _submit(http, "where", {})
         assert leaving.popen.wait(60) is not None
+        marker = str(leaving.workdir / "root") + os.sep
+        give_up = time.monotonic() + 30
+        while _processes_with(marker):  # the pool's warm kernels too
+            assert time.monotonic() < give_up, _processes_with(marker)
+            time.sleep(0.1)
         finished = _final(http, running["id"])
         assert finished["status"] == "succeeded"
         assert _ran_on(cluster, finished) == "w1"
