@@ -118,8 +118,14 @@ def _arrow_stream(response: _Response) -> pa.RecordBatchReader:
     return pa.ipc.open_stream(pa.PythonFile(response, mode="r"))
 
 
-def _load_stream(sink: SupportsLoadData, table: str, reader: pa.RecordBatchReader) -> int:
-    """Load an ``into=`` stream, applying the casts the broker put in its schema metadata."""
+def _load_stream(sink: SupportsLoadData, table: str, response: _Response) -> int:
+    """Load an ``into=`` stream, applying the casts the broker put in its schema metadata.
+
+    Called once the request is sent: the job's DuckDB opens (its import, on a job's first
+    call) while the broker connects and runs the query, before the first bytes are awaited.
+    """
+    getattr(sink, "connection", None)
+    reader = _arrow_stream(response)
     raw = (reader.schema.metadata or {}).get(CASTS_KEY)
     if raw is None:
         return sink.load_data(table, reader)
@@ -248,7 +254,7 @@ class BrokerAccess(DataAccess):
             "into": True,
             "cache": cache_s,
         }
-        count, _ = self._call(request, DatasourceError, lambda r: _load_stream(sink, table, _arrow_stream(r)))
+        count, _ = self._call(request, DatasourceError, lambda r: _load_stream(sink, table, r))
         return count
 
     def names(self) -> list[str]:
