@@ -11,7 +11,7 @@ casts NUMERIC(p, s) (text from the driver) to DECIMAL(p, s) as it loads (unconst
 NUMERIC to DOUBLE). The driver's own NUMERIC decoding (binary to text) costs about three
 times what all the other columns of a typical table cost together, so when the result has
 NUMERIC columns the statement is described first and, if it can be, run as
-``SELECT c1, c2::text, ... FROM (query) AS q(c1, c2, ...)``: the server formats the text on
+``SELECT c0, c1::text, ... FROM (query) AS q(c0, c1, ...)``: the server formats the text on
 its own core, and the columns keep their names, order, values and DuckDB types.
 
 ``interrupt()`` (another thread) cancels the running statement with the libpq cancel request.
@@ -151,6 +151,12 @@ def _copy_body(sql: str) -> str:
     """
     body = sql.rstrip()
     return (body[:-1] if body.endswith(";") else body) + "\n"
+
+
+def _cancelled(exc: Exception) -> bool:
+    """Whether an ADBC error says the statement was cancelled (``interrupt()`` or its time limit)."""
+    text = str(exc)
+    return "57014" in (getattr(exc, "sqlstate", None) or "", text[:200]) or "canceling statement" in text
 
 
 class PostgresDatasource(ServerDatasource):
@@ -412,27 +418,30 @@ class PostgresDatasource(ServerDatasource):
             if values:
                 stmt.bind(pa.record_batch([[v] for v in values], names=[str(i) for i in range(len(values))]))
 
+        def describe() -> pa.Schema | None:
+            try:
+                return pa.schema(stmt.execute_schema())  # PREPARE and describe: nothing runs
+            except adbc_driver_manager.Error as exc:
+                if _cancelled(exc):  # interrupt() hit the describe: the statement must not run
+                    raise
+                return None
+
         use(text)
-        try:
-            described = pa.schema(stmt.execute_schema())  # PREPARE and describe: nothing runs
-        except adbc_driver_manager.Error:
-            return None  # running it says what is wrong
-        wrapped = _numeric_as_text(text, described)
-        if wrapped is None:
+        described = describe()  # None: running it says what is wrong
+        wrapped = None if described is None else _numeric_as_text(text, described)
+        if described is None or wrapped is None:
             return None
         use(wrapped)
-        try:
-            if len(pa.schema(stmt.execute_schema())) == len(described):
-                return described
-        except adbc_driver_manager.Error:  # not a query that can be wrapped (a data-modifying WITH, ...)
-            pass
+        again = describe()  # None: not a statement that can be wrapped (a data-modifying WITH, ...)
+        if again is not None and len(again) == len(described):
+            return described
         use(text)
         return None
 
     def _translate_adbc(self, exc: Exception, timeout_s: float | None) -> DatasourceError:
         text = str(exc)
         sqlstate = getattr(exc, "sqlstate", None) or ""
-        if "57014" in (sqlstate, text[:200]) or "canceling statement" in text:
+        if _cancelled(exc):
             limit = self.limit_s(timeout_s)
             if "statement timeout" in text and limit is not None:
                 return self.error(f"the statement was cancelled at its time limit of {limit:g} s")
