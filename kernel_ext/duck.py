@@ -67,15 +67,19 @@ class QueryResult:
         sql_types: Sequence[str] | None = None,
         loaded_into: str | None = None,
     ) -> None:
-        if table is None:
-            import pyarrow as pa
-
-            table = pa.table({})
-        self._table = table
-        self._row_count = table.num_rows if row_count is None else row_count
+        self._data = table  # None: built on first use (an into= result needs no pyarrow)
+        self._row_count = (table.num_rows if table is not None else 0) if row_count is None else row_count
         self._rows: list[dict[str, Any]] | None = None
         self._sql_types = list(sql_types) if sql_types is not None else None
         self.loaded_into = loaded_into
+
+    @property
+    def _table(self) -> pa.Table:
+        if self._data is None:
+            import pyarrow as pa
+
+            self._data = pa.table({})
+        return self._data
 
     @property
     def columns(self) -> list[str]:
@@ -315,6 +319,9 @@ class Duck:
     @staticmethod
     def _as_scannable(data: Any) -> Any:
         """Something DuckDB can scan in place: Arrow, pandas, polars; dict rows become Arrow."""
+        module = type(data).__module__.split(".")[0]
+        if module == "nanoarrow":  # an Arrow C stream: the broker's into= results (no pyarrow import)
+            return data
         import pyarrow as pa
 
         if isinstance(data, QueryResult):
@@ -323,7 +330,6 @@ class Duck:
             return data
         if isinstance(data, pa.RecordBatch):
             return pa.Table.from_batches([data])
-        module = type(data).__module__.split(".")[0]
         if module in ("pandas", "polars"):
             return data
         if isinstance(data, list | tuple):

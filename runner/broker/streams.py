@@ -1,8 +1,16 @@
-"""Sending a result to the kernel as an Arrow IPC stream, in body frames of at most 1 MiB."""
+"""Sending a result to the kernel as an Arrow IPC stream, in body frames of at most 1 MiB.
+
+The frames go out from a sender thread, through a queue of at most ``_AHEAD_BYTES``: while
+the kernel is still busy (its first ``into=`` imports pyarrow and DuckDB, then DuckDB loads
+each batch), the datasource's reader goes on decoding the next batches instead of waiting
+for the socket.
+"""
 
 from __future__ import annotations
 
 import json
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,15 +19,80 @@ from analysis.broker_wire import CASTS_KEY
 __all__ = ["ArrowSink"]
 
 _FRAME_BYTES = 1024 * 1024
+#: How far the reader may run ahead of the kernel: frames queued in the runner, not yet sent.
+_AHEAD_BYTES = 64 * 1024 * 1024
 
 
-class _Frames:
-    """A write-only file that hands its bytes to ``send`` in pieces of at most ``_FRAME_BYTES``."""
+class _Sender:
+    """Hands frames to ``send`` on its own thread; :meth:`put` blocks while ``_AHEAD_BYTES`` are queued.
 
-    closed = False
+    An error of ``send`` (the kernel hung up, the request was cancelled) is raised by the next
+    :meth:`put` or by :meth:`close`; frames still queued then are dropped.
+    """
 
     def __init__(self, send: Callable[[bytearray | memoryview], None]) -> None:
         self._send = send
+        self._queue: deque[bytearray | None] = deque()
+        self._queued = 0
+        self._error: BaseException | None = None
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="analysis-broker-send", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue:
+                    self._ready.wait()
+                frame = self._queue.popleft()
+            if frame is None:
+                return
+            try:
+                self._send(frame)
+            except BaseException as exc:  # handed to the reading thread
+                with self._ready:
+                    self._error = exc
+                    self._queue.clear()
+                    self._queued = 0
+                    self._ready.notify_all()
+                return
+            with self._ready:
+                self._queued -= len(frame)
+                self._ready.notify_all()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, frame: bytearray) -> None:
+        with self._ready:
+            while self._error is None and self._queued >= _AHEAD_BYTES:
+                self._ready.wait()
+            self._raise()
+            self._queue.append(frame)
+            self._queued += len(frame)
+            self._ready.notify_all()
+
+    def close(self, *, drain: bool) -> None:
+        """Stop the thread: after the queued frames (``drain``) or dropping them; raise its error, if any."""
+        with self._ready:
+            if not drain:
+                self._queue.clear()
+                self._queued = 0
+            self._queue.append(None)
+            self._ready.notify_all()
+        self._thread.join()
+        if drain:
+            self._raise()
+
+
+class _Frames:
+    """A write-only file that cuts its bytes into frames of at most ``_FRAME_BYTES`` for ``put``."""
+
+    closed = False
+
+    def __init__(self, put: Callable[[bytearray], None]) -> None:
+        self._put = put
         self._buf = bytearray()
 
     def writable(self) -> bool:
@@ -31,14 +104,14 @@ class _Frames:
             self._buf += view
             return len(view)
         self.flush()
-        for start in range(0, len(view), _FRAME_BYTES):  # a large buffer: sent in place, piece by piece
-            self._send(view[start : start + _FRAME_BYTES])
+        for start in range(0, len(view), _FRAME_BYTES):  # copied: the writer may reuse its buffer
+            self._put(bytearray(view[start : start + _FRAME_BYTES]))
         return len(view)
 
     def flush(self) -> None:
         if self._buf:
             buf, self._buf = self._buf, bytearray()
-            self._send(buf)
+            self._put(buf)
 
     def close(self) -> None:
         self.flush()
@@ -49,7 +122,8 @@ class ArrowSink:
 
     The datasource kinds end ``query_into`` with ``duck.load_data(table, data)``; here ``data``
     (an Arrow table or record batch reader) is written batch by batch as an IPC stream, so the
-    rows are never Python objects on either side.
+    rows are never Python objects on either side. While it runs, the body goes out from a
+    sender thread (see the module docstring): nothing else may write to the connection then.
     """
 
     def __init__(self, send: Callable[[bytearray | memoryview], None]) -> None:
@@ -77,12 +151,19 @@ class ArrowSink:
             raise TypeError(f"the broker streams Arrow tables and readers, not {type(data).__name__}")
         if casts is not None and any(casts):
             schema = schema.with_metadata({**(schema.metadata or {}), CASTS_KEY: json.dumps(list(casts))})
-        frames = _Frames(self._send)
+        sender = _Sender(self._send)
+        frames = _Frames(sender.put)
         rows = 0
-        with pa.ipc.new_stream(pa.PythonFile(frames, mode="w"), schema) as writer:
-            frames.flush()  # the schema now: the kernel sets up its reader while the first batch comes
-            for batch in batches:
-                writer.write_batch(batch)
-                rows += batch.num_rows
-        frames.flush()
+        try:
+            with pa.ipc.new_stream(pa.PythonFile(frames, mode="w"), schema) as writer:
+                frames.flush()  # the schema now: the kernel sets up its reader while the first batch comes
+                for batch in batches:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+                    frames.flush()  # each batch as soon as it is read: the kernel loads it meanwhile
+            frames.flush()
+        except BaseException:
+            sender.close(drain=False)
+            raise
+        sender.close(drain=True)
         return rows

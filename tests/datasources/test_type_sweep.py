@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from .conftest import servers, source_config
+from .test_jobs import job_config  # noqa: F401 - the fixture of the job test below
 
 #: column -> (MariaDB type, a value, the DuckDB type every path must give)
 MARIADB: dict[str, tuple[str, str, str]] = {
@@ -205,3 +206,37 @@ def test_postgres_into_types_columns_that_share_a_name(pg: Any, duck: Any) -> No
         ("x", "DECIMAL(4,2)"), ("x_1", "INTEGER"), ("x_2", "DECIMAL(4,2)"), ('a"b', "VARCHAR"),
     ]  # fmt: skip
     assert [str(v) for v in rel.fetchall()[0]] == ["1.50", "2", "3.25", '"q"']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_into_in_a_job_gives_every_type_as_in_process(
+    kind: str, run_script: Any, duck: Any, request: pytest.FixtureRequest
+) -> None:
+    """In a job, ``into=`` comes through the broker and the kernel reads it with nanoarrow: same table."""
+    name, columns, quote = ("pg", POSTGRES, '"') if kind == "postgres" else ("my", MARIADB, "`")
+    server = request.getfixturevalue("pg_server" if kind == "postgres" else "my_server")
+    statements = [*_create(columns, quote), "INSERT INTO sweep DEFAULT VALUES" if kind == "postgres"
+                  else "INSERT INTO sweep () VALUES ()"]  # fmt: skip
+    if kind == "postgres":
+        server.psql("; ".join(statements), database=servers.DATABASE, user=servers.USER)
+    else:
+        server.sql("SET time_zone = '+00:00'; " + "; ".join(statements), database=servers.DATABASE)
+    sql = f"SELECT * FROM sweep ORDER BY {quote}{next(iter(columns))}{quote} IS NULL"
+    as_text = "SELECT " + ", ".join(f'"{c}"::VARCHAR AS "{c}"' for c in columns) + " FROM t"
+    result = run_script(
+        "def run(ctx, parameters):\n"
+        "    ctx.query_datasource(parameters['name'], parameters['sql'], into='t')\n"
+        "    types = {r['column_name']: r['column_type'] for r in ctx.query('DESCRIBE t').rows}\n"
+        "    return {'types': types, 'rows': ctx.query(parameters['as_text']).rows}\n",
+        {"name": name, "sql": sql, "as_text": as_text},
+        datasources_file=request.getfixturevalue("job_config"),
+    )
+    assert result.success, result.to_dict()
+    source = request.getfixturevalue("pg" if kind == "postgres" else "my")
+    source.query_into(duck, "t", sql, None, timeout_s=10)
+    rel = duck.connection.sql(as_text)
+    here = [dict(zip(rel.columns, row, strict=True)) for row in rel.fetchall()]
+    assert result.result["types"] == {c: expected for c, (_, _, expected) in columns.items()}
+    assert result.result["rows"] == here
+    assert None not in here[0].values() and all(v is None for v in here[1].values())
