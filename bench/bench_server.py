@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
+import re
 import statistics
 import subprocess
 import sys
@@ -44,12 +44,6 @@ APPEND = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -60,18 +54,22 @@ def _start(root: Path, pool: list[str]) -> tuple[subprocess.Popen[bytes], str, d
     token = subprocess.run(
         [*cli, "token", "create", "--admin", "--root", str(root)], capture_output=True, text=True, check=True
     ).stdout.strip()
-    port = _free_port()
-    server = subprocess.Popen(
-        [*cli, "serve", "--root", str(root), "--port", str(port), "--max-queued-jobs", "100000", *pool],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    log = root.parent / "server.log"
+    with log.open("wb") as out:  # --port 0: the server binds a free port and prints its URL
+        server = subprocess.Popen(
+            [*cli, "serve", "--root", str(root), "--port", "0", "--max-queued-jobs", "100000", *pool],
+            stdout=subprocess.DEVNULL, stderr=out,
+        )  # fmt: skip
+    url = ""
     for _ in range(600):
+        bound = re.search(r"listening on (http://\S+)", log.read_text(errors="replace"))
+        url = bound.group(1) if bound else ""
         try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
+            if url and httpx.get(f"{url}/readyz").status_code == 200:
                 break
         except httpx.TransportError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     return server, url, {"Authorization": f"Bearer {token}"}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def add_subparsers(subparsers: Any) -> None:
     serve: argparse.ArgumentParser = subparsers.add_parser("serve", help="run the analysis HTTP service")
     _store_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--max-concurrent-jobs", type=int, default=None, metavar="N", help="default: cores")
     serve.add_argument("--max-jobs-per-project", type=int, default=None, metavar="N")
     serve.add_argument("--max-queued-jobs", type=int, default=10_000, metavar="N")
@@ -159,11 +160,37 @@ def run_serve(args: argparse.Namespace) -> int:
             if value is not None
         },
     )
-    uvicorn.run(
-        create_app(config), host=args.host, port=args.port, log_level="warning",
-        timeout_graceful_shutdown=5, lifespan="on",
-    )  # fmt: skip
+    try:
+        listener = _listen(args.host, args.port)
+    except OSError as exc:
+        sys.stderr.write(f"analysis serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n")
+        return EXIT_USAGE
+    host, port = listener.getsockname()[:2]
+    sys.stderr.write(f"analysis serve: listening on http://{_url_host(host)}:{port}\n")
+    sys.stderr.flush()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config), log_level="warning", timeout_graceful_shutdown=5, lifespan="on")
+    )
+    server.run(sockets=[listener])
     return EXIT_OK
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; port 0 takes a free one, which the socket then holds."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def run_token(args: argparse.Namespace) -> int:

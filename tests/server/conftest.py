@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -158,22 +159,26 @@ def _launch(
                 tokens[project] = create_token(store, project_id=project)
     finally:
         store.close()
-    port = servers.free_port()
     with log.open("wb") as out:
         popen = subprocess.Popen(
+            # --port 0: the server binds a free port itself and says which (no port picked here
+            # that another process could take before the server binds it)
             [sys.executable, "-m", "analysis.runner.cli", "serve", "--root", str(root), "--db", store_url,
-             "--port", str(port), *args],
+             "--port", "0", *args],
             stdout=out, stderr=subprocess.STDOUT,
             env=None if sandbox is None else {**os.environ, "ANALYSIS_SANDBOX": sandbox},
         )  # fmt: skip
-    server = ServerProcess(popen, f"http://127.0.0.1:{port}", log, tokens["admin"])
+    server = ServerProcess(popen, "", log, tokens["admin"])
     server.tokens = {k: v for k, v in tokens.items() if k != "admin"}
     give_up = time.monotonic() + 60
     while True:
         if popen.poll() is not None:
             raise RuntimeError(f"the server exited ({popen.returncode}): {server.output()}")
+        if not server.url:
+            bound = re.search(r"listening on (http://\S+)", server.output())
+            server.url = bound.group(1) if bound else ""
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200:
+            if server.url and httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200:
                 return server
         except httpx.TransportError:
             pass

@@ -8,6 +8,7 @@ jobs itself and refuses the queue's options.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -84,6 +85,20 @@ def test_bad_serve_options_are_refused_naming_the_option(root: Path) -> None:
         )  # fmt: skip
         assert done.returncode == 2 and says in done.stderr, (option, done.stderr)
     assert not (root / ".server").exists(), "nothing was created for a refused command"
+
+
+def test_a_port_in_use_is_refused_naming_it(root: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "analysis.runner.cli", "serve", "--root", str(root), "--port", str(port)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_sqlite_refuses_the_queue_s_options(root: Path) -> None:
