@@ -461,6 +461,7 @@ def test_memory_limit_too_small_to_start_names_the_limit(run_script: RunScript) 
     assert "64 MiB" in (result.error or "") and "max_memory_bytes" in (result.error or "")
 
 
+@pytest.mark.timeout(600)  # 200 MB through iopub in 64 KiB pieces: over 120 s on a loaded 2-core machine
 def test_a_huge_print_is_streamed_in_pieces(run_script: RunScript) -> None:
     import threading
 
