@@ -141,23 +141,38 @@ class LocalAccess(DataAccess):
         key = cache.query_key(source_identity(str(entry.get("kind")), entry), sql, params, into=into)
         return CacheSlot(cache, key, summary(name, key, sql), ttl_s, name)
 
+    def _start(
+        self, name: str, sql: str, params: Params, cache_s: float | None, *, into: bool
+    ) -> CacheSlot | None:
+        """Log the query; return its cache slot, if cached.
+
+        A cached query opens its datasource only on a miss (a hit needs neither the connection
+        nor the password); an uncached one opens it first, so the log line is scrubbed of the
+        password too.
+        """
+        cached = None
+        try:
+            if name in self.sources.config:
+                cached = self._cache(name, sql, params, cache_s, into=into)
+            if cached is None:
+                self._source(name)  # an unknown name fails here
+        finally:
+            emit("query:datasource", f"{name} {one_line(sql)}")
+        self._interrupted.clear()
+        return cached
+
     def query(
         self, name: str, sql: str, params: Params, *, timeout_s: float | None, cache_s: float | None = None
     ) -> pa.Table:
+        cached = self._start(name, sql, params, cache_s, into=False)
         try:
-            source = self._source(name)
-        finally:  # logged after the password is known, so the line is scrubbed of it too
-            emit("query:datasource", f"{name} {one_line(sql)}")
-        self._interrupted.clear()
-        try:
-            cached = self._cache(name, sql, params, cache_s, into=False)
             if cached is None:
-                return source.query(sql, params, timeout_s=timeout_s)
+                return self._source(name).query(sql, params, timeout_s=timeout_s)
             from analysis.cache_fill import cached_query
 
             return cached_query(
                 cached,
-                lambda: source.query(sql, params, timeout_s=timeout_s),
+                lambda: self._source(name).query(sql, params, timeout_s=timeout_s),
                 timeout_s=timeout_s,
                 cancelled=self._interrupted,
             )
@@ -176,14 +191,10 @@ class LocalAccess(DataAccess):
         timeout_s: float | None,
         cache_s: float | None = None,
     ) -> int:
+        cached = self._start(name, sql, params, cache_s, into=True)
         try:
-            source = self._source(name)
-        finally:
-            emit("query:datasource", f"{name} {one_line(sql)}")
-        self._interrupted.clear()
-        try:
-            cached = self._cache(name, sql, params, cache_s, into=True)
             if cached is None:
+                source = self._source(name)
                 return source.query_into(sink, table, sql, params, timeout_s=timeout_s)  # type: ignore[arg-type]
             from analysis.cache_fill import cached_query_into
 
@@ -191,7 +202,7 @@ class LocalAccess(DataAccess):
                 cached,
                 sink,
                 table,
-                lambda tee: source.query_into(tee, table, sql, params, timeout_s=timeout_s),  # type: ignore[arg-type]
+                lambda tee: self._source(name).query_into(tee, table, sql, params, timeout_s=timeout_s),  # type: ignore[arg-type]
                 timeout_s=timeout_s,
                 cancelled=self._interrupted,
             )
