@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from analysis.errors import DatasourceError
 from analysis.logs import emit, one_line
-from analysis.result_cache import ResultCache, cache_stats
+from analysis.result_cache import ResultCache
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -130,7 +130,7 @@ class _TeeSink:
 
 
 def _miss(cache: ResultCache, key: str, summary: str) -> None:
-    cache_stats().add(misses=1)
+    cache.stats.add(misses=1)
     emit("cache", f"miss {summary}")
 
 
