@@ -12,7 +12,9 @@ cache="1h")``:
 * through real jobs (a fresh kernel each, the cache in the runner's broker, the rows streamed
   to the kernel as Arrow IPC), timed inside the kernel: job 1 misses, jobs 2..N+1 hit (median
   of their first calls, which also import pyarrow and open DuckDB in the fresh kernel, and of
-  a second identical call in the same, warm, kernel).
+  a second identical call in the same, warm, kernel);
+* through N jobs of an ``AnalysisService(pool_size=1)``, each handed a warm pooled kernel
+  (imports done, DuckDB open), as a service's jobs are: their first calls are hits.
 
 The target: a hit takes at most 0.1 s, or at most 20% of the miss. Every figure comes from this
 one run; ratios compare them.
@@ -119,6 +121,31 @@ def through_jobs(root: Path, config: Path, work: Path, runs: int, rows: int) -> 
     return times[0], statistics.median(times[1:]), statistics.median(again[1:])
 
 
+def through_pool(root: Path, config: Path, runs: int, rows: int) -> float:
+    """The median first call (a hit) of ``runs`` jobs, each given a warm pooled kernel."""
+    from analysis.runner import AnalysisService
+
+    scripts = root / "default" / "analysis" / "scripts"
+    scripts.mkdir(parents=True, exist_ok=True)
+    (scripts / "bench_cache_job.py").write_text(SCRIPT, encoding="utf-8")
+    times = []
+    with AnalysisService(root, pool_size=1, datasources_file=config, timeout_s=600) as service:
+        assert service.pool is not None
+        service.warm_up("default")
+        for _ in range(runs):
+            give_up = time.monotonic() + 120
+            while service.pool.idle_count() < 1 and time.monotonic() < give_up:
+                time.sleep(0.02)  # each job gets a kernel that is warm already
+            warm_before = service.pool.stats["warm"]
+            result = service.submit_analysis_job("bench_cache_job", {"sql": QUERY})
+            if not result.success or result.result["rows"] != rows:
+                raise SystemExit(f"the job failed: {result.to_dict()}")
+            if service.pool.stats["warm"] != warm_before + 1:
+                raise SystemExit("a job did not get a warm kernel")
+            times.append(float(result.result["s"]))
+    return statistics.median(times)
+
+
 def main() -> int:
     """Start the server, time misses and hits, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -151,23 +178,28 @@ def main() -> int:
                 figures["in-process"] = in_process(root, config, args.runs, args.rows)
             size = sum(p.stat().st_size for p in root.glob("bench/analysis/cache/*.arrow"))
             miss, first, second = through_jobs(root, config, work, args.runs, args.rows)
-            figures["job, 1st call"] = (miss, first)
-            figures["job, 2nd call"] = (miss, second)
+            figures["job, cold kernel, 1st call"] = (miss, first)
+            figures["job, cold kernel, 2nd call"] = (miss, second)
+            warm = through_pool(root, config, args.runs, args.rows)
+            figures["job, warm pooled kernel, 1st call"] = (miss, warm)
     finally:
         pg.stop()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"{args.rows:,} rows (int, varchar, numeric(10,2), timestamp) from PostgreSQL into DuckDB")
+    print(f"load average at the end (1, 5, 15 min): {load} on {os.cpu_count()} cores")
     print(f"cache entry: {size / 2**20:.1f} MiB (Arrow IPC file)")
-    print(f"{'where':<14} {'miss (s)':>9} {'hit (s)':>9} {'hit/miss':>9} {'speed-up':>9}  target")
+    print(f"{'where':<34} {'miss (s)':>9} {'hit (s)':>9} {'hit/miss':>9} {'speed-up':>9}  target")
     for where, (miss, hit) in figures.items():
         ok = hit <= 0.1 or hit <= 0.2 * miss
         print(
-            f"{where:<14} {miss:>9.3f} {hit:>9.3f} {hit / miss:>8.1%} {miss / hit:>8.1f}x  "
+            f"{where:<34} {miss:>9.3f} {hit:>9.3f} {hit / miss:>8.1%} {miss / hit:>8.1f}x  "
             f"{'ok' if ok else 'over'} (hit <= 0.1 s or <= 20% of the miss)"
         )
     print(
         f"hits: median of {args.runs}; in-process miss: warm connection; job miss: job 1's first call "
-        "(pool empty); a job's 1st call includes importing pyarrow and opening DuckDB in its fresh "
-        "kernel, its 2nd call is the same hit in a warm kernel"
+        "(pool empty); a cold kernel's 1st call includes importing pyarrow and opening DuckDB, its 2nd "
+        "call is the same hit again; a warm pooled kernel (AnalysisService(pool_size=1)) has both done "
+        "before its job starts"
     )
     return 0
 
