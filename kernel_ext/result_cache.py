@@ -52,6 +52,8 @@ _KEY = re.compile(r"[0-9a-f]{64}")
 #: How long after its last change a file's times are trusted to tell later writes apart (the
 #: kernel stamps files from a clock that advances in ticks of at most 10 ms).
 _SETTLED_NS = 50_000_000
+#: Age past which a temporary file is a killed fill's leftover (see :meth:`ResultCache.evict`).
+_STALE_TEMP_S = 86400.0
 
 
 @dataclass
@@ -386,7 +388,16 @@ class ResultCache:
         return sorted(found, key=lambda e: e.used)
 
     def evict(self) -> None:
-        """Remove least recently used entries until the folder fits the budget."""
+        """Remove least recently used entries until the folder fits the budget, and stale temporary files.
+
+        A temporary file untouched for a day is what a fill left when its process was killed
+        (a live fill writes as its batches come); the budget does not count it, so it goes here.
+        """
+        stale = time.time() - _STALE_TEMP_S
+        for temp in self.folder.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                if temp.stat().st_mtime < stale:
+                    temp.unlink()
         entries = self.entries()
         total = sum(int(e.meta.get("bytes", 0)) for e in entries)
         for entry in entries:

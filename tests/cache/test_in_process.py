@@ -5,6 +5,7 @@ Each test counts on the server how many times its query ran (``counted(tag)``, s
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -310,3 +311,19 @@ def test_counters_are_kept_per_project(
         "count-b": {"hits": 0, "misses": 1, "stored": 1},
     }
     assert project_cache_stats()["count-a"]["bytes_read"] > 0
+
+
+def test_a_killed_fills_temporary_file_is_removed_a_day_later(
+    tmp_path: Path, sources_file: Path, counting_pg: CountingPostgres
+) -> None:
+    folder = tmp_path / "p1" / "analysis" / "cache"
+    folder.mkdir(parents=True)
+    old, fresh = folder / f".{'a' * 64}.4242.1.tmp", folder / f".{'b' * 64}.4243.1.tmp"
+    for path in (old, fresh):
+        path.write_bytes(b"\0" * 1000)  # what a runner killed mid-fill leaves
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    with _context(tmp_path, sources_file) as ctx, _lines() as lines:
+        ctx.query_datasource("pg", _sql(), [counting_pg.tag()], cache="1h")
+    assert _cache_lines(lines) == ["miss", "stored"]
+    assert not old.exists() and fresh.exists()  # a fill under way elsewhere is left alone
