@@ -13,12 +13,13 @@ implementations, one per transport of the same broker code (README, "How secrets
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from analysis.errors import DatasourceError
+from analysis.errors import AnalysisError, DatasourceError
 from analysis.logs import emit, one_line
 from analysis.redact import Redactor
 
@@ -139,27 +140,37 @@ class LocalAccess(DataAccess):
             return None
         cache = ResultCache(self.cache_dir, max_bytes=self.settings.cache_max_bytes)
         key = cache.query_key(source_identity(str(entry.get("kind")), entry), sql, params, into=into)
-        return CacheSlot(cache, key, summary(name, key, sql), ttl_s, name)
+        return CacheSlot(
+            cache, key, summary(name, key, sql), ttl_s, name, lambda hit: self._announce(name, sql, hit=hit)
+        )
 
     def _start(
         self, name: str, sql: str, params: Params, cache_s: float | None, *, into: bool
     ) -> CacheSlot | None:
-        """Log the query; return its cache slot, if cached.
+        """The query's cache slot, if it is cached; else open its datasource and log the query.
 
-        A cached query opens its datasource only on a miss (a hit needs neither the connection
-        nor the password); an uncached one opens it first, so the log line is scrubbed of the
-        password too.
+        A cached query logs itself once the cache knows whether it is a hit (the slot's
+        ``announce``), and opens its datasource only on a miss: a hit needs neither the
+        connection nor the password. Either way a datasource in use is open before the query
+        is logged, so the line is scrubbed of its password.
         """
         cached = None
+        if name in self.sources.config:
+            cached = self._cache(name, sql, params, cache_s, into=into)
+        self._interrupted.clear()
+        if cached is None:
+            self._announce(name, sql, hit=False)  # an unknown name fails here
+        return cached
+
+    def _announce(self, name: str, sql: str, *, hit: bool) -> None:
         try:
-            if name in self.sources.config:
-                cached = self._cache(name, sql, params, cache_s, into=into)
-            if cached is None:
-                self._source(name)  # an unknown name fails here
+            if not hit:
+                self._source(name)
+            else:  # the password, if it resolves, is scrubbed as on a miss; a hit works without it
+                with contextlib.suppress(AnalysisError):
+                    self.redactor.add(self.sources.password(name))
         finally:
             emit("query:datasource", f"{name} {one_line(sql)}")
-        self._interrupted.clear()
-        return cached
 
     def query(
         self, name: str, sql: str, params: Params, *, timeout_s: float | None, cache_s: float | None = None

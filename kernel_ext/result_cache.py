@@ -192,11 +192,13 @@ class ResultCache:
     def _paths(self, key: str) -> tuple[Path, Path, Path]:
         return self.folder / f"{key}.arrow", self.folder / f"{key}.json", self.folder / f"{key}.lock"
 
-    def lookup(self, key: str, ttl_s: float, summary: str) -> pa.RecordBatchReader | None:
+    def lookup(
+        self, key: str, ttl_s: float, summary: str, *, before_hit: Callable[[], None] | None = None
+    ) -> pa.RecordBatchReader | None:
         """The stored result of ``key`` if younger than ``ttl_s`` and intact; ``None`` otherwise.
 
-        ``summary`` names the query in the ``[cache] hit`` line. A corrupt entry (wrong size or
-        checksum, unreadable Arrow) is dropped and logged.
+        ``summary`` names the query in the ``[cache] hit`` line; ``before_hit`` runs just before
+        that line. A corrupt entry (wrong size or checksum, unreadable Arrow) is dropped and logged.
         """
         import pyarrow as pa
 
@@ -213,6 +215,8 @@ class ResultCache:
         # broker's stream) starts on the first piece while the rest follows
         pieces = [b.slice(i, _BATCH_ROWS) for b in batches for i in range(0, max(b.num_rows, 1), _BATCH_ROWS)]
         self.stats.add(hits=1, bytes_read=int(found[0]["bytes"]))
+        if before_hit is not None:
+            before_hit()
         emit("cache", f"hit {summary}")
         return pa.RecordBatchReader.from_batches(reader.schema, pieces)
 
