@@ -89,9 +89,9 @@ class _Response:
 
     def read(self, size: int = -1) -> bytearray:
         """Up to ``size`` bytes (all, if negative): one copy out of the frames, which pyarrow keeps as is."""
-        while self._pos >= len(self._buf) and self.final is None:
+        while size and self._pos >= len(self._buf) and self.final is None:
             self._next()
-        if self._pos == 0 and size == len(self._buf):  # a whole frame: handed over, no copy
+        if size > 0 and self._pos == 0 and size == len(self._buf):  # a whole frame: handed over, no copy
             piece, self._buf = self._buf, bytearray()
             return piece
         out = bytearray()
