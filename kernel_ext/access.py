@@ -13,12 +13,13 @@ implementations, one per transport of the same broker code (README, "How secrets
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from analysis.errors import DatasourceError
+from analysis.errors import AnalysisError, DatasourceError
 from analysis.logs import emit, one_line
 from analysis.redact import Redactor
 
@@ -139,25 +140,50 @@ class LocalAccess(DataAccess):
             return None
         cache = ResultCache(self.cache_dir, max_bytes=self.settings.cache_max_bytes)
         key = cache.query_key(source_identity(str(entry.get("kind")), entry), sql, params, into=into)
-        return CacheSlot(cache, key, summary(name, key, sql), ttl_s, name)
+        return CacheSlot(
+            cache, key, summary(name, key, sql), ttl_s, name, lambda hit: self._announce(name, sql, hit=hit)
+        )
+
+    def _start(
+        self, name: str, sql: str, params: Params, cache_s: float | None, *, into: bool
+    ) -> CacheSlot | None:
+        """The query's cache slot, if it is cached; else open its datasource and log the query.
+
+        A cached query logs itself once the cache knows whether it is a hit (the slot's
+        ``announce``), and opens its datasource only on a miss: a hit needs neither the
+        connection nor the password. Either way a datasource in use is open before the query
+        is logged, so the line is scrubbed of its password.
+        """
+        cached = None
+        if name in self.sources.config:
+            cached = self._cache(name, sql, params, cache_s, into=into)
+        self._interrupted.clear()
+        if cached is None:
+            self._announce(name, sql, hit=False)  # an unknown name fails here
+        return cached
+
+    def _announce(self, name: str, sql: str, *, hit: bool) -> None:
+        try:
+            if not hit:
+                self._source(name)
+            else:  # the password, if it resolves, is scrubbed as on a miss; a hit works without it
+                with contextlib.suppress(AnalysisError):
+                    self.redactor.add(self.sources.password(name))
+        finally:
+            emit("query:datasource", f"{name} {one_line(sql)}")
 
     def query(
         self, name: str, sql: str, params: Params, *, timeout_s: float | None, cache_s: float | None = None
     ) -> pa.Table:
+        cached = self._start(name, sql, params, cache_s, into=False)
         try:
-            source = self._source(name)
-        finally:  # logged after the password is known, so the line is scrubbed of it too
-            emit("query:datasource", f"{name} {one_line(sql)}")
-        self._interrupted.clear()
-        try:
-            cached = self._cache(name, sql, params, cache_s, into=False)
             if cached is None:
-                return source.query(sql, params, timeout_s=timeout_s)
+                return self._source(name).query(sql, params, timeout_s=timeout_s)
             from analysis.cache_fill import cached_query
 
             return cached_query(
                 cached,
-                lambda: source.query(sql, params, timeout_s=timeout_s),
+                lambda: self._source(name).query(sql, params, timeout_s=timeout_s),
                 timeout_s=timeout_s,
                 cancelled=self._interrupted,
             )
@@ -176,14 +202,10 @@ class LocalAccess(DataAccess):
         timeout_s: float | None,
         cache_s: float | None = None,
     ) -> int:
+        cached = self._start(name, sql, params, cache_s, into=True)
         try:
-            source = self._source(name)
-        finally:
-            emit("query:datasource", f"{name} {one_line(sql)}")
-        self._interrupted.clear()
-        try:
-            cached = self._cache(name, sql, params, cache_s, into=True)
             if cached is None:
+                source = self._source(name)
                 return source.query_into(sink, table, sql, params, timeout_s=timeout_s)  # type: ignore[arg-type]
             from analysis.cache_fill import cached_query_into
 
@@ -191,7 +213,7 @@ class LocalAccess(DataAccess):
                 cached,
                 sink,
                 table,
-                lambda tee: source.query_into(tee, table, sql, params, timeout_s=timeout_s),  # type: ignore[arg-type]
+                lambda tee: self._source(name).query_into(tee, table, sql, params, timeout_s=timeout_s),  # type: ignore[arg-type]
                 timeout_s=timeout_s,
                 cancelled=self._interrupted,
             )

@@ -87,7 +87,13 @@ class _Response:
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int = -1) -> bytearray:
+        """Up to ``size`` bytes (all, if negative): one copy out of the frames, which pyarrow keeps as is."""
+        while size and self._pos >= len(self._buf) and self.final is None:
+            self._next()
+        if size > 0 and self._pos == 0 and size == len(self._buf):  # a whole frame: handed over, no copy
+            piece, self._buf = self._buf, bytearray()
+            return piece
         out = bytearray()
         while size < 0 or len(out) < size:
             if self._pos >= len(self._buf):
@@ -98,7 +104,7 @@ class _Response:
             end = len(self._buf) if size < 0 else min(len(self._buf), self._pos + size - len(out))
             out += memoryview(self._buf)[self._pos : end]
             self._pos = end
-        return bytes(out)
+        return out
 
     def readinto(self, target: Any) -> int:
         """Fill ``target`` with the body's next bytes (fewer only at its end); how nanoarrow reads."""

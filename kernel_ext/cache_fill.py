@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from analysis.errors import DatasourceError
 from analysis.logs import emit, one_line
-from analysis.result_cache import ResultCache, cache_stats
+from analysis.result_cache import ResultCache
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -45,14 +45,24 @@ _IDENTITY_KEYS = ("kind", "host", "port", "database", "user", "path")
 _Opener = Callable[["pa.Schema"], "pa.ipc.RecordBatchFileWriter"]
 
 
+def _quiet(hit: bool) -> None:
+    """The default ``announce`` of a :class:`CacheSlot`: nothing to do."""
+
+
 class CacheSlot(NamedTuple):
-    """Where one query's result is cached: the project's cache, the key, its log summary, the TTL."""
+    """Where one query's result is cached: the project's cache, the key, its log summary, the TTL.
+
+    ``announce(hit)`` runs once, when it is known whether the query is a hit, before the
+    ``[cache] hit`` or ``[cache] miss`` line: the caller logs the query there (and, on a miss,
+    opens the datasource first, so the line is scrubbed of its password).
+    """
 
     cache: ResultCache
     key: str
     summary: str
     ttl_s: float
     datasource: str
+    announce: Callable[[bool], None] = _quiet
 
 
 def parse_ttl(value: object) -> float | None:
@@ -130,7 +140,7 @@ class _TeeSink:
 
 
 def _miss(cache: ResultCache, key: str, summary: str) -> None:
-    cache_stats().add(misses=1)
+    cache.stats.add(misses=1)
     emit("cache", f"miss {summary}")
 
 
@@ -142,14 +152,16 @@ def cached_query(
     cancelled: threading.Event,
 ) -> pa.Table:
     """The result of ``run()``, from the cache when an entry younger than ``ttl_s`` is there."""
-    cache, key, summary, ttl_s, datasource = slot
-    found = cache.lookup(key, ttl_s, summary)
+    cache, key, summary, ttl_s, datasource, announce = slot
+    found = cache.lookup(key, ttl_s, summary, before_hit=lambda: announce(True))
     if found is not None:
         return found.read_all()
     with cache.filling(key, timeout_s=timeout_s, cancelled=cancelled):
-        found = cache.lookup(key, ttl_s, summary)  # filled by another run while this one waited
+        # filled by another run while this one waited?
+        found = cache.lookup(key, ttl_s, summary, before_hit=lambda: announce(True))
         if found is not None:
             return found.read_all()
+        announce(False)
         _miss(cache, key, summary)
 
         extra: dict[str, Any] = {"datasource": datasource, "into": False}
@@ -173,10 +185,10 @@ def cached_query_into(
     cancelled: threading.Event,
 ) -> int:
     """``run(sink)`` (a ``query_into``), or the cached result streamed into ``sink.load_data(table)``."""
-    cache, key, summary, ttl_s, datasource = slot
+    cache, key, summary, ttl_s, datasource, announce = slot
 
     def hit() -> int | None:
-        found = cache.lookup(key, ttl_s, summary)
+        found = cache.lookup(key, ttl_s, summary, before_hit=lambda: announce(True))
         if found is None:
             return None
         return sink.load_data(table, found, casts=cache.casts(key))
@@ -188,6 +200,7 @@ def cached_query_into(
         count = hit()
         if count is not None:
             return count
+        announce(False)
         _miss(cache, key, summary)
         extra: dict[str, Any] = {"datasource": datasource, "into": True}
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from analysis.logs import emit
-from analysis.result_cache import ResultCache, cache_stats
+from analysis.result_cache import ResultCache
 
 if TYPE_CHECKING:
     from analysis.files._http import HttpSession
@@ -63,7 +63,7 @@ def cached_get(
             if last:
                 emit("cache", f"changed {summary}")
             return None
-        cache_stats().add(hits=1, bytes_read=int(meta["bytes"]))
+        cache.stats.add(hits=1, bytes_read=int(meta["bytes"]))
         emit("cache", f"hit {summary}")
         with data.open("rb") as handle:
             while piece := handle.read(_PIECE):
@@ -77,7 +77,7 @@ def cached_get(
         served = hit(last=True)
         if served is not None:
             return served
-        cache_stats().add(misses=1)
+        cache.stats.add(misses=1)
         emit("cache", f"miss {summary}")
         body = bytearray()
         headers = http.get(f"/api/files/{file_id}/content", body.extend, file_id=file_id)

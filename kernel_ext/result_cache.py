@@ -10,6 +10,12 @@ same class. Entries are Arrow IPC files under ``{root}/{project}/analysis/cache/
 - ``<key>.lock``: taken (``flock``) by whoever fills the entry, so when several threads or
   processes miss the same key at once one runs the query and the others wait and then hit.
 
+A hit checks the data file's SHA-256 against the metadata once per process: after that, while
+the file's identity and times (device, inode, size, modification and change time) stay what
+they were, the check is remembered (:class:`_Verified`). Any write to the file changes its
+change time, which no one can set back, so a file damaged through the file system is still
+caught; a change time is remembered only once the clock has moved past it.
+
 The key is the SHA-256 of the datasource's identity (kind, host, port, database, user or path),
 the exact SQL and the bound parameters. Logs say ``[cache] hit|miss|stored|dropped <summary>``,
 never a parameter value. A size budget per project evicts the least recently used entries.
@@ -37,17 +43,22 @@ from analysis.logs import emit
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["CacheStats", "ResultCache", "cache_stats"]
+__all__ = ["CacheStats", "ResultCache", "cache_stats", "project_cache_stats"]
 
 _T = TypeVar("_T")
 _LOCK_POLL_S = 0.05
 _BATCH_ROWS = 64 * 1024
 _KEY = re.compile(r"[0-9a-f]{64}")
+#: How long after its last change a file's times are trusted to tell later writes apart (the
+#: kernel stamps files from a clock that advances in ticks of at most 10 ms).
+_SETTLED_NS = 50_000_000
+#: Age past which a temporary file is a killed fill's leftover (see :meth:`ResultCache.evict`).
+_STALE_TEMP_S = 86400.0
 
 
 @dataclass
 class CacheStats:
-    """Counters of this process's result caches, for the server to export."""
+    """Counters of one project's result cache in this process, for the server to export."""
 
     hits: int = 0
     misses: int = 0
@@ -70,12 +81,65 @@ class CacheStats:
             return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
-_STATS = CacheStats()
+_PROJECTS: dict[str, CacheStats] = {}
+_PROJECTS_LOCK = threading.Lock()
 
 
-def cache_stats() -> CacheStats:
-    """This process's cache counters (all projects)."""
-    return _STATS
+class _Verified:
+    """Data files whose checksum this process has checked, by path, with the stat that was checked."""
+
+    _MAX = 4096
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def signature(stat: os.stat_result) -> tuple[int, ...]:
+        return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+    def known(self, path: Path, stat: os.stat_result, digest: object) -> bool:
+        """Whether ``path`` as ``stat`` describes it was found to have ``digest`` before."""
+        with self._lock:
+            return self._seen.get(str(path)) == (self.signature(stat), digest)
+
+    def remember(self, path: Path, stat: os.stat_result, digest: str) -> None:
+        """Remember that ``path`` had ``digest``, once its change time is in the past."""
+        if time.time_ns() - stat.st_ctime_ns < _SETTLED_NS:
+            return  # a write in the same clock tick would leave the times as they are
+        with self._lock:
+            self._seen.pop(str(path), None)
+            self._seen[str(path)] = (self.signature(stat), digest)
+            while len(self._seen) > self._MAX:
+                del self._seen[next(iter(self._seen))]
+
+    def forget(self, path: Path) -> None:
+        with self._lock:
+            self._seen.pop(str(path), None)
+
+
+_VERIFIED = _Verified()
+
+
+def cache_stats(project: str | None = None) -> CacheStats:
+    """The cache counters of ``project`` in this process; without one, a sum over all projects.
+
+    A project's counters are live (and created on first use); the sum is a copy.
+    """
+    if project is not None:
+        with _PROJECTS_LOCK:
+            return _PROJECTS.setdefault(project, CacheStats())
+    total = CacheStats()
+    for counts in project_cache_stats().values():
+        total.add(**counts)
+    return total
+
+
+def project_cache_stats() -> dict[str, dict[str, int]]:
+    """Every project's counters in this process (project id -> counter name -> value)."""
+    with _PROJECTS_LOCK:
+        projects = dict(_PROJECTS)
+    return {project: stats.snapshot() for project, stats in sorted(projects.items())}
 
 
 @dataclass(frozen=True)
@@ -96,11 +160,14 @@ class ResultCache:
         ``{root}/{project}/analysis/cache``; created on first store.
     max_bytes
         The project's size budget; least recently used entries go past it.
+
+    Its hits, misses and bytes count in :func:`cache_stats` of the project the folder belongs to.
     """
 
     def __init__(self, folder: Path, *, max_bytes: int) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
+        self.stats = cache_stats(folder.parent.parent.name)
 
     # -- keys -----------------------------------------------------------------------------------
     @staticmethod
@@ -125,11 +192,13 @@ class ResultCache:
     def _paths(self, key: str) -> tuple[Path, Path, Path]:
         return self.folder / f"{key}.arrow", self.folder / f"{key}.json", self.folder / f"{key}.lock"
 
-    def lookup(self, key: str, ttl_s: float, summary: str) -> pa.RecordBatchReader | None:
+    def lookup(
+        self, key: str, ttl_s: float, summary: str, *, before_hit: Callable[[], None] | None = None
+    ) -> pa.RecordBatchReader | None:
         """The stored result of ``key`` if younger than ``ttl_s`` and intact; ``None`` otherwise.
 
-        ``summary`` names the query in the ``[cache] hit`` line. A corrupt entry (wrong size or
-        checksum, unreadable Arrow) is dropped and logged.
+        ``summary`` names the query in the ``[cache] hit`` line; ``before_hit`` runs just before
+        that line. A corrupt entry (wrong size or checksum, unreadable Arrow) is dropped and logged.
         """
         import pyarrow as pa
 
@@ -145,7 +214,9 @@ class ResultCache:
         # pieces of at most _BATCH_ROWS (zero-copy slices): the reader's consumer (DuckDB, the
         # broker's stream) starts on the first piece while the rest follows
         pieces = [b.slice(i, _BATCH_ROWS) for b in batches for i in range(0, max(b.num_rows, 1), _BATCH_ROWS)]
-        _STATS.add(hits=1, bytes_read=int(found[0]["bytes"]))
+        self.stats.add(hits=1, bytes_read=int(found[0]["bytes"]))
+        if before_hit is not None:
+            before_hit()
         emit("cache", f"hit {summary}")
         return pa.RecordBatchReader.from_batches(reader.schema, pieces)
 
@@ -161,8 +232,9 @@ class ResultCache:
         """Remove an entry (``[cache] dropped <key> (<why>)``)."""
         data, meta, _ = self._paths(key)
         for path in (meta, data, data.with_suffix(".body")):
+            _VERIFIED.forget(path)
             path.unlink(missing_ok=True)
-        _STATS.add(dropped=1)
+        self.stats.add(dropped=1)
         emit("cache", f"dropped {key[:12]} ({why})")
 
     # -- filling --------------------------------------------------------------------------------
@@ -256,14 +328,18 @@ class ResultCache:
             return None
         try:
             with data.open("rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+                stat = os.fstat(handle.fileno())
+                if _VERIFIED.known(data, stat, meta.get("sha256")) and stat.st_size == meta.get("bytes"):
+                    digest = meta["sha256"]
+                else:
+                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
         except OSError as exc:
             self.drop(key, f"unreadable: {exc.strerror}")
             return None
-        if size != meta.get("bytes") or digest != meta.get("sha256"):
+        if stat.st_size != meta.get("bytes") or digest != meta.get("sha256"):
             self.drop(key, "corrupt: its size or checksum does not match")
             return None
+        _VERIFIED.remember(data, stat, digest)
         _touch(meta_path)
         return meta, data
 
@@ -279,6 +355,7 @@ class ResultCache:
             size = os.fstat(handle.fileno()).st_size
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
         os.chmod(temp, 0o600)  # query results: readable by the runner's user only
+        _VERIFIED.forget(data)
         os.replace(temp, data)
         meta = {"created": time.time(), "bytes": size, "sha256": digest, "summary": summary}
         meta.update(extra or {})
@@ -291,7 +368,7 @@ class ResultCache:
         finally:
             meta_temp.unlink(missing_ok=True)
         _touch(self._paths(key)[1])
-        _STATS.add(stored=1, bytes_written=size)
+        self.stats.add(stored=1, bytes_written=size)
         emit("cache", f"stored {summary} ({size} bytes)")
         self.evict()
 
@@ -315,7 +392,16 @@ class ResultCache:
         return sorted(found, key=lambda e: e.used)
 
     def evict(self) -> None:
-        """Remove least recently used entries until the folder fits the budget."""
+        """Remove least recently used entries until the folder fits the budget, and stale temporary files.
+
+        A temporary file untouched for a day is what a fill left when its process was killed
+        (a live fill writes as its batches come); the budget does not count it, so it goes here.
+        """
+        stale = time.time() - _STALE_TEMP_S
+        for temp in self.folder.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                if temp.stat().st_mtime < stale:
+                    temp.unlink()
         entries = self.entries()
         total = sum(int(e.meta.get("bytes", 0)) for e in entries)
         for entry in entries:
@@ -323,12 +409,13 @@ class ResultCache:
                 break
             self.remove(entry.key)
             total -= int(entry.meta.get("bytes", 0))
-            _STATS.add(evicted=1)
+            self.stats.add(evicted=1)
             emit("cache", f"evicted {entry.meta.get('summary', entry.key[:12])}")
 
     def remove(self, key: str) -> None:
         """Remove an entry and its lock file."""
         for path in (*self._paths(key), self.folder / f"{key}.body"):
+            _VERIFIED.forget(path)
             path.unlink(missing_ok=True)
 
 

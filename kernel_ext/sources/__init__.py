@@ -136,6 +136,14 @@ class Datasources:
         self._open[name] = source
         return source
 
+    def password(self, name: str) -> Any:
+        """The password of datasource ``name`` (a ``Secret``), resolved without opening it; ``None`` if none.
+
+        Raises what resolving raises (a wrong key, an unset variable).
+        """
+        entry = self.config.get(name)
+        return None if entry is None else self._with_password(name, entry).get("password")
+
     def _with_password(self, name: str, entry: Mapping[str, Any]) -> dict[str, Any]:
         """``entry`` with ``password_env``/``password_encrypted`` resolved into a ``Secret`` ``password``."""
         if not {"password", "password_env", "password_encrypted"} & set(entry):

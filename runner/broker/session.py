@@ -11,6 +11,7 @@ job's log in order.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 import threading
@@ -228,22 +229,27 @@ class BrokerSession:
     def _watch(self) -> Iterator[None]:
         """Cancel the request if the kernel disconnects or sends anything, or the deadline passes."""
         done = threading.Event()
-        thread = threading.Thread(target=self._watcher, args=(done, self.cancel), daemon=True)
+        wake_r, wake_w = os.pipe()  # ends the watcher's poll at once when the answer is complete
+        thread = threading.Thread(target=self._watcher, args=(done, self.cancel, wake_r), daemon=True)
         thread.start()
         try:
             yield
         finally:
             done.set()
+            os.write(wake_w, b"x")
             thread.join()
+            os.close(wake_r)
+            os.close(wake_w)
 
-    def _watcher(self, done: threading.Event, cancel: Callable[[], None]) -> None:
+    def _watcher(self, done: threading.Event, cancel: Callable[[], None], wake: int) -> None:
         poller = select.poll()
         poller.register(self.sock, _WATCH_EVENTS)
+        poller.register(wake, select.POLLIN)
         process = psutil.Process()
         limit = self.server.limits.max_request_memory_bytes
         ceiling = None if limit is None else process.memory_info().rss + limit
         while not done.is_set():
-            if poller.poll(_POLL_MS):
+            if any(fd != wake for fd, _ in poller.poll(_POLL_MS)):
                 self._broken = True
             if ceiling is not None and process.memory_info().rss > ceiling:
                 self._over_memory = True

@@ -1,13 +1,46 @@
-"""Prometheus metrics of one server (its own registry: no process-global state)."""
+"""Prometheus metrics of one server (its own registry), and the result cache's counters per project.
+
+The cache counters are those of the jobs this process ran: their data brokers run here
+(``analysis.result_cache.project_cache_stats``; README: "Result cache").
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = ["ServerMetrics"]
 
 _SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 _BYTES = (1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9)
+
+
+_CACHE_COUNTERS = (
+    ("hits", "analysis_cache_hits", "Result cache hits (queries and files served from the cache)."),
+    ("misses", "analysis_cache_misses", "Result cache misses (the query ran, or the file was fetched)."),
+    ("stored", "analysis_cache_stored", "Results stored in the result cache."),
+    ("dropped", "analysis_cache_dropped", "Damaged result cache entries dropped."),
+    ("evicted", "analysis_cache_evicted", "Result cache entries evicted for the size budget."),
+    ("bytes_read", "analysis_cache_read_bytes", "Bytes served from the result cache."),
+    ("bytes_written", "analysis_cache_written_bytes", "Bytes written to the result cache."),
+)
+
+
+class CacheCollector(Collector):
+    """The result cache's counters of this process, one series per project."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        from analysis.result_cache import project_cache_stats
+
+        by_project = project_cache_stats()
+        for field, name, documentation in _CACHE_COUNTERS:
+            family = CounterMetricFamily(name, documentation, labels=["project"])
+            for project, counts in by_project.items():
+                family.add_metric([project], counts[field])
+            yield family
 
 
 class ServerMetrics:
@@ -43,6 +76,7 @@ class ServerMetrics:
         self.workers = Gauge(
             "analysis_workers", "Workers registered in the queue (serve --workers).", registry=r
         )
+        r.register(CacheCollector())
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -105,3 +105,28 @@ def test_a_kernel_hanging_up_mid_fill_leaves_no_entry(
     assert [line.split()[1] for line in logs if line.startswith("[cache]")] == ["miss", "stored"]
     assert not any(tag in line for line in logs)
     assert counting_pg.calls(tag) == 2
+
+
+def test_a_cached_query_is_logged_without_the_password(broker: BrokerServer) -> None:
+    from .conftest import servers
+
+    # a query that quotes the datasource's password: the broker learns it when it opens the
+    # datasource, which a cached query does only on a miss, before its line is logged
+    sql = f"SELECT '{servers.PASSWORD}' AS p, 'ok' AS q"
+    request = {"op": "query", "name": "pg", "sql": sql, "params": None, "into": True, "cache": 3600}
+    lines: list[str] = []
+    for _ in range(2):
+        with _connect(broker) as sock:
+            _send(sock, request)
+            logs, final = _logs_until_final(sock)
+        assert final == {"ok": True, "rows": 1}
+        lines += logs
+    assert [line.split()[:2] for line in lines if not line.startswith("[load_data]")] == [
+        ["[query:datasource]", "pg"],
+        ["[cache]", "miss"],
+        ["[cache]", "stored"],
+        ["[query:datasource]", "pg"],
+        ["[cache]", "hit"],
+    ]
+    assert not any(servers.PASSWORD in line for line in lines), lines
+    assert "SELECT '***' AS p" in lines[0]

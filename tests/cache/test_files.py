@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,13 @@ class CountingFiles:
 
         self.root = root
         self.content_gets = 0
+        self.content_delay_s = 0.0  # a slow backend: each content GET waits this long first
         self._app = create_app(root, token=TOKEN)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].endswith("/content"):
             self.content_gets += 1
+            await asyncio.sleep(self.content_delay_s)
         await self._app(scope, receive, send)
 
 
@@ -118,3 +122,23 @@ def test_a_job_reads_a_file_through_the_brokers_cache(
     ]
     assert server.content_gets == 1
     assert list((root / "default" / "analysis" / "cache").glob("*.body"))  # in the runner's project folder
+
+
+def test_concurrent_misses_fetch_a_file_once(tmp_path: Path, files_server: tuple[CountingFiles, str]) -> None:
+    server, url = files_server
+    server.content_delay_s = 1.0  # the first fetch is still running when the others miss
+    start = threading.Barrier(3)
+    results: list[tuple[Any, list[str]]] = []
+
+    def one() -> None:
+        start.wait()
+        results.append(_read(tmp_path, url, cache="1h"))
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [text for text, _ in results] == ["region,amount\nnorth,10\nsouth,7\n"] * 3
+    assert sorted(lines for _, lines in results) == [["hit"], ["hit"], ["miss", "stored"]]
+    assert server.content_gets == 1

@@ -5,6 +5,7 @@ Each test counts on the server how many times its query ran (``counted(tag)``, s
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -12,13 +13,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from analysis.config import Settings
 from analysis.context import Context
 from analysis.deadline import Deadline
 from analysis.errors import DatasourceError, JobTimeoutError
 from analysis.logs import redirect_emit
-from analysis.result_cache import cache_stats
+from analysis.result_cache import cache_stats, project_cache_stats
 
 from .conftest import CountingPostgres
 
@@ -251,3 +253,77 @@ def test_a_bad_default_duration_names_the_datasource(tmp_path: Path, sources_fil
         ),
     ):
         ctx.query_datasource("pg_default", "SELECT 1")
+
+
+def test_a_hit_does_not_open_the_datasource(
+    tmp_path: Path, sources_file: Path, counting_pg: CountingPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tag = counting_pg.tag()
+    with _context(tmp_path, sources_file) as ctx:
+        ctx.query_datasource("pg", _sql(), [tag], into="t", cache="1h")
+        ctx.query_datasource("pg", _sql(), [tag], cache="1h")
+    # the password can no longer be decrypted: only a query that reaches the database needs it
+    monkeypatch.setenv("ANALYSIS_SECRET_KEY", Fernet.generate_key().decode())
+    with _context(tmp_path, sources_file) as ctx, _lines() as lines:
+        n = ctx.query_datasource("pg", _sql(), [tag], into="t", cache="1h").row_count
+        rows = ctx.query_datasource("pg", _sql(), [tag], cache="1h").rows
+        with pytest.raises(DatasourceError, match="ANALYSIS_SECRET_KEY"):
+            ctx.query_datasource("pg", _sql(4), [tag], cache="1h")  # a miss
+    assert n == 3 and rows == [{"n": i, "c": 1} for i in (1, 2, 3)]
+    assert _cache_lines(lines) == ["hit", "hit"]  # the miss failed opening the datasource
+    assert counting_pg.calls(tag) == 2
+
+
+def test_damage_after_a_checked_hit_is_still_caught(
+    tmp_path: Path, sources_file: Path, counting_pg: CountingPostgres
+) -> None:
+    tag = counting_pg.tag()
+    with _context(tmp_path, sources_file) as ctx, _lines() as lines:
+        ctx.query_datasource("pg", _sql(50), [tag], into="t", cache="1h")
+        time.sleep(0.2)  # the entry's change time is in the past: the first hit's check is remembered
+        ctx.query_datasource("pg", _sql(50), [tag], into="t", cache="1h")
+        [data] = (tmp_path / "p1" / "analysis" / "cache").glob("*.arrow")
+        with data.open("r+b") as handle:  # one byte flipped in place: same file, same size
+            handle.seek(data.stat().st_size // 2)
+            byte = handle.read(1)[0]
+            handle.seek(-1, 1)
+            handle.write(bytes([byte ^ 0xFF]))
+        again = ctx.query_datasource("pg", _sql(50), [tag], into="t", cache="1h").row_count
+        total = ctx.query("SELECT sum(n) AS s FROM t").rows[0]["s"]
+    assert again == 50 and total == 50 * 51 // 2
+    assert _cache_lines(lines) == ["miss", "stored", "hit", "dropped", "miss", "stored"]
+    assert counting_pg.calls(tag) == 2
+
+
+def test_counters_are_kept_per_project(
+    tmp_path: Path, sources_file: Path, counting_pg: CountingPostgres
+) -> None:
+    tag = counting_pg.tag()
+    projects = ("count-a", "count-b")
+    before = {p: cache_stats(p).snapshot() for p in projects}
+    for project in ("count-a", "count-a", "count-b"):
+        with _context(tmp_path, sources_file, project=project) as ctx:
+            ctx.query_datasource("pg", _sql(), [tag], cache="1h")
+    after = {p: cache_stats(p).snapshot() for p in projects}
+    delta = {p: {k: after[p][k] - before[p][k] for k in ("hits", "misses", "stored")} for p in projects}
+    assert delta == {
+        "count-a": {"hits": 1, "misses": 1, "stored": 1},
+        "count-b": {"hits": 0, "misses": 1, "stored": 1},
+    }
+    assert project_cache_stats()["count-a"]["bytes_read"] > 0
+
+
+def test_a_killed_fills_temporary_file_is_removed_a_day_later(
+    tmp_path: Path, sources_file: Path, counting_pg: CountingPostgres
+) -> None:
+    folder = tmp_path / "p1" / "analysis" / "cache"
+    folder.mkdir(parents=True)
+    old, fresh = folder / f".{'a' * 64}.4242.1.tmp", folder / f".{'b' * 64}.4243.1.tmp"
+    for path in (old, fresh):
+        path.write_bytes(b"\0" * 1000)  # what a runner killed mid-fill leaves
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    with _context(tmp_path, sources_file) as ctx, _lines() as lines:
+        ctx.query_datasource("pg", _sql(), [counting_pg.tag()], cache="1h")
+    assert _cache_lines(lines) == ["miss", "stored"]
+    assert not old.exists() and fresh.exists()  # a fill under way elsewhere is left alone
