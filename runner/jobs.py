@@ -621,7 +621,7 @@ async def run_job_async(
             job_dir, claimed, job.job_dir, job.kernel = warm.job_dir, True, warm.job_dir, warm.kernel
             client = AsyncKernelClient()
             client.load_connection_info(job.kernel.connection_info)
-            client.start_channels(hb=False)  # its thread spins if stopped before it ran (a dead kernel)
+            client.start_channels(hb=False)  # no heartbeat thread, as below
             try:
                 await _wait_ready(job, client)
             except KernelStartError:  # it died while being handed over: start cold instead
@@ -645,7 +645,10 @@ async def run_job_async(
             job.kernel = launch_kernel(job_dir, **launch)
             client = AsyncKernelClient()
             client.load_connection_info(job.kernel.connection_info)
-            client.start_channels()
+            # No heartbeat: the runner watches the kernel's process, and jupyter_client's heartbeat
+            # thread, stopped before it first ran (a job cancelled or timed out at once), spins
+            # opening sockets until "Too many open files".
+            client.start_channels(hb=False)
             await _wait_ready(job, client)
         await broker.enter_async_context(serve_broker(job_dir, spec.project_id, settings, deadline=deadline))
         job_file = _write_job_document(job, job_dir, source, deadline.at)  # the broker's deadline too

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from analysis.runner import AnalysisService
+from analysis.runner import AnalysisService, JobSpec, run_job
 
 from .conftest import RunScript
 
@@ -134,7 +134,7 @@ def test_timeout_interrupts_a_running_duckdb_query(run_script: RunScript) -> Non
         "def run(ctx, parameters):\n"
         "    return ctx.query('SELECT count(*) FROM range(10000000000000)').rows\n",
         timeout_s=2,
-        interrupt_grace_s=30,  # DuckDB notices the interrupt in well under a second; a loaded machine is slower
+        interrupt_grace_s=30,  # DuckDB notices the interrupt at once; a loaded machine is slower
     )
     assert result.error_type == "timeout"
     assert "was stopped" in (result.error or "")  # stopped by the interrupt, not killed
@@ -506,3 +506,21 @@ def test_unknown_job_option_is_an_envelope_not_an_exception(root: Path) -> None:
     result = AnalysisService(root=root).submit_analysis_job("a", {}, project_id="p", timeout=3)
     assert result.error_type == "invalid_parameters"
     assert "timeout" in (result.error or "")
+
+
+def test_a_job_starts_no_heartbeat_thread(tmp_path: Path, root: Path, no_leftovers: None) -> None:
+    # jupyter_client's heartbeat thread, stopped before it first runs (a job cancelled at once, on a
+    # loaded machine), spins opening sockets until "Too many open files"; the runner watches the
+    # kernel's process instead, so it starts none.
+    import threading
+
+    script = tmp_path / "a.py"
+    script.write_text("def run(ctx, parameters):\n    return 1\n")
+    beating: list[str] = []
+
+    def ready(_: float) -> None:
+        beating.extend(t.name for t in threading.enumerate() if type(t).__name__ == "HBChannel")
+
+    result = run_job(JobSpec(source_path=script, root=root, on_kernel_ready=ready))
+    assert result.success, result.to_dict()
+    assert beating == []
