@@ -29,6 +29,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,16 @@ class WarmKernel:
 
     kernel: KernelProcess
     job_dir: Path
+    #: A connected ``AsyncKernelClient`` that has seen the kernel answer on shell and iopub; the
+    #: job takes it (:meth:`take_client`) instead of connecting and waiting for the kernel again.
+    client: Any = None
     pss_bytes: int = 0
     idle_since: float = field(default_factory=time.monotonic)
+    _cleanups: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def on_discard(self, cleanup: Callable[[], None]) -> None:
+        """Have :meth:`discard` call ``cleanup`` first (the job's broker: stopped off the job's path)."""
+        self._cleanups.append(cleanup)
 
     def signal_kill(self) -> None:
         """SIGKILL the kernel's process group now (a sandbox's whole PID namespace ends with it)."""
@@ -70,9 +79,19 @@ class WarmKernel:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def take_client(self) -> Any:
+        """The ready client of the kernel, handed over once (``None`` after)."""
+        client, self.client = self.client, None
+        return client
+
     def discard(self) -> None:
         """Kill the kernel and remove its job directory."""
         try:
+            while self._cleanups:
+                self._cleanups.pop()()
+            client = self.take_client()
+            if client is not None:
+                client.stop_channels()
             self.kernel.kill()
             self.kernel.cleanup()
         finally:
@@ -124,6 +143,7 @@ class KernelPool:
         self._closed = False
         self._dead: list[WarmKernel] = []
         self._finished = False
+        self._context: Any = None  # the zmq context of the pooled kernels' clients, made on first use
         self._starting: dict[PoolKey, int] = {}
         self._waiting: dict[PoolKey, int] = {}
         #: Seconds a kernel took to start and warm up (the last batch): about a cold start.
@@ -246,7 +266,6 @@ class KernelPool:
         self.stats["replaced"] += 1
 
     def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
         try:
             while True:
                 with self._lock:
@@ -270,7 +289,8 @@ class KernelPool:
                 self._finished = True
             for warm in left:
                 warm.discard()
-            self._loop.close()
+            if self._context is not None:
+                self._context.destroy(linger=0)
 
     def _shed(self) -> list[WarmKernel]:
         """Under the lock: take out idle kernels that died, idled too long, or must go for memory."""
@@ -333,7 +353,13 @@ class KernelPool:
                 continue
             started.append((key, WarmKernel(kernel, job_dir)))
             self.stats["started"] += 1
-        ready = self._loop.run_until_complete(self._warm_all([warm for _, warm in started]))
+        # a loop per batch, closed after it: the kept clients' sockets then register with the loop
+        # of the job that takes them, and nothing in this thread watches them any more
+        loop = asyncio.new_event_loop()
+        try:
+            ready = loop.run_until_complete(self._warm_all([warm for _, warm in started]))
+        finally:
+            loop.close()
         for (key, warm), ok in zip(started, ready, strict=True):
             if not ok:
                 warm.discard()
@@ -354,7 +380,12 @@ class KernelPool:
         """Wait for the kernel to answer and run the warm-up code; whether it is ready for a job."""
         from jupyter_client.asynchronous.client import AsyncKernelClient
 
-        client: Any = AsyncKernelClient()
+        if self._context is None:
+            import zmq.asyncio
+
+            self._context = zmq.asyncio.Context()
+        # the pool's context: a job closing the client it took does not pay for terminating one
+        client: Any = AsyncKernelClient(context=self._context)
         client.load_connection_info(warm.kernel.connection_info)
         # no heartbeat thread: jupyter_client's spins if stopped before it ran; the process is watched
         client.start_channels(hb=False)
@@ -363,11 +394,15 @@ class KernelPool:
             inside = sandboxing.JOB_DIR if warm.kernel.sandboxed else warm.job_dir.resolve()
             msg_id = client.execute(_WARM_UP.format(job_dir=str(inside)), silent=True, store_history=False)
             reply = await _reply(client, msg_id, self.start_timeout_s)
-            return bool(reply["content"].get("status") == "ok") and warm.kernel.is_alive()
+            await _idle(client, msg_id, self.start_timeout_s)  # iopub reaches the client too
+            ok = bool(reply["content"].get("status") == "ok") and warm.kernel.is_alive()
         except Exception:  # a kernel that does not start is not pooled
-            return False
-        finally:
+            ok = False
+        if ok:
+            warm.client = client
+        else:
             client.stop_channels()
+        return ok
 
 
 async def _reply(client: Any, msg_id: str, timeout_s: float) -> dict[str, Any]:
@@ -377,6 +412,19 @@ async def _reply(client: Any, msg_id: str, timeout_s: float) -> dict[str, Any]:
         reply: dict[str, Any] = await client.get_shell_msg(timeout=max(0.0, give_up - time.monotonic()))
         if reply["parent_header"].get("msg_id") == msg_id:
             return reply
+
+
+async def _idle(client: Any, msg_id: str, timeout_s: float) -> None:
+    """Read iopub until the kernel reports idle after ``msg_id`` (``queue.Empty`` past ``timeout_s``)."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        msg: dict[str, Any] = await client.get_iopub_msg(timeout=max(0.0, give_up - time.monotonic()))
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "status"
+            and msg["content"].get("execution_state") == "idle"
+        ):
+            return
 
 
 def _pss(kernel: KernelProcess) -> int:
