@@ -39,6 +39,7 @@ import psutil
 from analysis.runner import sandbox as sandboxing
 from analysis.runner.jobdirs import claim_job_dir
 from analysis.runner.kernels import KernelProcess, launch_kernel
+from analysis.runner.zygote import Zygote
 
 __all__ = ["KernelPool", "PoolKey", "WarmKernel"]
 
@@ -48,6 +49,9 @@ _WARM_UP = (
     "__import__('duckdb'); __import__('pyarrow'); "
     "__import__('analysis.duck').duck.prepare_connection({job_dir!r})"
 )
+
+#: The launch settings a zygote's kernel gets at its fork (the others are the zygote's own).
+_FORK_LIMITS = ("max_memory_bytes", "max_cpu_s", "max_file_bytes", "max_processes", "max_tmp_bytes")
 
 #: What a kernel is taken to cost before one was measured (a cold kernel's RSS).
 _FIRST_ESTIMATE = 150 * 1024**2
@@ -64,6 +68,8 @@ class WarmKernel:
     #: A connected ``AsyncKernelClient`` that has seen the kernel answer on shell and iopub; the
     #: job takes it (:meth:`take_client`) instead of connecting and waiting for the kernel again.
     client: Any = None
+    #: The zygote it was forked from, if any.
+    zygote: Zygote | None = None
     pss_bytes: int = 0
     idle_since: float = field(default_factory=time.monotonic)
     _cleanups: list[Callable[[], None]] = field(default_factory=list, repr=False)
@@ -96,6 +102,8 @@ class WarmKernel:
             self.kernel.cleanup()
         finally:
             shutil.rmtree(self.job_dir, ignore_errors=True)
+            if self.zygote is not None:
+                self.zygote.kernels.discard(self.job_dir)
 
 
 def pool_key(project_id: str, root: Path, launch: dict[str, Any]) -> PoolKey:
@@ -119,6 +127,9 @@ class KernelPool:
         Below this much available memory the pool starts no kernel and sheds idle ones.
     start_timeout_s
         How long a pooled kernel may take to start and warm up before it is given up.
+    zygotes
+        Fork sandboxed kernels from a zygote per key (:mod:`analysis.runner.zygote`), which
+        imports once; ``False``: start each kernel as a cold one (a process of its own).
     """
 
     def __init__(
@@ -129,6 +140,7 @@ class KernelPool:
         max_pool_bytes: int | None = None,
         min_available_bytes: int = 1024**3,
         start_timeout_s: float = 60.0,
+        zygotes: bool = True,
     ) -> None:
         if size < 1:
             raise ValueError(f"A kernel pool needs a size of at least 1, not {size}.")
@@ -143,12 +155,16 @@ class KernelPool:
         self._closed = False
         self._dead: list[WarmKernel] = []
         self._finished = False
+        self.zygotes = zygotes
+        #: Why the last zygote could not start (its key's kernels then start one by one).
+        self.zygote_error: str | None = None
+        self._zygotes: dict[PoolKey, Zygote | None] = {}
         self._context: Any = None  # the zmq context of the pooled kernels' clients, made on first use
         self._starting: dict[PoolKey, int] = {}
         self._waiting: dict[PoolKey, int] = {}
         #: Seconds a kernel took to start and warm up (the last batch): about a cold start.
         self.start_s = 1.0
-        self.stats = {"warm": 0, "cold": 0, "started": 0, "replaced": 0, "shed": 0}
+        self.stats = {"warm": 0, "cold": 0, "started": 0, "replaced": 0, "shed": 0, "zygotes": 0}
         self._thread = threading.Thread(target=self._run, name="analysis-kernel-pool", daemon=True)
         self._thread.start()
 
@@ -279,6 +295,7 @@ class KernelPool:
                     plan = self._plan()
                 for warm in dead + shed:
                     warm.discard()
+                self._close_unused_zygotes()
                 if plan:
                     self._start(plan)
         finally:
@@ -289,6 +306,8 @@ class KernelPool:
                 self._finished = True
             for warm in left:
                 warm.discard()
+            for key in list(self._zygotes):
+                self._close_zygote(key)
             if self._context is not None:
                 self._context.destroy(linger=0)
 
@@ -343,15 +362,23 @@ class KernelPool:
     def _start_batch(self, plan: list[tuple[PoolKey, str, Path, dict[str, Any]]]) -> None:
         started: list[tuple[PoolKey, WarmKernel]] = []
         for key, project_id, root, launch in plan:
-            job_dir = root / project_id / "analysis" / "temp" / f"pool-{uuid.uuid4().hex}"
+            zygote = self._zygote(key, project_id, root, launch)
+            parent = zygote.folder if zygote is not None else root / project_id / "analysis" / "temp"
+            job_dir = parent / f"pool-{uuid.uuid4().hex[:16]}"
             try:
                 job_dir.mkdir(mode=0o700, parents=True)
                 claim_job_dir(job_dir)
-                kernel = launch_kernel(job_dir, **launch)
+                if zygote is not None:
+                    kernel = zygote.fork(job_dir, **{name: launch.get(name) for name in _FORK_LIMITS})
+                else:
+                    kernel = launch_kernel(job_dir, **launch)
             except Exception:  # the job will start cold instead
                 shutil.rmtree(job_dir, ignore_errors=True)
                 continue
-            started.append((key, WarmKernel(kernel, job_dir)))
+            warm = WarmKernel(kernel, job_dir, zygote=zygote)
+            if zygote is not None:
+                zygote.kernels.add(job_dir)
+            started.append((key, warm))
             self.stats["started"] += 1
         # a loop per batch, closed after it: the kept clients' sockets then register with the loop
         # of the job that takes them, and nothing in this thread watches them any more
@@ -372,6 +399,52 @@ class KernelPool:
                     continue
                 self._idle.setdefault(key, []).append(warm)
                 self._lock.notify_all()
+
+    def _zygote(self, key: PoolKey, project_id: str, root: Path, launch: dict[str, Any]) -> Zygote | None:
+        """The key's zygote, started if need be; ``None``: launch kernels one by one (unsandboxed,
+        zygotes off, or the zygote cannot start here: :attr:`zygote_error` says why)."""
+        if not (self.zygotes and launch.get("sandboxed")) or self._zygotes.get(key, False) is None:
+            return None
+        zygote = self._zygotes.get(key)
+        if zygote is not None and zygote.is_alive():
+            return zygote
+        if zygote is not None:  # it died: its kernels died with it
+            self._close_zygote(key)
+        folder = root / project_id / "analysis" / "temp" / f"zygote-{uuid.uuid4().hex[:8]}"
+        try:
+            folder.mkdir(mode=0o700, parents=True)
+            claim_job_dir(folder)
+            zygote = Zygote(
+                folder,
+                python=launch.get("python"),
+                python_env=launch.get("python_env"),
+                start_timeout_s=self.start_timeout_s,
+            )
+        except Exception as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            self.zygote_error = f"{type(exc).__name__}: {exc}"
+            self._zygotes[key] = None
+            return None
+        self._zygotes[key] = zygote
+        self.stats["zygotes"] += 1
+        return zygote
+
+    def _close_zygote(self, key: PoolKey) -> None:
+        zygote = self._zygotes.pop(key, None)
+        if zygote is not None:
+            zygote.close()
+            shutil.rmtree(zygote.folder, ignore_errors=True)
+
+    def _close_unused_zygotes(self) -> None:
+        """Stop the zygotes of keys no longer wanted once none of their kernels is in use."""
+        with self._lock:
+            unused = [
+                key
+                for key, zygote in self._zygotes.items()
+                if key not in self._wanted and (zygote is None or not zygote.kernels)
+            ]
+        for key in unused:
+            self._close_zygote(key)
 
     async def _warm_all(self, kernels: list[WarmKernel]) -> list[bool]:
         return list(await asyncio.gather(*(self._warm_up(warm) for warm in kernels)))
