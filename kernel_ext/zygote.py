@@ -94,15 +94,20 @@ def _drop_capabilities() -> None:
 
 
 def _exit_as(status: int) -> None:
-    """End this process as a child that ended with wait ``status`` did (a signal as 128 + it)."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
+    """End this process as a child that ended with wait ``status`` did.
+
+    PID 1 cannot kill itself with a signal, so it exits with 128 + the signal; its parent, the
+    keeper, turns that back into the signal.
+    """
+    code = os.waitstatus_to_exitcode(status)
+    if os.WIFSIGNALED(status) or (os.getpid() != 1 and 128 < code < 128 + signal.NSIG):
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else code - 128
         if os.getpid() != 1:  # PID 1 cannot kill itself with a signal
             signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
             os.kill(os.getpid(), sig)
         os._exit(128 + sig)
-    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    os._exit(code & 0xFF)
 
 
 def _wait_for(pid: int) -> int:
