@@ -43,6 +43,8 @@ __all__ = ["JOBS", "main"]
 #: Where the pool key's folder (one sub-folder per kernel) appears in the zygote's sandbox.
 JOBS = Path("/jobs")
 _JOB = Path("/job")
+#: Set for the zygote only (no thread at import: jemalloc's purger, OpenBLAS's workers).
+_ZYGOTE_ONLY_ENV = ("JE_ARROW_MALLOC_CONF", "OPENBLAS_NUM_THREADS")
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _NEWNS, _NEWUSER, _NEWPID, _NEWIPC, _NEWNET = 0x20000, 0x10000000, 0x20000000, 0x08000000, 0x40000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 4096, 16384, 1 << 18
@@ -169,6 +171,8 @@ def _kernel(request: dict[str, Any]) -> None:
         for name, value in request.get("limits", {}).items():
             which = int(name)
             resource.setrlimit(which, (value, value + 5) if which == resource.RLIMIT_CPU else (value, value))
+        for name in _ZYGOTE_ONLY_ENV:  # the job's environment is a cold kernel's
+            os.environ.pop(name, None)
         from analysis.kernel_app import JobKernelApp, _limit_processes
 
         sys.argv = ["analysis.kernel_app"]

@@ -618,10 +618,11 @@ async def run_job_async(
         )
         if warm is not None:  # the pooled kernel's job directory (and ready client) become this job's
             client = warm.take_client()
-            if warm.kernel.is_alive():
+            if client is not None and warm.kernel.is_alive():
                 job_dir, claimed, job.job_dir, job.kernel = warm.job_dir, True, warm.job_dir, warm.kernel
             else:  # it died while being handed over: start cold instead
-                client.stop_channels()
+                if client is not None:
+                    client.stop_channels()
                 client = None
                 warm.discard()
                 warm = None

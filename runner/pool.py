@@ -1,12 +1,15 @@
 """A pool of warm job kernels: started ahead of demand, each handed to one job, then discarded.
 
-A pooled kernel is started exactly as a cold one (:func:`~analysis.runner.kernels.launch_kernel`:
-same sandbox, same limits) in a job directory of its own, under its project's
-``analysis/temp``. Once it answers, the pool imports what every job imports (``analysis.execute``,
-DuckDB, PyArrow) and opens the job's locked-down DuckDB connection. A job that takes it adopts
-that directory as its own job directory: the runner then writes the job document there and
-serves the job's broker in it, and the kernel (which sees the folder as ``/job`` in its sandbox)
-runs the job as a cold kernel would. After its job the kernel is killed like any other.
+A sandboxed pooled kernel is forked from the key's zygote (:mod:`analysis.runner.zygote`: same
+sandbox and limits as a cold kernel, imports done once), in a job directory of its own in the
+zygote's folder under its project's ``analysis/temp``; an unsandboxed one (or one whose zygote
+cannot start) is started as a cold one (:func:`~analysis.runner.kernels.launch_kernel`). Once it
+answers, the pool imports what every job imports (``analysis.execute``, DuckDB, PyArrow) and
+opens the job's locked-down DuckDB connection, and keeps the connected client. A job that takes
+it adopts that directory as its own job directory and that client: the runner then writes the
+job document there and serves the job's broker in it, and the kernel (which sees the folder as
+``/job`` in its sandbox) runs the job as a cold kernel would. After its job the kernel is
+SIGKILLed; the pool's thread stops its broker, reaps it and removes its directory.
 
 Kernels are pooled per *key*: the project, the projects root, the interpreter and every launch
 setting (limits, sandbox, working directory, environment), so a kernel never serves another
@@ -162,6 +165,8 @@ class KernelPool:
         self._context: Any = None  # the zmq context of the pooled kernels' clients, made on first use
         self._starting: dict[PoolKey, int] = {}
         self._waiting: dict[PoolKey, int] = {}
+        #: Kernels to fork now for jobs waiting for one (counted in ``_starting`` already).
+        self._demand: dict[PoolKey, int] = {}
         #: Seconds a kernel took to start and warm up (the last batch): about a cold start.
         self.start_s = 1.0
         self.stats = {"warm": 0, "cold": 0, "started": 0, "replaced": 0, "shed": 0, "zygotes": 0}
@@ -212,7 +217,8 @@ class KernelPool:
 
         It waits at most as long as a kernel takes to start (:attr:`start_s`), the time a cold
         start would cost it, and only while a kernel of its key is starting that no other
-        waiting job counts on; else it gets ``None`` at once and starts cold.
+        waiting job counts on, or, when its key has a zygote, for a kernel forked for it (a
+        fraction of a cold start's CPU); else it gets ``None`` at once and starts cold.
         """
         warm = self.acquire(project_id, root, launch, count_cold=False)
         if warm is None:
@@ -228,7 +234,13 @@ class KernelPool:
         key = pool_key(project_id, root, launch)
         with self._lock:
             if self._waiting.get(key, 0) >= self._starting.get(key, 0):
-                return None
+                zygote = self._zygotes.get(key)
+                if zygote is None or not zygote.is_alive():
+                    return None
+                # a fork costs a fraction of a cold start: have one forked for this job
+                self._demand[key] = self._demand.get(key, 0) + 1
+                self._starting[key] = self._starting.get(key, 0) + 1
+                self._lock.notify_all()
             self._waiting[key] = self._waiting.get(key, 0) + 1
             give_up = time.monotonic() + self.start_s
         try:
@@ -317,6 +329,7 @@ class KernelPool:
         for key in list(self._wanted):
             if now - self._wanted[key][3] > self.idle_timeout_s:
                 del self._wanted[key]
+                self._starting[key] = self._starting.get(key, 0) - self._demand.pop(key, 0)
                 out += self._idle.pop(key, [])
         for kernels in self._idle.values():
             for warm in [w for w in kernels if not w.kernel.is_alive()]:
@@ -339,12 +352,15 @@ class KernelPool:
         each = max((w.pss_bytes for w in idle), default=_FIRST_ESTIMATE)
         plan: list[tuple[PoolKey, str, Path, dict[str, Any]]] = []
         for key, (project_id, root, launch, _) in self._wanted.items():
-            for _ in range(self.size - len(self._idle.get(key, []))):
+            demand = self._demand.pop(key, 0)  # already counted as starting
+            for extra in range(self.size - len(self._idle.get(key, [])) + demand):
                 if self.max_pool_bytes is not None and used + each > self.max_pool_bytes:
+                    self._starting[key] -= max(0, demand - extra)  # its jobs will start cold
                     return plan
                 used += each
                 plan.append((key, project_id, root, launch))
-                self._starting[key] = self._starting.get(key, 0) + 1
+                if extra >= demand:
+                    self._starting[key] = self._starting.get(key, 0) + 1
         return plan
 
     def _start(self, plan: list[tuple[PoolKey, str, Path, dict[str, Any]]]) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from analysis.runner.jobdirs import claim_job_dir
 from analysis.runner.kernels import KernelProcess
+from analysis.runner.pool import KernelPool, WarmKernel
 from analysis.runner.sandbox import sandbox_available
 from analysis.runner.service import AnalysisService
 from analysis.runner.zygote import Zygote
@@ -191,3 +192,28 @@ def test_cpu_limit_of_a_forked_kernel_is_reported(root: Path, no_leftovers: None
         assert pool_of(service).stats["warm"] == 1
     assert result.error_type == "resource_limit", result.error
     assert "CPU time limit of 2 s (max_cpu_s)" in (result.error or "")
+
+
+def test_a_job_finding_no_idle_kernel_gets_one_forked_for_it(root: Path, no_leftovers: None) -> None:
+    launch = {"sandboxed": True}
+    pool = KernelPool(1)
+    try:
+        pool.want("default", root, launch)
+        wait_for(lambda: pool.idle_count() == 1, "a warm kernel")
+        first = pool.acquire("default", root, launch)
+        assert first is not None
+        pool.start_s = 120.0  # the wait is bounded by a start's time: no race with a slow machine
+
+        async def two_jobs() -> list[WarmKernel | None]:
+            jobs = [pool.acquire_async("default", root, launch) for _ in range(2)]
+            return list(await asyncio.gather(*jobs))
+
+        # one waits for the kernel refilling the pool, the other for one forked for it: none cold
+        taken = asyncio.run(two_jobs())
+        assert all(warm is not None and warm.kernel.is_alive() for warm in taken)
+        assert pool.stats["cold"] == 0 and pool.stats["zygotes"] == 1
+        for warm in [first, *taken]:
+            assert warm is not None
+            pool.retire(warm)
+    finally:
+        pool.close()
