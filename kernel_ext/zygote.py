@@ -105,7 +105,8 @@ def _exit_as(status: int) -> None:
     if os.WIFSIGNALED(status) or (os.getpid() != 1 and 128 < code < 128 + signal.NSIG):
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else code - 128
         if os.getpid() != 1:  # PID 1 cannot kill itself with a signal
-            signal.signal(sig, signal.SIG_DFL)
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):  # whose action cannot be changed
+                signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
             os.kill(os.getpid(), sig)
         os._exit(128 + sig)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import shutil
 import signal
 import threading
@@ -132,7 +133,8 @@ class KernelPool:
         How long a pooled kernel may take to start and warm up before it is given up.
     zygotes
         Fork sandboxed kernels from a zygote per key (:mod:`analysis.runner.zygote`), which
-        imports once; ``False``: start each kernel as a cold one (a process of its own).
+        imports once; ``False`` (the default for now: README, "Warm kernels"): start each
+        kernel as a cold one (a process of its own).
     """
 
     def __init__(
@@ -143,7 +145,7 @@ class KernelPool:
         max_pool_bytes: int | None = None,
         min_available_bytes: int = 1024**3,
         start_timeout_s: float = 60.0,
-        zygotes: bool = True,
+        zygotes: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError(f"A kernel pool needs a size of at least 1, not {size}.")
@@ -479,11 +481,11 @@ class KernelPool:
         # no heartbeat thread: jupyter_client's spins if stopped before it ran; the process is watched
         client.start_channels(hb=False)
         try:
-            await _reply(client, client.kernel_info(), self.start_timeout_s)
+            await _reply(client, warm.kernel, client.kernel_info(), self.start_timeout_s)
             inside = sandboxing.JOB_DIR if warm.kernel.sandboxed else warm.job_dir.resolve()
             msg_id = client.execute(_WARM_UP.format(job_dir=str(inside)), silent=True, store_history=False)
-            reply = await _reply(client, msg_id, self.start_timeout_s)
-            await _idle(client, msg_id, self.start_timeout_s)  # iopub reaches the client too
+            reply = await _reply(client, warm.kernel, msg_id, self.start_timeout_s)
+            await _idle(client, warm.kernel, msg_id, self.start_timeout_s)  # iopub reaches the client too
             ok = bool(reply["content"].get("status") == "ok") and warm.kernel.is_alive()
         except Exception:  # a kernel that does not start is not pooled
             ok = False
@@ -494,20 +496,32 @@ class KernelPool:
         return ok
 
 
-async def _reply(client: Any, msg_id: str, timeout_s: float) -> dict[str, Any]:
-    """The shell reply to ``msg_id`` (``queue.Empty`` past ``timeout_s``)."""
+async def _next(get: Any, kernel: KernelProcess, give_up: float) -> dict[str, Any]:
+    """The next message from ``get`` (a channel's ``get_*_msg``); ``queue.Empty`` past ``give_up``
+    or as soon as the kernel has died (it would never answer)."""
+    while True:
+        try:
+            msg: dict[str, Any] = await get(timeout=max(0.0, min(0.1, give_up - time.monotonic())))
+            return msg
+        except queue.Empty:
+            if time.monotonic() >= give_up or not kernel.is_alive():
+                raise
+
+
+async def _reply(client: Any, kernel: KernelProcess, msg_id: str, timeout_s: float) -> dict[str, Any]:
+    """The shell reply to ``msg_id`` (``queue.Empty`` past ``timeout_s``, or if the kernel dies)."""
     give_up = time.monotonic() + timeout_s
     while True:
-        reply: dict[str, Any] = await client.get_shell_msg(timeout=max(0.0, give_up - time.monotonic()))
+        reply = await _next(client.get_shell_msg, kernel, give_up)
         if reply["parent_header"].get("msg_id") == msg_id:
             return reply
 
 
-async def _idle(client: Any, msg_id: str, timeout_s: float) -> None:
-    """Read iopub until the kernel reports idle after ``msg_id`` (``queue.Empty`` past ``timeout_s``)."""
+async def _idle(client: Any, kernel: KernelProcess, msg_id: str, timeout_s: float) -> None:
+    """Read iopub until the kernel reports idle after ``msg_id`` (as :func:`_reply` gives up)."""
     give_up = time.monotonic() + timeout_s
     while True:
-        msg: dict[str, Any] = await client.get_iopub_msg(timeout=max(0.0, give_up - time.monotonic()))
+        msg = await _next(client.get_iopub_msg, kernel, give_up)
         if (
             msg["parent_header"].get("msg_id") == msg_id
             and msg["msg_type"] == "status"

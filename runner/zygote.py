@@ -204,15 +204,22 @@ class Zygote:
         return status if isinstance(status, int) else None
 
     def close(self) -> None:
-        """Stop the zygote (its kernels die with it: they are in its PID namespace)."""
+        """Stop the zygote (its kernels die with it: they are in its PID namespace).
+
+        It is asked to end (its stdin closes) and killed if it has not within two seconds.
+        """
+        with self._lock:
+            for pipe in (self.popen.stdin, self.popen.stdout):
+                if pipe is not None:
+                    pipe.close()
         try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.popen.wait()
-        for pipe in (self.popen.stdin, self.popen.stdout):
-            if pipe is not None:
-                pipe.close()
+            self.popen.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.popen.wait()
 
     def _host_pid(self, inner_pid: int) -> int | None:
         try:
@@ -225,7 +232,7 @@ class Zygote:
 
     def _request(self, request: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            if self.popen.stdin is None or self.popen.poll() is not None:
+            if self.popen.stdin is None or self.popen.stdin.closed or self.popen.poll() is not None:
                 return {"error": "the zygote has ended"}
             try:
                 self.popen.stdin.write(json.dumps(request).encode() + b"\n")

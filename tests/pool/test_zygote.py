@@ -163,12 +163,20 @@ def test_killed_kernel_reports_its_signal_and_leaves_nothing(zygote: Zygote) -> 
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not kernel.is_alive(), "the kernel to end")
     assert kernel.exit_description() == "was killed by SIGTERM"
+    other = fork(zygote, "two")
+    run(other, "pass")
+    pid = other.kernel_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not other.is_alive(), "the other kernel to end")
+    assert other.exit_description() == "was killed by SIGKILL"
     assert not psutil.pid_exists(kernel.pid) or psutil.Process(kernel.pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_killed_zygote_takes_its_kernels_and_the_pool_starts_another(root: Path, no_leftovers: None) -> None:
     save(root, "trivial", 'def run(ctx, parameters):\n    return ctx.query("select 1 as x").rows\n')
     with AnalysisService(root, pool_size=2, sandbox="on") as service:
+        pool_of(service).zygotes = True
         service.warm_up()
         wait_for(lambda: pool_of(service).idle_count() == 2, "two warm kernels")
         kernels = pool_of(service).idle_kernels()
@@ -186,6 +194,7 @@ def test_killed_zygote_takes_its_kernels_and_the_pool_starts_another(root: Path,
 def test_cpu_limit_of_a_forked_kernel_is_reported(root: Path, no_leftovers: None) -> None:
     save(root, "spin", "def run(ctx, parameters):\n    while True:\n        pass\n")
     with AnalysisService(root, pool_size=1, sandbox="on", max_cpu_s=2, timeout_s=60) as service:
+        pool_of(service).zygotes = True
         service.warm_up()
         wait_for(lambda: pool_of(service).idle_count() == 1, "a warm kernel")
         result = service.submit_analysis_job("spin", {})
@@ -196,7 +205,7 @@ def test_cpu_limit_of_a_forked_kernel_is_reported(root: Path, no_leftovers: None
 
 def test_a_job_finding_no_idle_kernel_gets_one_forked_for_it(root: Path, no_leftovers: None) -> None:
     launch = {"sandboxed": True}
-    pool = KernelPool(1)
+    pool = KernelPool(1, zygotes=True)
     try:
         pool.want("default", root, launch)
         wait_for(lambda: pool.idle_count() == 1, "a warm kernel")
