@@ -189,13 +189,7 @@ class KernelPool:
         #: Seconds a kernel took to start and warm up (the last batch): about a cold start.
         self.start_s = 1.0
         self.stats = {
-            "warm": 0,
-            "cold": 0,
-            "started": 0,
-            "replaced": 0,
-            "shed": 0,
-            "evicted": 0,
-            "zygotes": 0,
+            "warm": 0, "cold": 0, "started": 0, "replaced": 0, "shed": 0, "evicted": 0, "zygotes": 0,
         }
         self._thread = threading.Thread(target=self._run, name="analysis-kernel-pool", daemon=True)
         self._thread.start()
