@@ -27,53 +27,30 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import psutil
 
 from analysis.errors import KernelStartError
 from analysis.runner import sandbox as sandboxing
 
-__all__ = [
-    "KernelProcess",
-    "ProcessHandle",
-    "child_setup",
-    "connection_file",
-    "kernel_args",
-    "kernel_limits",
-    "launch_kernel",
-]
+__all__ = ["KernelProcess", "launch_kernel"]
 
 #: Longest path a Unix socket can bind on Linux (sun_path is 108 bytes, NUL included).
 _MAX_SOCKET_PATH = 107
 _PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
-class ProcessHandle(Protocol):
-    """What the runner holds of the process it started for a kernel (a ``Popen``, or a zygote's child)."""
-
-    returncode: int | None
-
-    @property
-    def pid(self) -> int: ...
-
-    def poll(self) -> int | None: ...
-
-    def wait(self) -> int: ...
-
-
 @dataclass
 class KernelProcess:
     """A running kernel: its process, connection info, and the folder of its sockets."""
 
-    popen: ProcessHandle
+    popen: subprocess.Popen[bytes]
     connection_info: dict[str, Any]
     log_path: Path
     socket_dir: Path
     owns_socket_dir: bool = False
     sandboxed: bool = False
-    #: Finds the kernel's host pid when ``popen`` is not the kernel (default: by its command line).
-    find_kernel: Callable[[], int | None] | None = field(default=None, repr=False)
     _kernel_pid: int | None = field(default=None, repr=False)
 
     @property
@@ -85,9 +62,7 @@ class KernelProcess:
         """The host process id of the kernel itself (inside the sandbox, bubblewrap's grandchild)."""
         if not self.sandboxed:
             return self.pid
-        if self._kernel_pid is None and self.find_kernel is not None:
-            self._kernel_pid = self.find_kernel()
-        elif self._kernel_pid is None:
+        if self._kernel_pid is None:
             try:
                 for proc in psutil.Process(self.pid).children(recursive=True):
                     if proc.cmdline()[1:3] == ["-m", "analysis.kernel_app"]:  # not bwrap's own
@@ -203,53 +178,7 @@ _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child must not dlopen after fork
 
 
-def connection_file(job_dir: Path, *, sandboxed: bool) -> tuple[dict[str, Any], Path, bool]:
-    """Write ``job_dir/kernel.json`` (IPC sockets, a fresh key) for a kernel that sees ``job_dir``.
-
-    Returns the connection info as the runner uses it, the socket folder it connects to, and
-    whether that folder is a short private one to remove after the kernel (:meth:`KernelProcess.cleanup`).
-    """
-    socket_dir, owns = _socket_dir(job_dir, sandboxed=sandboxed)
-    inside = sandboxing.JOB_DIR if sandboxed else socket_dir
-    info: dict[str, Any] = {name: i + 1 for i, name in enumerate(_PORTS)}
-    info.update(
-        ip=str(inside / "k"),
-        key=secrets.token_hex(32),
-        transport="ipc",
-        signature_scheme="hmac-sha256",
-        kernel_name="analysis",
-    )
-    fd = os.open(job_dir / "kernel.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(info, fh)
-    info["ip"] = str(socket_dir / "k")  # where the runner connects
-    return info, socket_dir, owns
-
-
-def kernel_args(max_processes: int | None) -> list[str]:
-    """The ``analysis.kernel_app`` options of a job kernel (a process limit only when sandboxed)."""
-    args = ["--HistoryManager.enabled=False", "--IPKernelApp.quiet=True"]
-    if max_processes is not None:
-        args.append(f"--max-processes={max_processes}")
-    return args
-
-
-def kernel_limits(
-    max_memory_bytes: int | None, max_cpu_s: int | None, max_file_bytes: int | None
-) -> dict[int, int]:
-    """The resource limits (``RLIMIT_*`` to value) a kernel process sets before it runs anything."""
-    return {
-        which: value
-        for which, value in (
-            (resource.RLIMIT_AS, max_memory_bytes),
-            (resource.RLIMIT_CPU, max_cpu_s),
-            (resource.RLIMIT_FSIZE, max_file_bytes),
-        )
-        if value is not None
-    }
-
-
-def child_setup(limits: dict[int, int], plan: sandboxing.SandboxPlan | None) -> Callable[[], None]:
+def _child_setup(limits: dict[int, int], plan: sandboxing.SandboxPlan | None) -> Callable[[], None]:
     """What the child runs before ``exec``: drop root for a sandbox, set limits, die with the runner."""
     parent = os.getpid()
 
@@ -313,24 +242,47 @@ def launch_kernel(
         The environment ``python`` belongs to, when it is not the runner's: a sandbox binds it
         read-only.
     """
-    info, socket_dir, owns = connection_file(job_dir, sandboxed=sandboxed)
+    socket_dir, owns = _socket_dir(job_dir, sandboxed=sandboxed)
     inside = sandboxing.JOB_DIR if sandboxed else socket_dir
-    args = kernel_args(max_processes if sandboxed else None)
-    limits = kernel_limits(max_memory_bytes, max_cpu_s, max_file_bytes)
+    info: dict[str, Any] = {name: i + 1 for i, name in enumerate(_PORTS)}
+    info.update(
+        ip=str(inside / "k"),
+        key=secrets.token_hex(32),
+        transport="ipc",
+        signature_scheme="hmac-sha256",
+        kernel_name="analysis",
+    )
+    connection_file = job_dir / "kernel.json"
+    fd = os.open(connection_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(info, fh)
+    info["ip"] = str(socket_dir / "k")  # where the runner connects
+    kernel_args = ["--HistoryManager.enabled=False", "--IPKernelApp.quiet=True"]
+    if max_processes is not None and sandboxed:
+        kernel_args.append(f"--max-processes={max_processes}")
+    limits = {
+        which: value
+        for which, value in (
+            (resource.RLIMIT_AS, max_memory_bytes),
+            (resource.RLIMIT_CPU, max_cpu_s),
+            (resource.RLIMIT_FSIZE, max_file_bytes),
+        )
+        if value is not None
+    }
     plan: sandboxing.SandboxPlan | None = None
     interpreter = python or sys.executable
     if sandboxed:
         sandboxing.prepare_job_dir(job_dir)
         kernel_argv = [interpreter, "-m", "analysis.kernel_app", "-f", str(inside / "kernel.json")]
         plan = sandboxing.plan(
-            kernel_argv + args,
+            kernel_argv + kernel_args,
             job_dir=job_dir,
             max_tmp_bytes=max_tmp_bytes,
             read_only=[python_env] if python_env is not None else [],
         )
         argv, kernel_env, cwd = plan.argv, plan.env, None
     else:
-        argv = [interpreter, "-m", "analysis.kernel_app", "-f", str(job_dir / "kernel.json"), *args]
+        argv = [interpreter, "-m", "analysis.kernel_app", "-f", str(connection_file), *kernel_args]
         kernel_env = {
             **(os.environ if base_env is None else base_env),
             "IPYTHONDIR": str(job_dir / "ipython"),
@@ -351,7 +303,7 @@ def launch_kernel(
                 start_new_session=True,
                 pass_fds=plan.pass_fds if plan else (),
                 # only the child can set its parent-death signal; the setup calls no locks
-                preexec_fn=child_setup(limits, plan),  # noqa: PLW1509
+                preexec_fn=_child_setup(limits, plan),  # noqa: PLW1509
             )
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         if owns:
