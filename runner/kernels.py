@@ -22,7 +22,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +48,9 @@ class KernelProcess:
     connection_info: dict[str, Any]
     log_path: Path
     socket_dir: Path
-    owns_socket_dir: bool = False
+    #: The descriptor behind a ``/proc/self/fd/N`` socket folder (a job directory too deep for a
+    #: Unix socket's path), closed by :meth:`cleanup`.
+    socket_dir_fd: int | None = None
     sandboxed: bool = False
     _kernel_pid: int | None = field(default=None, repr=False)
 
@@ -128,9 +129,10 @@ class KernelProcess:
         _wait_dead(victims, timeout_s=2.0)
 
     def cleanup(self) -> None:
-        """Remove the socket folder if it lives outside the job directory."""
-        if self.owns_socket_dir:
-            _remove_short_dir(self.socket_dir)
+        """Close the descriptor of a ``/proc/self/fd/N`` socket folder; safe to call twice."""
+        fd, self.socket_dir_fd = self.socket_dir_fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def _wait_dead(procs: list[psutil.Process], *, timeout_s: float) -> None:
@@ -149,29 +151,20 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-def _remove_short_dir(socket_dir: Path) -> None:
-    """Remove the short private folder of :func:`_socket_dir` (sockets, or the symlink)."""
-    folder = socket_dir.parent if socket_dir.is_symlink() else socket_dir
-    for path in folder.iterdir():
-        path.unlink(missing_ok=True)
-    folder.rmdir()
+def _socket_dir(job_dir: Path) -> tuple[Path, int | None]:
+    """Where the IPC sockets are reached: the job directory, or the same folder by a short path.
 
-
-def _socket_dir(job_dir: Path, *, sandboxed: bool) -> tuple[Path, bool]:
-    """Where the runner finds the IPC sockets: the job directory, or a short path if its path is too long.
-
-    Unsandboxed, the short path is a private temp folder holding the sockets. Sandboxed, the
-    kernel binds its sockets in ``/job`` whatever the host path is, and the runner reaches them
-    through a short private symlink to the job directory.
+    A Unix socket's path is at most 107 bytes. For a deeper job directory the runner opens it
+    (``O_PATH``) and uses ``/proc/self/fd/N``: nothing to create beside the job, nothing left
+    behind if the runner dies. An unsandboxed kernel inherits the descriptor under the same
+    number, so the path means the same folder in both processes; a sandboxed one binds in
+    ``/job`` whatever the host path is.
     """
-    longest = len(str((job_dir / "k-5").resolve()).encode())
-    if longest <= _MAX_SOCKET_PATH:
-        return job_dir.resolve(), False
-    short = Path(tempfile.mkdtemp(prefix="analysis-k-"))
-    if not sandboxed:
-        return short, True
-    (short / "j").symlink_to(job_dir.resolve())
-    return short / "j", True
+    resolved = job_dir.resolve()
+    if len(str(resolved / "k-5").encode()) <= _MAX_SOCKET_PATH:
+        return resolved, None
+    fd = os.open(resolved, os.O_PATH | os.O_DIRECTORY)
+    return Path(f"/proc/self/fd/{fd}"), fd
 
 
 _PR_SET_PDEATHSIG = 1
@@ -242,7 +235,7 @@ def launch_kernel(
         The environment ``python`` belongs to, when it is not the runner's: a sandbox binds it
         read-only.
     """
-    socket_dir, owns = _socket_dir(job_dir, sandboxed=sandboxed)
+    socket_dir, socket_fd = _socket_dir(job_dir)
     inside = sandboxing.JOB_DIR if sandboxed else socket_dir
     info: dict[str, Any] = {name: i + 1 for i, name in enumerate(_PORTS)}
     info.update(
@@ -301,16 +294,17 @@ def launch_kernel(
                 cwd=cwd,
                 env=kernel_env,
                 start_new_session=True,
-                pass_fds=plan.pass_fds if plan else (),
+                # unsandboxed, the kernel binds in /proc/self/fd/N of a deep job directory
+                pass_fds=plan.pass_fds if plan else (() if socket_fd is None else (socket_fd,)),
                 # only the child can set its parent-death signal; the setup calls no locks
                 preexec_fn=_child_setup(limits, plan),  # noqa: PLW1509
             )
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        if owns:
-            _remove_short_dir(socket_dir)
+        if socket_fd is not None:
+            os.close(socket_fd)
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise KernelStartError(f"The kernel could not be started ({argv[0]}): {detail}.") from exc
     finally:
         if plan is not None:
             plan.close_fds()
-    return KernelProcess(popen, info, log_path, socket_dir, owns, sandboxed)
+    return KernelProcess(popen, info, log_path, socket_dir, socket_fd, sandboxed)

@@ -225,10 +225,14 @@ def _job_pids(root: Path) -> list[int]:
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_stopping_the_runner_stops_the_kernel(tmp_path: Path, how: str) -> None:
     import signal
+    import tempfile
 
     import psutil
 
-    root = tmp_path / "projects"
+    # deep enough that the job's sockets are reached by a short path: nothing of it may outlive the runner
+    root = tmp_path / ("d" * 60) / ("e" * 60) / "projects"
+    temp = Path(tempfile.gettempdir())
+    before = {p.name for p in temp.glob("analysis-k-*")}
     path = tmp_path / "slow.py"
     path.write_text(
         "import time\ndef run(ctx, parameters):\n    print('started', flush=True)\n    time.sleep(120)\n"
@@ -253,6 +257,7 @@ def test_stopping_the_runner_stops_the_kernel(tmp_path: Path, how: str) -> None:
         assert not list(root.glob("*/analysis/temp/*"))
     _, alive = psutil.wait_procs(kernels, timeout=5)
     assert not alive, f"kernel processes outlived their runner: {alive}"
+    assert {p.name for p in temp.glob("analysis-k-*")} <= before, "a socket folder outlived its runner"
     if how == "SIGKILL":  # the next runner sweeps the job directory the dead one left
         assert list(root.glob("*/analysis/temp/*"))
         assert cli("run", str(tmp_path / "slow.py"), "--root", str(root), "--timeout", "1", cwd=tmp_path)

@@ -290,14 +290,21 @@ def test_parameters_must_be_a_json_object(root: Path, tmp_path: Path) -> None:
     assert not list(root.glob("*/analysis/temp/*"))
 
 
-def test_long_job_directories_fall_back_to_short_socket_paths(tmp_path: Path, no_leftovers: None) -> None:
-    from analysis.runner import JobSpec, run_job
+@pytest.mark.parametrize("sandbox", ["auto", "off"])
+def test_long_job_directories_fall_back_to_short_socket_paths(
+    tmp_path: Path, no_leftovers: None, sandbox: str
+) -> None:
+    import tempfile
 
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     script = tmp_path / "a.py"
     script.write_text("def run(ctx, parameters):\n    return 'deep ok'\n")
-    result = run_job(JobSpec(source_path=script, root=deep / ".clients"))
-    assert result.success and result.result == "deep ok"
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.iterdir())
+    result = run_job(JobSpec(source_path=script, root=deep / ".clients", sandbox=sandbox))
+    assert result.success and result.result == "deep ok", result.to_dict()
+    # the sockets are reached through a descriptor of the job directory: no folder beside it
+    assert {p.name for p in set(temp.iterdir()) - before if p.name.startswith("analysis-k-")} == set()
 
 
 def test_the_kernel_runs_the_runners_python(run_script: RunScript) -> None:
