@@ -5,6 +5,7 @@ from __future__ import annotations
 import _thread
 import logging
 import re
+import signal
 import sys
 import threading
 import time
@@ -424,12 +425,16 @@ def test_interrupting_analysis_run_cancels_the_job(
         _thread.interrupt_main()
 
     timer = threading.Timer(3, stop_button)
+    # A kernel handles SIGINT; a test process may have inherited it ignored (started in the
+    # background by a shell), and then interrupt_main() does nothing.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer.start()
     started = time.monotonic()
     try:
         (bundle,) = _displayed(shell, "run slow")
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     took = time.monotonic() - started
     magics = shell.magics_manager.registry["AnalysisMagics"]
     ((_, result),) = magics.jobs
