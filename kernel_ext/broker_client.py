@@ -30,7 +30,8 @@ from analysis.broker_wire import (
     WireError,
     encode_params,
     error_from_wire,
-    recv_frame,
+    recv_frame_head,
+    recv_header_payload,
     send_header,
 )
 from analysis.errors import AnalysisError, DatasourceError, FileApiError
@@ -52,80 +53,80 @@ _MAX_SOCKET_PATH = 107
 
 
 class _Response:
-    """One response being read: log lines go to stderr, body frames to :meth:`read`, then the final header."""
+    """One response being read: log lines go to stderr, body bytes to :meth:`readinto`, then the final header.
+
+    Body bytes go from the socket straight into the reader's buffer: a data frame's head is
+    read, then its bytes as the reader asks for them, with no buffer of our own between.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._buf = bytearray()
-        self._pos = 0
+        self._left = 0  # bytes of the current data frame not read yet
         self.final: dict[str, Any] | None = None
 
-    def _next(self) -> None:
-        kind, payload = recv_frame(self._sock, max_bytes=MAX_RESPONSE_FRAME_BYTES)
-        if kind == DATA:
-            self._buf, self._pos = payload, 0
-        elif isinstance(payload.get("log"), str):
-            sys.stderr.write(payload["log"] + "\n")
-            sys.stderr.flush()
-        else:
-            self.final = payload
+    def _next(self) -> bool:
+        """Read frames up to the next body bytes; ``False`` once the final header came instead."""
+        while self._left == 0:
+            if self.final is not None:
+                return False
+            kind, length = recv_frame_head(self._sock, max_bytes=MAX_RESPONSE_FRAME_BYTES)
+            if kind == DATA:
+                self._left = length
+                continue
+            header = recv_header_payload(self._sock, length)
+            if isinstance(header.get("log"), str):
+                sys.stderr.write(header["log"] + "\n")
+                sys.stderr.flush()
+            else:
+                self.final = header
+        return True
+
+    def _recv_into(self, view: memoryview) -> int:
+        """Read up to ``len(view)`` bytes of the current data frame into ``view``."""
+        n = self._sock.recv_into(view, min(len(view), self._left))
+        if n == 0:
+            raise WireError(f"the connection closed with {self._left} bytes of a frame unread")
+        self._left -= n
+        return n
 
     def chunks(self) -> Any:
         """Yield the body's pieces as they arrive; stops at the final header."""
-        while True:
-            if self._pos < len(self._buf):
-                piece = bytes(self._buf[self._pos :]) if self._pos else bytes(self._buf)
-                self._buf, self._pos = bytearray(), 0
-                yield piece
-            if self.final is not None:
-                return
-            self._next()
+        while self._next():
+            piece = bytearray(self._left)
+            view, got = memoryview(piece), 0
+            while got < len(piece):
+                got += self._recv_into(view[got:])
+            yield piece
 
-    # the file protocol pyarrow reads an IPC stream from
+    # the file protocol pyarrow and nanoarrow read an IPC stream from
     closed = False
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytearray:
-        """Up to ``size`` bytes (all, if negative): one copy out of the frames, which pyarrow keeps as is."""
-        while size and self._pos >= len(self._buf) and self.final is None:
-            self._next()
-        if size > 0 and self._pos == 0 and size == len(self._buf):  # a whole frame: handed over, no copy
-            piece, self._buf = self._buf, bytearray()
-            return piece
+        """Up to ``size`` bytes (all, if negative); fewer only at the body's end."""
+        if size >= 0:
+            out = bytearray(size)
+            return out[: self.readinto(out)] if size else out
         out = bytearray()
-        while size < 0 or len(out) < size:
-            if self._pos >= len(self._buf):
-                if self.final is not None:
-                    break
-                self._next()
-                continue
-            end = len(self._buf) if size < 0 else min(len(self._buf), self._pos + size - len(out))
-            out += memoryview(self._buf)[self._pos : end]
-            self._pos = end
+        for piece in self.chunks():
+            out += piece
         return out
 
     def readinto(self, target: Any) -> int:
         """Fill ``target`` with the body's next bytes (fewer only at its end); how nanoarrow reads."""
         view = memoryview(target).cast("B")
         filled = 0
-        while filled < len(view):
-            if self._pos >= len(self._buf):
-                if self.final is not None:
-                    break
-                self._next()
-                continue
-            n = min(len(view) - filled, len(self._buf) - self._pos)
-            view[filled : filled + n] = memoryview(self._buf)[self._pos : self._pos + n]
-            self._pos += n
-            filled += n
+        while filled < len(view) and self._next():
+            filled += self._recv_into(view[filled:])
         return filled
 
     def finish(self) -> dict[str, Any]:
         """Read (and drop) what is left of the body; return the final header."""
-        while self.final is None:
-            self._next()
+        for _ in self.chunks():
+            pass
+        assert self.final is not None
         return self.final
 
 

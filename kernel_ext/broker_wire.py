@@ -36,6 +36,8 @@ __all__ = [
     "decode_params",
     "encode_params",
     "recv_frame",
+    "recv_frame_head",
+    "recv_header_payload",
     "send_data",
     "send_header",
 ]
@@ -43,6 +45,7 @@ __all__ = [
 HEADER = ord("H")
 DATA = ord("D")
 _HEAD = struct.Struct(">BI")
+_LENGTH = struct.Struct(">I")
 #: Largest request header the runner accepts from a kernel (SQL text and parameters included).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 #: Schema metadata key of an ``into=`` stream: the SQL casts the kernel's DuckDB applies as it loads.
@@ -79,6 +82,40 @@ def _recv_exact(sock: socket.socket, size: int) -> bytearray:
     return buf
 
 
+def recv_frame_head(sock: socket.socket, *, max_bytes: int, headers_only: bool = False) -> tuple[int, int]:
+    """Read the kind and length of the next frame, not its bytes: ``(HEADER or DATA, length)``.
+
+    Raises
+    ------
+    EOFError
+        The peer closed the connection between frames.
+    WireError
+        The frame is oversized, or of an unknown (or, with ``headers_only``, a non-header) kind.
+    """
+    first = sock.recv(1)
+    if not first:
+        raise EOFError("the peer closed the connection")
+    kind = first[0]
+    if kind not in (HEADER, DATA) or (headers_only and kind != HEADER):
+        raise WireError(f"unexpected frame kind {kind!r} (expected a header frame, b'H')")
+    (length,) = _LENGTH.unpack(_recv_exact(sock, 4))
+    if length > max_bytes:
+        raise WireError(f"a frame of {length} bytes is over the {max_bytes}-byte limit")
+    return kind, length
+
+
+def recv_header_payload(sock: socket.socket, length: int) -> dict[str, Any]:
+    """Read a header frame's ``length`` bytes (after :func:`recv_frame_head`) as its JSON object."""
+    payload = _recv_exact(sock, length)
+    try:
+        header = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(f"a header frame is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise WireError(f"a header frame must be a JSON object, not {type(header).__name__}")
+    return header
+
+
 def recv_frame(sock: socket.socket, *, max_bytes: int, headers_only: bool = False) -> tuple[int, Any]:
     """Read one frame: ``(HEADER, dict)`` or ``(DATA, bytearray)``.
 
@@ -90,25 +127,10 @@ def recv_frame(sock: socket.socket, *, max_bytes: int, headers_only: bool = Fals
         The frame is oversized, of an unknown (or, with ``headers_only``, a non-header) kind,
         or its header is not a JSON object.
     """
-    first = sock.recv(1)
-    if not first:
-        raise EOFError("the peer closed the connection")
-    kind = first[0]
-    if kind not in (HEADER, DATA) or (headers_only and kind != HEADER):
-        raise WireError(f"unexpected frame kind {kind!r} (expected a header frame, b'H')")
-    (length,) = struct.unpack(">I", _recv_exact(sock, 4))
-    if length > max_bytes:
-        raise WireError(f"a frame of {length} bytes is over the {max_bytes}-byte limit")
-    payload = _recv_exact(sock, length)
+    kind, length = recv_frame_head(sock, max_bytes=max_bytes, headers_only=headers_only)
     if kind == DATA:
-        return kind, payload
-    try:
-        header = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise WireError(f"a header frame is not valid JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise WireError(f"a header frame must be a JSON object, not {type(header).__name__}")
-    return kind, header
+        return kind, _recv_exact(sock, length)
+    return kind, recv_header_payload(sock, length)
 
 
 # -- query parameters -------------------------------------------------------------------------
