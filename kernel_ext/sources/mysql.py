@@ -49,6 +49,11 @@ if TYPE_CHECKING:
 
 __all__ = ["MySQLDatasource"]
 
+#: Rows per arrow-odbc batch. The driver's row buffers of a smaller batch stay in the CPU's
+#: caches: 8192 rows cost about 15% less CPU than arrow-odbc's 65535 (bench/bench_broker.py),
+#: and the kernel gets its first rows sooner.
+_ODBC_BATCH_ROWS = 8192
+
 
 def _odbc_text(value: Any) -> str | None:
     """A parameter as the text arrow-odbc binds; ``TypeError`` for values text cannot carry."""
@@ -310,7 +315,7 @@ class MySQLDatasource(ServerDatasource):
                 query=f"/* {marker} */ {text}", connection_string=connection, user=self.user,
                 password=self.password.reveal() if self.password else None, parameters=params or None,
                 login_timeout_sec=max(1, round(self.connect_timeout_s)), max_text_size=ODBC_MAX_TEXT_BYTES,
-                max_binary_size=ODBC_MAX_TEXT_BYTES,
+                max_binary_size=ODBC_MAX_TEXT_BYTES, batch_size=_ODBC_BATCH_ROWS,
             )  # fmt: skip
         except Error as exc:
             if timer is not None:
