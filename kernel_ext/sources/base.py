@@ -35,6 +35,24 @@ class Datasource(ABC):
     kind: ClassVar[str]
     #: Optional libraries the kind imports (checked before it is created; see ``analysis.extras``).
     requires: ClassVar[tuple[str, ...]] = ()
+    #: Libraries its first query imports besides ``requires``, when installed: the runner's
+    #: broker imports them all before a job's first query (:func:`warm_up`).
+    first_imports: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def warm_up(cls) -> None:
+        """Import what the first query of this kind would, so that no job pays for it.
+
+        Libraries that are not installed are skipped: the query reports them (``requires``)
+        or takes another path.
+        """
+        import importlib
+
+        for module in (*cls.requires, *cls.first_imports):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass
 
     def __init__(self, name: str, config: Mapping[str, Any]) -> None:
         self.name = name

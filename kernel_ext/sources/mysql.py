@@ -85,6 +85,7 @@ class MySQLDatasource(ServerDatasource):
     kind = "mysql"
     default_port = 3306
     requires = ("mysql.connector", "connectorx")  # arrow_odbc too, when installed
+    first_imports = ("arrow_odbc", "mysql.connector.protocol", "mysql.connector.conversion")
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)

@@ -22,7 +22,7 @@ from analysis.deadline import Deadline
 from analysis.errors import KernelStartError
 from analysis.runner.broker.pool import ConnectionPool
 from analysis.runner.broker.session import BrokerSession
-from analysis.runner.broker.sources import PooledSources
+from analysis.runner.broker.sources import PooledSources, warm_up
 from analysis.sources import load_config
 
 if TYPE_CHECKING:
@@ -135,6 +135,10 @@ class BrokerServer:
         self._listener = listener
         self._accept_thread = threading.Thread(target=self._accept, name="analysis-broker", daemon=True)
         self._accept_thread.start()
+        # the drivers' imports while the kernel starts, not in the job's first query
+        threading.Thread(
+            target=warm_up, args=(self._config_path,), name="analysis-broker-warm-up", daemon=True
+        ).start()
         return self
 
     def _accept(self) -> None:

@@ -2,16 +2,45 @@
 
 from __future__ import annotations
 
+import importlib
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis.runner.broker.pool import ConnectionPool, PoolKey
-from analysis.sources import Datasource, Datasources
+from analysis.sources import KINDS, Datasource, Datasources, load_config
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["PooledSources"]
+__all__ = ["PooledSources", "warm_up"]
+
+_warmed: set[str] = set()
+_warm_lock = threading.Lock()
+
+
+def warm_up(config_path: Path) -> None:
+    """Import the libraries of the datasource kinds in ``config_path``, once per process.
+
+    The broker runs this beside the kernel's start, so that a job's first query (often the
+    runner's first) does not wait for its driver's imports. Problems are left for the query
+    to report: an unreadable file or a missing library changes nothing here.
+    """
+    try:
+        kinds = {str(entry.get("kind")) for entry in load_config(config_path).values()}
+    except Exception:  # the query says what is wrong with the file
+        return
+    for kind in sorted(kinds & set(KINDS)):
+        with _warm_lock:
+            if kind in _warmed:
+                continue
+            _warmed.add(kind)
+        module_name, _, class_name = KINDS[kind].partition(":")
+        try:
+            cls: type[Datasource] = getattr(importlib.import_module(module_name), class_name)
+            cls.warm_up()
+        except Exception:  # e.g. pyarrow missing: the query reports it
+            pass
 
 
 class PooledSources(Datasources):
