@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from timing import median_s
+from timing import alternate, median_s, paired_ratio
 
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location(
@@ -56,6 +56,15 @@ def run(ctx, parameters):
     rows = ctx.query_datasource(parameters["name"], parameters["sql"], into="t").row_count
     return {"s": time.perf_counter() - started, "rows": rows}
 """
+
+
+def shell(cmd: list[str], env: dict[str, str]) -> Callable[[], None]:
+    """A floor run: ``cmd`` with ``env`` added, its output to /dev/null."""
+
+    def run() -> None:
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, env={**os.environ, **env}, check=True)
+
+    return run
 
 
 def fill_postgres(server: Any, rows: int) -> list[str]:
@@ -98,9 +107,8 @@ def first_calls(
 
     script = work / "bench_into.py"
     script.write_text(SCRIPT, encoding="utf-8")
-    times, floors = [], []
-    for _ in range(jobs + 1):
-        floors.append(median_s(floor, 1))
+
+    def job() -> float:
         spec = JobSpec(
             source_path=script,
             parameters={"name": name, "sql": QUERY},
@@ -111,12 +119,14 @@ def first_calls(
         result = run_job(spec)
         if not result.success or result.result["rows"] != rows:
             raise SystemExit(f"the {name} job failed: {result.to_dict()}")
-        times.append(float(result.result["s"]))
+        return float(result.result["s"])
+
+    floors, times = alternate(floor, job, jobs + 1)
     return {
         "cold": times[0],
         "warm": statistics.median(times[1:]),
         "floor": statistics.median(floors[1:]),
-        "paired": statistics.median(t / f for t, f in zip(times[1:], floors[1:], strict=True)),
+        "paired": paired_ratio(times[1:], floors[1:]),
     }
 
 
@@ -167,11 +177,7 @@ def main() -> int:
                 ("PostgreSQL", "pg", lambda: fill_postgres(pg, args.rows), {"PGPASSWORD": servers.PASSWORD}),
                 ("MariaDB", "my", lambda: fill_mariadb(my, args.rows), {"MYSQL_PWD": servers.PASSWORD}),
             ):
-                cli = fill()
-
-                def floor(cli: list[str] = cli, env: dict[str, str] = env) -> None:
-                    subprocess.run(cli, stdout=subprocess.DEVNULL, env={**os.environ, **env}, check=True)
-
+                floor = shell(fill(), env)
                 figures[label] = first_calls(name, config, work, args.rows, jobs=args.jobs, floor=floor)
                 with contextlib.redirect_stderr(io.StringIO()):  # the [load_data] log lines
                     figures[label]["local"] = in_process(name, config, args.jobs)

@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_datasources.py [--rows N] [--repeat N]
 
 Starts its own PostgreSQL 15 and MariaDB 10.11 (``tests/datasources/servers.py``), fills a
-table of N rows (int, varchar, numeric(10,2), timestamptz / datetime(6)) and times, on each:
+table of N rows (int, varchar, numeric(10,2), timestamp), as ``bench_broker.py`` does, and
+times, on each:
 
 * ``ctx.query_datasource(..., into=...)`` inside a real job (``run_job``, a fresh kernel per
   job): the first call of the job, which is what a job pays (imports and connection included),
@@ -13,43 +14,32 @@ table of N rows (int, varchar, numeric(10,2), timestamptz / datetime(6)) and tim
 * the row-by-row baseline: fetch dicts with the driver (psycopg ``dict_row``, mysql-connector
   ``dictionary=True``), then ``load_data`` them.
 
-Figures are medians of ``--repeat`` runs; ratios compare figures from this same run.
+Each job runs right after one floor run (``timing.alternate``, as in ``bench_broker.py``):
+the verdict's ratios are the medians of each call's time over its own floor run's, so a
+load that changes during the run (a shared machine) weighs on both sides alike. Other
+figures are medians of ``--repeat`` runs; every ratio compares figures from this same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import contextlib
+import io
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from timing import median_s
+import bench_broker
+from timing import alternate, median_s, paired_ratio
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location(
-    "analysis_bench_servers", HERE.parent / "tests/datasources/servers.py"
-)
-assert _spec is not None and _spec.loader is not None
-servers = importlib.util.module_from_spec(_spec)
-sys.modules["analysis_bench_servers"] = servers
-_spec.loader.exec_module(servers)
-
-QUERY = "SELECT id, name, amount, ts FROM bench"
-
-
-def _shell(cmd: list[str], env: dict[str, str]) -> Callable[[], None]:
-    def run() -> None:
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, env={**os.environ, **env}, check=True)
-
-    return run
+servers = bench_broker.servers
+QUERY = bench_broker.QUERY
 
 
 #: The analysis each timing job runs: the first and the second ``into=`` of the job, timed in the kernel.
@@ -67,15 +57,21 @@ def run(ctx, parameters):
 """
 
 
-def in_job(name: str, rows: int, repeat: int, datasources: Path) -> tuple[float, float]:
-    """Medians over ``repeat`` jobs of the first and the second ``into=`` of a job, in seconds."""
+def in_job(
+    name: str, rows: int, repeat: int, datasources: Path, floor: Callable[[], None]
+) -> dict[str, float]:
+    """``repeat`` jobs, each right after a floor run.
+
+    Returns the medians of the first and second ``into=`` and of the floor runs (``cli``), and
+    the median of each call's time over its own floor run (``paired_first``, ``paired_second``).
+    """
     from analysis.runner import JobSpec, run_job
 
     work = datasources.parent
     script = work / "bench_into.py"
     script.write_text(JOB, encoding="utf-8")
-    firsts, seconds = [], []
-    for _ in range(repeat):
+
+    def job() -> tuple[float, float]:
         result = run_job(
             JobSpec(
                 source_path=script,
@@ -88,9 +84,17 @@ def in_job(name: str, rows: int, repeat: int, datasources: Path) -> tuple[float,
         if not result.success:
             raise RuntimeError(json.dumps(result.to_dict(), indent=1))
         first, second = result.result
-        firsts.append(first)
-        seconds.append(second)
-    return statistics.median(firsts), statistics.median(seconds)
+        return float(first), float(second)
+
+    floors, times = alternate(floor, job, repeat)
+    firsts, seconds = [t[0] for t in times], [t[1] for t in times]
+    return {
+        "first": statistics.median(firsts),
+        "second": statistics.median(seconds),
+        "cli": statistics.median(floors),
+        "paired_first": paired_ratio(firsts, floors),
+        "paired_second": paired_ratio(seconds, floors),
+    }
 
 
 def _datasources_file(pg: Any, my: Any) -> Path:
@@ -115,18 +119,8 @@ def bench_postgres(server: Any, rows: int, repeat: int, datasources: Path) -> di
 
     from analysis.duck import Duck
 
-    server.psql(
-        f"""CREATE TABLE bench AS SELECT i AS id, 'name-' || i AS name,
-            ((i % 100000) / 7.0)::numeric(10,2) AS amount,
-            timestamptz '2024-01-01 00:00:00+00' + i * interval '1 second' AS ts
-            FROM generate_series(1, {rows}) i""",
-        database=servers.DATABASE,
-        user=servers.USER,
-    )
-    server.psql("VACUUM ANALYZE bench", database=servers.DATABASE, user=servers.USER)
+    psql = bench_broker.fill_postgres(server, rows)
     duck = Duck()
-    psql = [str(servers.PG_BIN / "psql"), "-X", "-h", "127.0.0.1", "-p", str(server.port), "-U", servers.USER,
-            "-d", servers.DATABASE, "-c", f"COPY ({QUERY}) TO STDOUT (FORMAT binary)"]  # fmt: skip
 
     def row_by_row() -> None:
         with psycopg.connect(
@@ -136,13 +130,9 @@ def bench_postgres(server: Any, rows: int, repeat: int, datasources: Path) -> di
             duck.load_data("rows_pg", conn.execute(QUERY).fetchall())
 
     try:
-        first, second = in_job("pg", rows, repeat, datasources)
-        return {
-            "first": first,
-            "second": second,
-            "cli": median_s(_shell(psql, {"PGPASSWORD": servers.PASSWORD}), repeat),
-            "rows": median_s(row_by_row, 1),
-        }
+        floor = bench_broker.shell(psql, {"PGPASSWORD": servers.PASSWORD})
+        figures = in_job("pg", rows, repeat, datasources, floor)
+        return {**figures, "rows": median_s(row_by_row, 1)}
     finally:
         duck.close()
 
@@ -153,15 +143,8 @@ def bench_mysql(server: Any, rows: int, repeat: int, datasources: Path) -> dict[
 
     from analysis.duck import Duck
 
-    server.sql(
-        f"""CREATE TABLE bench (id INT PRIMARY KEY, name VARCHAR(64), amount DECIMAL(10,2), ts DATETIME(6));
-            INSERT INTO bench SELECT seq, CONCAT('name-', seq), (seq % 100000) / 7,
-                TIMESTAMP'2024-01-01 00:00:00' + INTERVAL seq SECOND FROM seq_1_to_{rows};""",
-        database=servers.DATABASE,
-    )
+    cli = bench_broker.fill_mariadb(server, rows)
     duck = Duck()
-    cli = ["mariadb", "--no-defaults", "-h", "127.0.0.1", "-P", str(server.port), "-u", servers.USER,
-           servers.DATABASE, "--quick", "-e", QUERY]  # fmt: skip
 
     def row_by_row() -> None:
         conn = mysql.connector.connect(
@@ -176,13 +159,9 @@ def bench_mysql(server: Any, rows: int, repeat: int, datasources: Path) -> dict[
             conn.close()
 
     try:
-        first, second = in_job("my", rows, repeat, datasources)
-        return {
-            "first": first,
-            "second": second,
-            "cli": median_s(_shell(cli, {"MYSQL_PWD": servers.PASSWORD}), repeat),
-            "rows": median_s(row_by_row, 1),
-        }
+        floor = bench_broker.shell(cli, {"MYSQL_PWD": servers.PASSWORD})
+        figures = in_job("my", rows, repeat, datasources, floor)
+        return {**figures, "rows": median_s(row_by_row, 1)}
     finally:
         duck.close()
 
@@ -193,9 +172,6 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    import contextlib
-    import io
-
     pg, my = servers.PostgresServer(), servers.MariaDBServer()
     datasources: Path | None = None
     try:
@@ -214,7 +190,8 @@ def main() -> int:
             shutil.rmtree(datasources.parent, ignore_errors=True)
     floor = {"PostgreSQL": "psql COPY binary > /dev/null", "MariaDB": "mariadb --quick > /dev/null"}
     target = {"PostgreSQL": 2.0, "MariaDB": 1.2}
-    print(f"{args.rows:,} rows (int, varchar, numeric(10,2), timestamp); medians of {args.repeat} runs")
+    print(f"{args.rows:,} rows (int, varchar, numeric(10,2), timestamp); medians of {args.repeat} runs;")
+    print("each job runs right after a floor run; a verdict is the median of each call over its floor run")
     print(f"{'server':<11} {'path':<38} {'seconds':>8} {'rows/s':>12} {'vs floor':>9}")
     for name, f in figures.items():
         for label, key in (
@@ -225,11 +202,11 @@ def main() -> int:
         ):
             rate, ratio = args.rows / f[key], f[key] / f["cli"]
             print(f"{name:<11} {label:<38} {f[key]:>8.3f} {rate:>12,.0f} {ratio:>8.2f}x")
-        first = f["first"] / f["cli"]
+        first = f["paired_first"]
         verdict = "ok" if first <= target[name] else "over target"
         print(
             f"{name:<11} first into= / floor = {first:.2f} (target <= {target[name]:g}, {verdict}); "
-            f"second: {f['second'] / f['cli']:.2f}; row-by-row / first into= = {f['rows'] / f['first']:.1f}x"
+            f"second: {f['paired_second']:.2f}; row-by-row / first into= = {f['rows'] / f['first']:.1f}x"
         )
     return 0
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-__all__ = ["median_s"]
+__all__ = ["alternate", "median_s", "paired_ratio"]
+
+_T = TypeVar("_T")
 
 
 def median_s(fn: Callable[[], object], repeat: int) -> float:
@@ -17,3 +20,24 @@ def median_s(fn: Callable[[], object], repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def alternate(
+    floor: Callable[[], object], ours: Callable[[], _T], repeat: int
+) -> tuple[list[float], list[_T]]:
+    """``repeat`` rounds of one timed ``floor`` run, then one ``ours`` run: the floor times, our results.
+
+    On a shared machine whose load changes by the second, each of our runs is compared with
+    the floor run just before it (:func:`paired_ratio`), so that the load weighs on both alike.
+    """
+    floors: list[float] = []
+    results: list[_T] = []
+    for _ in range(repeat):
+        floors.append(median_s(floor, 1))
+        results.append(ours())
+    return floors, results
+
+
+def paired_ratio(times: Sequence[float], floors: Sequence[float]) -> float:
+    """The median of each time over the floor run beside it (see :func:`alternate`)."""
+    return statistics.median(t / f for t, f in zip(times, floors, strict=True))
