@@ -89,14 +89,18 @@ class _Response:
         self._left -= n
         return n
 
+    def _frame(self) -> bytearray:
+        """The rest of the current data frame."""
+        piece = bytearray(self._left)
+        view, got = memoryview(piece), 0
+        while got < len(piece):
+            got += self._recv_into(view[got:])
+        return piece
+
     def chunks(self) -> Any:
-        """Yield the body's pieces as they arrive; stops at the final header."""
+        """Yield the body's pieces (``bytes``) as they arrive; stops at the final header."""
         while self._next():
-            piece = bytearray(self._left)
-            view, got = memoryview(piece), 0
-            while got < len(piece):
-                got += self._recv_into(view[got:])
-            yield piece
+            yield bytes(self._frame())
 
     # the file protocol pyarrow and nanoarrow read an IPC stream from
     closed = False
@@ -110,8 +114,8 @@ class _Response:
             out = bytearray(size)
             return out[: self.readinto(out)] if size else out
         out = bytearray()
-        for piece in self.chunks():
-            out += piece
+        while self._next():
+            out += self._frame()
         return out
 
     def readinto(self, target: Any) -> int:
@@ -124,8 +128,8 @@ class _Response:
 
     def finish(self) -> dict[str, Any]:
         """Read (and drop) what is left of the body; return the final header."""
-        for _ in self.chunks():
-            pass
+        while self._next():
+            self._frame()
         assert self.final is not None
         return self.final
 
