@@ -123,3 +123,44 @@ def test_a_whole_stream_loads(fake_broker: Callable[..., Path]) -> None:
     finally:
         access.close()
         duck.close()
+
+
+def test_log_lines_between_body_frames_go_to_stderr_and_the_rows_load(
+    fake_broker: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = _ipc(25_000)
+    middle = len(body) // 2 + 3  # a frame boundary in the middle of an Arrow message
+
+    def interleaved(conn: socket.socket) -> None:
+        send_data(conn, body[:middle])
+        send_header(conn, {"log": "[query:pg] half way"})
+        send_data(conn, body[middle:])
+        send_header(conn, {"ok": True, "rows": 25_000})
+
+    path = fake_broker(interleaved)
+    access, duck = BrokerAccess(path), Duck()
+    try:
+        assert access.query_into(duck, "t", "pg", "SELECT 1", None, timeout_s=10) == 25_000
+        assert duck.connection.sql("SELECT count(*), sum(id) FROM t").fetchall() == [
+            (25_000, sum(range(25_000)))
+        ]
+    finally:
+        access.close()
+        duck.close()
+    assert "[query:pg] half way" in capsys.readouterr().err
+
+
+def test_file_bodies_arrive_as_bytes_one_piece_per_frame(fake_broker: Callable[..., Path]) -> None:
+    def two_frames(conn: socket.socket) -> None:
+        send_data(conn, b"hello ")
+        send_data(conn, b"world")
+        send_header(conn, {"ok": True, "headers": {"content-type": "text/plain"}})
+
+    access = BrokerAccess(fake_broker(two_frames))
+    pieces: list[object] = []
+    try:
+        headers = access.get_file("/api/files/x/content", pieces.append, None, "x")
+    finally:
+        access.close()
+    assert pieces == [b"hello ", b"world"] and all(type(p) is bytes for p in pieces)
+    assert headers == {"content-type": "text/plain"}
