@@ -119,13 +119,8 @@ def recv_header_payload(sock: socket.socket, length: int) -> dict[str, Any]:
 def recv_frame(sock: socket.socket, *, max_bytes: int, headers_only: bool = False) -> tuple[int, Any]:
     """Read one frame: ``(HEADER, dict)`` or ``(DATA, bytearray)``.
 
-    Raises
-    ------
-    EOFError
-        The peer closed the connection between frames.
-    WireError
-        The frame is oversized, of an unknown (or, with ``headers_only``, a non-header) kind,
-        or its header is not a JSON object.
+    Raises what :func:`recv_frame_head` raises, and :class:`WireError` for a header that is
+    not a JSON object.
     """
     kind, length = recv_frame_head(sock, max_bytes=max_bytes, headers_only=headers_only)
     if kind == DATA:
