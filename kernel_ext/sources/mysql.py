@@ -303,9 +303,11 @@ class MySQLDatasource(ServerDatasource):
             )
         driver, host = self.odbc_driver.replace("}", "}}"), self.host.replace("}", "}}")
         database = (self.database or "").replace("}", "}}")
+        # STREAMRS + FORWARDONLY: Connector/ODBC 3.1.17 and later hand rows over as the server
+        # sends them instead of reading the whole result first; older drivers ignore both
         connection = (
             f"Driver={{{driver}}};Server={{{host}}};Port={self.port};Database={{{database}}};"
-            f"CHARSET=utf8mb4;InitStmt={{SET {', '.join(settings)}}};"
+            f"CHARSET=utf8mb4;STREAMRS=1;FORWARDONLY=1;InitStmt={{SET {', '.join(settings)}}};"
         )
         marker = f"analysis:{uuid.uuid4().hex}"
         self._marker = marker
