@@ -45,7 +45,7 @@ from analysis.errors import (
 from analysis.params import check_id
 from analysis.results import DEFAULT_MAX_RESULT_BYTES, OUTCOME_MIME, format_bytes, to_json_fragment
 from analysis.runner import sandbox as sandboxing
-from analysis.runner.broker import SOCKET_NAME, kernel_environ, serve_broker
+from analysis.runner.broker import SOCKET_NAME, BrokerServer, kernel_environ, serve_broker, shared_pool
 from analysis.runner.deps import EnvironmentLease, lease_environment
 from analysis.runner.envelope import JobResult
 from analysis.runner.jobdirs import claim_job_dir, disk_usage, sweep_orphans
@@ -617,19 +617,16 @@ async def run_job_async(
             if pool is None
             else await pool.acquire_async(spec.project_id, spec.root, launch, lease=lease)
         )
-        if warm is not None:  # the pooled kernel's job directory becomes this job's
-            job_dir, claimed, job.job_dir, job.kernel = warm.job_dir, True, warm.job_dir, warm.kernel
-            client = AsyncKernelClient()
-            client.load_connection_info(job.kernel.connection_info)
-            client.start_channels(hb=False)  # no heartbeat thread, as below
-            try:
-                await _wait_ready(job, client)
-            except KernelStartError:  # it died while being handed over: start cold instead
-                client.stop_channels()
-                client, job.kernel, job.job_dir, claimed = None, None, None, False
+        if warm is not None:  # the pooled kernel's job directory (and ready client) become this job's
+            client = warm.take_client()
+            if client is not None and warm.kernel.is_alive():
+                job_dir, claimed, job.job_dir, job.kernel = warm.job_dir, True, warm.job_dir, warm.kernel
+            else:  # it died while being handed over: start cold instead
+                if client is not None:
+                    client.stop_channels()
+                client = None
                 warm.discard()
                 warm = None
-                job_dir = spec.root / spec.project_id / "analysis" / "temp" / spec.job_id
         if job.kernel is None:
             try:
                 job_dir.mkdir(mode=0o700, parents=True)
@@ -650,7 +647,16 @@ async def run_job_async(
             # opening sockets until "Too many open files".
             client.start_channels(hb=False)
             await _wait_ready(job, client)
-        await broker.enter_async_context(serve_broker(job_dir, spec.project_id, settings, deadline=deadline))
+        if warm is not None:  # its broker stops in the pool's thread, after the envelope is out
+            warm.on_discard(
+                BrokerServer(job_dir, spec.project_id, settings, deadline=deadline, pool=shared_pool())
+                .start()
+                .stop
+            )
+        else:
+            await broker.enter_async_context(
+                serve_broker(job_dir, spec.project_id, settings, deadline=deadline)
+            )
         job_file = _write_job_document(job, job_dir, source, deadline.at)  # the broker's deadline too
         job_file_seen = str((sandboxing.JOB_DIR if job.sandboxed else job_dir.resolve()) / job_file.name)
         if job.sandboxed:  # the job document and the broker's socket, to the sandbox's user

@@ -196,11 +196,21 @@ class SandboxPlan:
 
 
 def plan(
-    kernel_argv: list[str], *, job_dir: Path, max_tmp_bytes: int | None, read_only: Sequence[Path] = ()
+    kernel_argv: list[str],
+    *,
+    job_dir: Path,
+    max_tmp_bytes: int | None,
+    read_only: Sequence[Path] = (),
+    mount_at: Path = JOB_DIR,
+    user_namespaces: bool = False,
+    env: dict[str, str] | None = None,
 ) -> SandboxPlan:
-    """The command that runs ``kernel_argv`` sandboxed, with ``job_dir`` at :data:`JOB_DIR`.
+    """The command that runs ``kernel_argv`` sandboxed, with ``job_dir`` at ``mount_at``.
 
     ``read_only``: more folders bound read-only at their own path (an analysis's environment).
+    ``user_namespaces``: let the sandbox create user namespaces (a zygote, which gives each
+    kernel it forks namespaces of its own and then forbids more: :mod:`analysis.zygote`).
+    ``env``: variables set on top of the fixed ones.
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:  # pragma: no cover - use_sandbox checked it
@@ -216,7 +226,9 @@ def plan(
 
     argv = [bwrap, "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--unshare-cgroup-try"]
-    argv += ["--die-with-parent", "--new-session", "--hostname", "job", "--disable-userns"]
+    argv += ["--die-with-parent", "--new-session", "--hostname", "job"]
+    if not user_namespaces:
+        argv.append("--disable-userns")
     argv += ["--ro-bind", "/usr", "/usr"]
     for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         host = Path("/") / top
@@ -239,9 +251,11 @@ def plan(
     # after the private /tmp, which would hide an environment (or a checkout) that lives under /tmp
     for path in [*_python_paths(), *(Path(os.path.realpath(p)) for p in read_only)]:
         argv += ["--ro-bind", source(path), str(path)]
-    argv += ["--bind", source(job_dir), str(JOB_DIR), "--chdir", str(JOB_DIR)]
+    argv += ["--bind", source(job_dir), str(mount_at), "--chdir", str(mount_at)]
+    if mount_at != JOB_DIR:  # where a zygote's kernels get their job directory
+        argv += ["--dir", str(JOB_DIR)]
     argv += ["--clearenv"]
-    env = {**{k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}, **FIXED_ENV}
+    env = {**{k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}, **FIXED_ENV, **(env or {})}
     for key, value in env.items():
         argv += ["--setenv", key, value]
     argv += ["--", *kernel_argv]
