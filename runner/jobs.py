@@ -353,8 +353,8 @@ async def _wait_ready(job: _Job, client: Any) -> None:
                 f"The kernel did not answer within {job.spec.kernel_start_timeout_s:g} s "
                 "(kernel_start_timeout_s)."
             )
-        if not shell_ok:
-            msg_id = client.kernel_info()
+        if not (shell_ok and iopub_ok):  # a status may reach iopub only after a later request
+            msg_id, shell_ok = client.kernel_info(), False
         step_end = time.monotonic() + 0.5
         while time.monotonic() < step_end and not (shell_ok and iopub_ok):
             if not shell_ok:

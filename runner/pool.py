@@ -148,8 +148,8 @@ class KernelPool:
         at once, the most recently used; the runtime's own environment is not counted.
     zygotes
         Fork sandboxed kernels from a zygote per key (:mod:`analysis.runner.zygote`), which
-        imports once; ``False`` (the default for now: README, "Warm kernels"): start each
-        kernel as a cold one (a process of its own).
+        imports once (the default: README, "Warm kernels"); ``False``: start each kernel as a
+        cold one (a process of its own).
     """
 
     def __init__(
@@ -161,7 +161,7 @@ class KernelPool:
         min_available_bytes: int = 1024**3,
         start_timeout_s: float = 60.0,
         max_environments: int = 4,
-        zygotes: bool = False,
+        zygotes: bool = True,
     ) -> None:
         if size < 1:
             raise ValueError(f"A kernel pool needs a size of at least 1, not {size}.")
@@ -555,7 +555,7 @@ class KernelPool:
         # no heartbeat thread: jupyter_client's spins if stopped before it ran; the process is watched
         client.start_channels(hb=False)
         try:
-            await _reply(client, warm.kernel, client.kernel_info(), self.start_timeout_s)
+            await _connected(client, warm.kernel, self.start_timeout_s)
             inside = sandboxing.JOB_DIR if warm.kernel.sandboxed else warm.job_dir.resolve()
             msg_id = client.execute(_WARM_UP.format(job_dir=str(inside)), silent=True, store_history=False)
             reply = await _reply(client, warm.kernel, msg_id, self.start_timeout_s)
@@ -589,6 +589,26 @@ async def _reply(client: Any, kernel: KernelProcess, msg_id: str, timeout_s: flo
         reply = await _next(client.get_shell_msg, kernel, give_up)
         if reply["parent_header"].get("msg_id") == msg_id:
             return reply
+
+
+async def _connected(client: Any, kernel: KernelProcess, timeout_s: float) -> None:
+    """Until a ``kernel_info`` request is answered on shell *and* its status reaches iopub.
+
+    A reply on shell does not mean the iopub subscription is in place: a SUB socket that
+    connects after the kernel published loses those messages (ZeroMQ's "slow joiner"), and a
+    warm-up waiting for its ``idle`` would wait out ``timeout_s``. So the request is repeated
+    until its status arrives, as ``jupyter_client``'s ``wait_for_ready`` does.
+    """
+    give_up = time.monotonic() + timeout_s
+    while True:
+        msg_id = client.kernel_info()
+        await _reply(client, kernel, msg_id, max(0.0, give_up - time.monotonic()))
+        try:
+            await _idle(client, kernel, msg_id, min(0.5, max(0.0, give_up - time.monotonic())))
+            return
+        except queue.Empty:
+            if time.monotonic() >= give_up or not kernel.is_alive():
+                raise
 
 
 async def _idle(client: Any, kernel: KernelProcess, msg_id: str, timeout_s: float) -> None:
