@@ -50,6 +50,9 @@ _NEWNS, _NEWUSER, _NEWPID, _NEWIPC, _NEWNET = 0x20000, 0x10000000, 0x20000000, 0
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 4096, 16384, 1 << 18
 _PR_SET_PDEATHSIG = 1
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+#: The runner's lifeline descriptor, for the kernels (the zygote itself ends when stdin closes,
+#: and may not start the thread that watches it).
+_lifeline = os.environ.pop("ANALYSIS_LIFELINE_FD", None)
 
 
 def _check(result: int, what: str) -> None:
@@ -174,8 +177,11 @@ def _kernel(request: dict[str, Any]) -> None:
             resource.setrlimit(which, (value, value + 5) if which == resource.RLIMIT_CPU else (value, value))
         for name in _ZYGOTE_ONLY_ENV:  # the job's environment is a cold kernel's
             os.environ.pop(name, None)
-        from analysis.kernel_app import JobKernelApp, _limit_processes
+        from analysis.kernel_app import JobKernelApp, _limit_processes, exit_with_runner
 
+        if _lifeline is not None:  # the runner's lifeline, as a cold sandboxed kernel watches it
+            os.environ["ANALYSIS_LIFELINE_FD"] = _lifeline
+            exit_with_runner()
         sys.argv = ["analysis.kernel_app"]
         JobKernelApp.launch_instance(argv=_limit_processes(request["argv"]))
         code = 0
@@ -208,8 +214,9 @@ def _fork(request: dict[str, Any]) -> dict[str, Any]:
             os.dup2(null, 0)
             os.dup2(log, 1)
             os.dup2(log, 2)
-            os.closerange(3, write)
-            os.closerange(write + 1, 1 << 16)
+            keep = sorted({write, *([int(_lifeline)] if _lifeline is not None else [])})
+            for low, high in zip([2, *keep], [*keep, 1 << 16], strict=True):
+                os.closerange(low + 1, high)
             os.chdir("/")
             _keeper(request, write)
         except BaseException:

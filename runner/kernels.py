@@ -253,9 +253,11 @@ def child_setup(limits: dict[int, int], plan: sandboxing.SandboxPlan | None) -> 
         for which, value in limits.items():
             soft, hard = (value, value + 5) if which == resource.RLIMIT_CPU else (value, value)
             resource.setrlimit(which, (soft, hard))
-        # after setuid: changing credentials clears the parent-death signal
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the runner died before prctl
+        if plan is None:  # after setuid: changing credentials clears the parent-death signal
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # else bubblewrap's --die-with-parent sets it once its sandbox no longer waits for it:
+        # killed earlier, it left its sandbox's init waiting forever (see sandbox.py's lifeline)
+        if os.getppid() != parent:  # the runner died before prctl (or before bubblewrap)
             os._exit(1)
 
     return setup
