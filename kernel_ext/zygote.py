@@ -30,6 +30,7 @@ import ctypes
 import fcntl
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -47,7 +48,15 @@ _JOB = Path("/job")
 _ZYGOTE_ONLY_ENV = ("JE_ARROW_MALLOC_CONF", "OPENBLAS_NUM_THREADS")
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _NEWNS, _NEWUSER, _NEWPID, _NEWIPC, _NEWNET = 0x20000, 0x10000000, 0x20000000, 0x08000000, 0x40000000
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 4096, 16384, 1 << 18
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_MOVE, _MS_REC, _MS_PRIVATE = (
+    1,
+    2,
+    4,
+    4096,
+    8192,
+    16384,
+    1 << 18,
+)
 _PR_SET_PDEATHSIG = 1
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 #: The runner's lifeline descriptor, for the kernels (the zygote itself ends when stdin closes,
@@ -127,14 +136,46 @@ def _wait_for(pid: int) -> int:
             return status
 
 
+def _mounts_below(folder: Path) -> list[Path]:
+    """The outermost mount points strictly below ``folder`` (from this process's mount table)."""
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4]))
+        if folder in point.parents:
+            points.append(point)
+    return [p for p in points if not any(other in p.parents for other in points)]
+
+
+def _private_tmp(size: int | None) -> None:
+    """Give the kernel a ``/tmp`` of its own that keeps what the sandbox bound below ``/tmp``.
+
+    A checkout or an environment under ``/tmp`` is bound there read-only by the zygote's
+    sandbox, as for a cold kernel; a bare new tmpfs on ``/tmp`` would hide it. So the new tmpfs
+    is made on the (still empty) ``/job``, those mounts are bound again inside it (read-only
+    still: a bind keeps its source's flags), and it is then moved onto ``/tmp``.
+    """
+    below = _mounts_below(Path("/tmp"))
+    _mount(
+        "tmpfs", str(_JOB), "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=1777" + (f",size={size}" if size else "")
+    )
+    for point in below:
+        target = _JOB / point.relative_to("/tmp")
+        if point.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+        _mount(str(point), str(target), None, _MS_BIND | _MS_REC)
+    _mount(str(_JOB), "/tmp", None, _MS_MOVE)
+
+
 def _keeper(request: dict[str, Any], report: int) -> None:
     """In the keeper: make the kernel's namespaces and mounts, start PID 1, end as it ends."""
     os.setsid()
     _die_with_parent()
     _enter_user_namespace(_NEWUSER | _NEWNS | _NEWPID | _NEWIPC | _NEWNET)
     _mount("none", "/", None, _MS_REC | _MS_PRIVATE)
-    size = request.get("max_tmp_bytes")
-    _mount("tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=1777" + (f",size={size}" if size else ""))
+    _private_tmp(request.get("max_tmp_bytes"))
     _mount(str(JOBS / request["fork"]), str(_JOB), None, _MS_BIND | _MS_REC)
     _mount("tmpfs", str(JOBS), "tmpfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV, "size=4k")
     _loopback_up()
@@ -246,9 +287,11 @@ def main() -> None:
     if sys.path and (sys.path[0] == "" or Path(sys.path[0]) == Path.cwd()):
         del sys.path[0]
     import duckdb  # noqa: F401
+    import nanoarrow.ipc  # type: ignore[import-untyped]  # noqa: F401
     import pyarrow  # noqa: F401
 
     import analysis.broker_client
+    import analysis.cache_fill
     import analysis.duck
     import analysis.execute
     import analysis.kernel_app  # noqa: F401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import textwrap
 from collections.abc import Iterator
@@ -81,15 +82,51 @@ def test_forked_kernels_do_not_see_each_other(zygote: Zygote) -> None:
             two,
             """
             import os
-            print(sorted(os.listdir('/tmp')), 'mine' in os.listdir('/job'), os.listdir('/jobs'))
+            print('secret' in os.listdir('/tmp'), 'mine' in os.listdir('/job'), os.listdir('/jobs'))
             print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))
             """,
         )
-        assert seen.splitlines() == ["[] False []", "[1, 2]"]  # no sibling's files, its own PIDs only
+        assert seen.splitlines() == ["False False []", "[1, 2]"]  # no sibling's files, its own PIDs only
         assert (zygote.folder / "one" / "mine").read_text() == "one"
     finally:
         one.kill()
         two.kill()
+
+
+def test_forked_kernel_keeps_what_the_sandbox_binds_under_tmp_read_only(
+    root: Path, tmp_path: Path, no_leftovers: None
+) -> None:
+    # a checkout or an environment under /tmp (a CI clone, a test's environment) is bound
+    # there; the kernel's own /tmp must not hide it, nor make it writable
+    env = tmp_path / "env-under-tmp"
+    (env / "lib").mkdir(parents=True)
+    (env / "lib" / "marker.txt").write_text("from the environment")
+    for path in (tmp_path, env, env / "lib"):
+        path.chmod(0o755)
+    (env / "lib" / "marker.txt").chmod(0o644)
+    folder = root / "default" / "analysis" / "temp" / "zygote-test"
+    folder.mkdir(mode=0o700, parents=True)
+    claim_job_dir(folder)
+    zygote = Zygote(folder, python_env=env)
+    kernel = fork(zygote, "one")
+    try:
+        seen = run(
+            kernel,
+            f"""
+            print(open({str(env / "lib" / "marker.txt")!r}).read())
+            try:
+                open({str(env / "lib" / "new.txt")!r}, 'w')
+            except OSError as exc:
+                print(exc.strerror)
+            open('/tmp/mine', 'w').write('x')
+            """,
+        )
+        assert seen.splitlines() == ["from the environment", "Read-only file system"]
+        assert not (env / "lib" / "new.txt").exists()
+    finally:
+        kernel.kill()
+        zygote.close()
+        shutil.rmtree(folder)
 
 
 def test_forked_kernel_has_its_own_loopback(zygote: Zygote) -> None:
