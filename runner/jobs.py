@@ -386,10 +386,13 @@ async def run_code(
     *,
     store_history: bool = False,
     on_output: Callable[[str, dict[str, Any]], None] | None = None,
+    until_outcome: bool = False,
 ) -> CodeRun:
     """Execute ``code`` in the job's kernel until it is idle, enforcing the deadline.
 
-    Stream text goes to the job's logs; every output message is also passed to ``on_output``.
+    ``until_outcome``: return as soon as the job's outcome arrives (the kernel's last word
+    about the job: what it does after, tidying up a kernel about to be discarded, is not
+    waited for). Stream text goes to the job's logs; every output message is also passed to ``on_output``.
     At the deadline the kernel is interrupted (``interrupted`` is then set); a kernel that does
     not answer within the grace period is killed (``JobTimeoutError``); a kernel that dies
     raises ``KernelDiedError`` (or ``ResourceLimitError``).
@@ -426,6 +429,8 @@ async def run_code(
             continue
         if kind in ("display_data", "execute_result") and OUTCOME_MIME in content.get("data", {}):
             run.outcome_text = content["data"][OUTCOME_MIME]
+            if until_outcome:
+                return run
             continue
         if kind == "stream":
             job.output(content.get("name", "stdout"), content.get("text", ""))
@@ -442,7 +447,7 @@ async def _execute(job: _Job, client: Any, job_file: str, bar: Any) -> tuple[dic
     code = f"__import__('analysis.execute').execute.run_job({job_file!r})"
     if bar is not None:
         bar.set_description_str("analysis: running")
-    outcome = outcome_of(job, await run_code(job, client, code), job.job_dir or Path())
+    outcome = outcome_of(job, await run_code(job, client, code, until_outcome=True), job.job_dir or Path())
     if bar is not None:
         bar.update(1)
     return outcome

@@ -59,7 +59,8 @@ __all__ = ["KernelPool", "PoolKey", "WarmKernel"]
 #: What a pooled kernel runs while idle: the imports of a job and its DuckDB connection.
 _WARM_UP = (
     "__import__('analysis.execute'); __import__('analysis.broker_client'); "
-    "__import__('duckdb'); __import__('pyarrow'); "
+    "__import__('duckdb'); __import__('pyarrow'); __import__('nanoarrow.ipc'); "
+    "__import__('analysis.cache_fill'); "
     "__import__('analysis.duck').duck.prepare_connection({job_dir!r})"
 )
 
