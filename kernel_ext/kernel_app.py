@@ -102,7 +102,11 @@ def exit_with_runner() -> None:
         finally:
             os._exit(1)
 
-    threading.Thread(target=watch, name="analysis-lifeline", daemon=True).start()
+    default = threading.stack_size(256 * 1024)  # not 8 MiB of the job's address space (max_memory_bytes)
+    try:
+        threading.Thread(target=watch, name="analysis-lifeline", daemon=True).start()
+    finally:
+        threading.stack_size(default)
 
 
 def main() -> None:
