@@ -4,20 +4,24 @@
 
 All jobs go through ``AnalysisService`` (submit to envelope), sandboxed when bubblewrap works.
 
+Every row shows the 1-minute load average when it was measured (the machine may be shared).
+
 1. One trivial job at a time (``return ctx.query("select 1").rows``): cold (``pool_size=0``) and
-   warm (``pool_size=2``, each job submitted once the pool has refilled), p50 / p99.
+   warm (``pool_size=2``, each job submitted once the pool has refilled), p50 / p99, with kernels
+   started one by one (column a) and forked from a zygote (column b).
 2. The same with a SQLite datasource queried through the broker, warm: what a datasource adds.
-3. 20 concurrent trivial jobs, all done: cold, and warm with a pool of 20.
-4. Sustained: 4 submitters in a closed loop for 10 s with a pool of 4 (jobs/s, and how many
-   got a warm kernel; the rest started cold).
-5. Memory of an idle pooled kernel (PSS of its process tree: bubblewrap and the kernel).
-6. 10 concurrent jobs by pool size (0, 2, 5, 10).
+3. 20 concurrent trivial jobs, all done: cold, and with a pool of 20 (no zygote / zygote), and
+   the memory of an idle pooled kernel (PSS of its process tree: shared pages split).
+4. Sustained: 4 submitters in a closed loop (``--seconds``) by pool size, with and without a
+   zygote (jobs/s, and how many got a warm kernel; the rest started cold).
+5. 10 concurrent jobs by pool size (0, 2, 5, 10).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sqlite3
 import statistics
 import tempfile
@@ -101,96 +105,98 @@ def pct(times: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+def load() -> str:
+    """The machine's 1-minute load average (the machine is shared: every figure is shown with it)."""
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def service(root: Path, size: int, options: dict[str, str], *, zygotes: bool = True) -> AnalysisService:
+    svc = AnalysisService(root, pool_size=size, **options)
+    if svc.pool is not None:
+        svc.pool.zygotes = zygotes
+        svc.warm_up()
+        wait_full(svc, size)
+    return svc
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--sandbox", default="auto")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each sustained run")
     args = parser.parse_args()
     root, options = setup(), {"sandbox": args.sandbox}
-    rows: list[tuple[str, str, str, str]] = []
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def row(name: str, a: str, b: str, c: str = "") -> None:
+        rows.append((name, a, b, c, load()))
 
     with AnalysisService(root, **options) as cold:
         cold.submit_analysis_job("trivial", {})  # imports, page cache
         cold_times = one_at_a_time(cold, "trivial", max(5, args.repeat // 3), 0)
-        cold_burst = concurrent(cold, 20)
-    with AnalysisService(root, pool_size=2, **options) as service:
-        service.warm_up()
-        service.submit_analysis_job("datasource", {})
-        warm_times = one_at_a_time(service, "trivial", args.repeat, 2)
-        ds_times = one_at_a_time(service, "datasource", args.repeat, 2)
-        assert service.pool is not None
-        stats = dict(service.pool.stats)
-    rows.append(
-        (
-            "trivial job, p50",
+        row(
+            "cold trivial job (pool_size=0), p50 / p99",
             f"{pct(cold_times, 0.5):.0f} ms",
-            f"{pct(warm_times, 0.5):.0f} ms",
-            f"{pct(cold_times, 0.5) / pct(warm_times, 0.5):.1f}x",
-        )
-    )
-    rows.append(
-        (
-            "trivial job, p99",
             f"{pct(cold_times, 0.99):.0f} ms",
-            f"{pct(warm_times, 0.99):.0f} ms",
-            f"{pct(cold_times, 0.99) / pct(warm_times, 0.99):.1f}x",
         )
-    )
-    rows.append(
-        (
-            "datasource job (SQLite via broker), p50",
-            "",
-            f"{pct(ds_times, 0.5):.0f} ms",
-            f"+{pct(ds_times, 0.5) - pct(warm_times, 0.5):.0f} ms over trivial",
+        cold_burst = concurrent(cold, 20)
+        row("cold: 20 concurrent trivial jobs, all done", f"{cold_burst:.2f} s", "")
+
+    warm: dict[bool, list[float]] = {}
+    for zygotes in (False, True):
+        with service(root, 2, options, zygotes=zygotes) as svc:
+            svc.submit_analysis_job("datasource", {})
+            warm[zygotes] = one_at_a_time(svc, "trivial", args.repeat, 2)
+            if zygotes:
+                ds_times = one_at_a_time(svc, "datasource", args.repeat, 2)
+    for q, name in ((0.5, "p50"), (0.99, "p99")):
+        off, on = pct(warm[False], q), pct(warm[True], q)
+        row(
+            f"warm trivial job (pool 2), {name}",
+            f"{off:.0f} ms",
+            f"{on:.0f} ms",
+            f"{pct(cold_times, q) / on:.1f}x cold",
         )
+    row(
+        "warm datasource job (SQLite via broker), p50",
+        "",
+        f"{pct(ds_times, 0.5):.0f} ms",
+        f"+{pct(ds_times, 0.5) - pct(warm[True], 0.5):.0f} ms over trivial",
     )
 
-    with AnalysisService(root, pool_size=20, **options) as service:
-        service.warm_up()
-        wait_full(service, 20)
-        assert service.pool is not None
-        pss = [w.pss_bytes for w in service.pool.idle_kernels()]
-        warm_burst = concurrent(service, 20)
-    rows.append(
-        (
-            "20 concurrent trivial jobs, all done",
-            f"{cold_burst:.2f} s",
-            f"{warm_burst:.2f} s",
-            f"{cold_burst / warm_burst:.1f}x",
+    for zygotes in (False, True):
+        with service(root, 20, options, zygotes=zygotes) as svc:
+            assert svc.pool is not None
+            pss = [w.pss_bytes for w in svc.pool.idle_kernels()]
+            burst = concurrent(svc, 20)
+        row(
+            f"pool 20 {'zygote' if zygotes else 'no zygote'}: 20 concurrent all done; idle PSS (median)",
+            f"{burst:.2f} s",
+            f"{statistics.median(pss) / 2**20:.0f} MiB",
+            f"{cold_burst / burst:.1f}x cold",
         )
-    )
-    rows.append(
-        ("idle pooled kernel, PSS (median of 20)", "", f"{statistics.median(pss) / 2**20:.0f} MiB", "")
-    )
 
-    with AnalysisService(root, pool_size=4, **options) as service:
-        service.warm_up()
-        wait_full(service, 4)
-        rate = sustained(service, 4, 10.0)
-        assert service.pool is not None
-        sus = dict(service.pool.stats)
-    rows.append(
-        (
-            "sustained jobs/s (4 submitters, pool 4)",
+    for size, zygotes in ((4, False), (2, True), (4, True), (8, True)):
+        with service(root, size, options, zygotes=zygotes) as svc:
+            rate = sustained(svc, 4, args.seconds)
+            assert svc.pool is not None
+            sus = dict(svc.pool.stats)
+        row(
+            f"sustained jobs/s, 4 submitters, pool {size}, {'zygote' if zygotes else 'no zygote'}",
             "",
             f"{rate:.1f}/s",
             f"{sus['warm']} warm, {sus['cold']} cold",
         )
-    )
 
     by_size = []
     for size in (0, 2, 5, 10):
-        with AnalysisService(root, pool_size=size, **options) as service:
-            if size:
-                service.warm_up()
-                wait_full(service, size)
-            by_size.append(f"{size}: {concurrent(service, 10):.2f} s")
-    rows.append(("10 concurrent jobs by pool size", "", "; ".join(by_size), ""))
+        with service(root, size, options) as svc:
+            by_size.append(f"{size}: {concurrent(svc, 10):.2f} s")
+    row("10 concurrent jobs by pool size (zygote)", "; ".join(by_size), "")
 
-    print(f"pool stats (pool 2 run): {stats}")
-    print(f"{'measure':<44} {'cold':>10} {'warm':>12}  ratio")
-    for name, a, b, c in rows:
-        print(f"{name:<44} {a:>10} {b:>12}  {c}")
+    print(f"{'measure':<66} {'a':>10} {'b':>10}  {'ratio / note':<28} load")
+    for name, a, b, c, at in rows:
+        print(f"{name:<66} {a:>10} {b:>10}  {c:<28} {at}")
 
 
 if __name__ == "__main__":

@@ -210,12 +210,16 @@ class Context:
         self._duck.interrupt()
         self._access.interrupt()
 
-    def close(self) -> None:
-        """Close the DuckDB connection, datasources and the file client. Safe to call twice."""
+    def close(self, *, duckdb: bool = True) -> None:
+        """Close the datasources, the file client and (``duckdb``) the DuckDB connection.
+
+        Safe to call twice.
+        """
         try:
             if self._files is not None:
                 self._files.close()
                 self._files = None
             self._access.close()
         finally:
-            self._duck.close()
+            if duckdb:
+                self._duck.close()

@@ -362,6 +362,8 @@ def prepare_connection(job_dir: str) -> None:
     """Open the locked-down connection of a job in ``job_dir`` now (a pooled kernel, while idle)."""
     duck = Duck()
     duck.lock_down(Path(job_dir))
+    # a connection's first statement costs more than the next (tokenizer, Arrow export): paid now
+    duck.connection.sql("select 1").to_arrow_table()
     _prepared[Path(job_dir)] = duck.connection
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -83,10 +84,36 @@ def _limit_processes(argv: list[str]) -> list[str]:
     return rest
 
 
+def exit_with_runner() -> None:
+    """Exit as soon as the runner is gone, in a sandbox (the runner's ``analysis.runner.sandbox``).
+
+    The runner's end of the lifeline pipe closes when it ends, however it ends: a read here
+    then returns end-of-file. This ties the kernel to the runner even if the sandbox's own
+    parent-death signal was lost (bubblewrap's init sets it only after being forked).
+    """
+    fd = os.environ.pop("ANALYSIS_LIFELINE_FD", None)
+    if fd is None:
+        return
+
+    def watch() -> None:
+        try:
+            while os.read(int(fd), 1):  # nobody writes: only end-of-file (or an error) ends this
+                pass
+        finally:
+            os._exit(1)
+
+    default = threading.stack_size(256 * 1024)  # not 8 MiB of the job's address space (max_memory_bytes)
+    try:
+        threading.Thread(target=watch, name="analysis-lifeline", daemon=True).start()
+    finally:
+        threading.stack_size(default)
+
+
 def main() -> None:
     """Launch the job kernel (the working directory is not put on ``sys.path``)."""
     if sys.path and (sys.path[0] == "" or Path(sys.path[0]) == Path.cwd()):
         del sys.path[0]
+    exit_with_runner()
     try:
         JobKernelApp.launch_instance(argv=_limit_processes(sys.argv[1:]))
     except Exception:  # a failed start must end the process, not leave its threads waiting

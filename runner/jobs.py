@@ -45,7 +45,7 @@ from analysis.errors import (
 from analysis.params import check_id
 from analysis.results import DEFAULT_MAX_RESULT_BYTES, OUTCOME_MIME, format_bytes, to_json_fragment
 from analysis.runner import sandbox as sandboxing
-from analysis.runner.broker import SOCKET_NAME, kernel_environ, serve_broker
+from analysis.runner.broker import SOCKET_NAME, BrokerServer, kernel_environ, serve_broker, shared_pool
 from analysis.runner.deps import EnvironmentLease, lease_environment
 from analysis.runner.envelope import JobResult
 from analysis.runner.jobdirs import claim_job_dir, disk_usage, sweep_orphans
@@ -353,8 +353,8 @@ async def _wait_ready(job: _Job, client: Any) -> None:
                 f"The kernel did not answer within {job.spec.kernel_start_timeout_s:g} s "
                 "(kernel_start_timeout_s)."
             )
-        if not shell_ok:
-            msg_id = client.kernel_info()
+        if not (shell_ok and iopub_ok):  # a status may reach iopub only after a later request
+            msg_id, shell_ok = client.kernel_info(), False
         step_end = time.monotonic() + 0.5
         while time.monotonic() < step_end and not (shell_ok and iopub_ok):
             if not shell_ok:
@@ -386,10 +386,13 @@ async def run_code(
     *,
     store_history: bool = False,
     on_output: Callable[[str, dict[str, Any]], None] | None = None,
+    until_outcome: bool = False,
 ) -> CodeRun:
     """Execute ``code`` in the job's kernel until it is idle, enforcing the deadline.
 
-    Stream text goes to the job's logs; every output message is also passed to ``on_output``.
+    ``until_outcome``: return as soon as the job's outcome arrives (the kernel's last word
+    about the job: what it does after, tidying up a kernel about to be discarded, is not
+    waited for). Stream text goes to the job's logs; every output message is also passed to ``on_output``.
     At the deadline the kernel is interrupted (``interrupted`` is then set); a kernel that does
     not answer within the grace period is killed (``JobTimeoutError``); a kernel that dies
     raises ``KernelDiedError`` (or ``ResourceLimitError``).
@@ -426,6 +429,8 @@ async def run_code(
             continue
         if kind in ("display_data", "execute_result") and OUTCOME_MIME in content.get("data", {}):
             run.outcome_text = content["data"][OUTCOME_MIME]
+            if until_outcome:
+                return run
             continue
         if kind == "stream":
             job.output(content.get("name", "stdout"), content.get("text", ""))
@@ -442,7 +447,7 @@ async def _execute(job: _Job, client: Any, job_file: str, bar: Any) -> tuple[dic
     code = f"__import__('analysis.execute').execute.run_job({job_file!r})"
     if bar is not None:
         bar.set_description_str("analysis: running")
-    outcome = outcome_of(job, await run_code(job, client, code), job.job_dir or Path())
+    outcome = outcome_of(job, await run_code(job, client, code, until_outcome=True), job.job_dir or Path())
     if bar is not None:
         bar.update(1)
     return outcome
@@ -617,19 +622,16 @@ async def run_job_async(
             if pool is None
             else await pool.acquire_async(spec.project_id, spec.root, launch, lease=lease)
         )
-        if warm is not None:  # the pooled kernel's job directory becomes this job's
-            job_dir, claimed, job.job_dir, job.kernel = warm.job_dir, True, warm.job_dir, warm.kernel
-            client = AsyncKernelClient()
-            client.load_connection_info(job.kernel.connection_info)
-            client.start_channels(hb=False)  # no heartbeat thread, as below
-            try:
-                await _wait_ready(job, client)
-            except KernelStartError:  # it died while being handed over: start cold instead
-                client.stop_channels()
-                client, job.kernel, job.job_dir, claimed = None, None, None, False
+        if warm is not None:  # the pooled kernel's job directory (and ready client) become this job's
+            client = warm.take_client()
+            if client is not None and warm.kernel.is_alive():
+                job_dir, claimed, job.job_dir, job.kernel = warm.job_dir, True, warm.job_dir, warm.kernel
+            else:  # it died while being handed over: start cold instead
+                if client is not None:
+                    client.stop_channels()
+                client = None
                 warm.discard()
                 warm = None
-                job_dir = spec.root / spec.project_id / "analysis" / "temp" / spec.job_id
         if job.kernel is None:
             try:
                 job_dir.mkdir(mode=0o700, parents=True)
@@ -650,7 +652,16 @@ async def run_job_async(
             # opening sockets until "Too many open files".
             client.start_channels(hb=False)
             await _wait_ready(job, client)
-        await broker.enter_async_context(serve_broker(job_dir, spec.project_id, settings, deadline=deadline))
+        if warm is not None:  # its broker stops in the pool's thread, after the envelope is out
+            warm.on_discard(
+                BrokerServer(job_dir, spec.project_id, settings, deadline=deadline, pool=shared_pool())
+                .start()
+                .stop
+            )
+        else:
+            await broker.enter_async_context(
+                serve_broker(job_dir, spec.project_id, settings, deadline=deadline)
+            )
         job_file = _write_job_document(job, job_dir, source, deadline.at)  # the broker's deadline too
         job_file_seen = str((sandboxing.JOB_DIR if job.sandboxed else job_dir.resolve()) / job_file.name)
         if job.sandboxed:  # the job document and the broker's socket, to the sandbox's user

@@ -26,25 +26,46 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
 from analysis.errors import KernelStartError
 from analysis.runner import sandbox as sandboxing
 
-__all__ = ["KernelProcess", "launch_kernel"]
+__all__ = [
+    "KernelProcess",
+    "ProcessHandle",
+    "child_setup",
+    "connection_file",
+    "kernel_args",
+    "kernel_limits",
+    "launch_kernel",
+]
 
 #: Longest path a Unix socket can bind on Linux (sun_path is 108 bytes, NUL included).
 _MAX_SOCKET_PATH = 107
 _PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
+class ProcessHandle(Protocol):
+    """What the runner holds of the process it started for a kernel (a ``Popen``, or a zygote's child)."""
+
+    returncode: int | None
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self) -> int: ...
+
+
 @dataclass
 class KernelProcess:
     """A running kernel: its process, connection info, and the folder of its sockets."""
 
-    popen: subprocess.Popen[bytes]
+    popen: ProcessHandle
     connection_info: dict[str, Any]
     log_path: Path
     socket_dir: Path
@@ -52,6 +73,8 @@ class KernelProcess:
     #: Unix socket's path), closed by :meth:`cleanup`.
     socket_dir_fd: int | None = None
     sandboxed: bool = False
+    #: Finds the kernel's host pid when ``popen`` is not the kernel (default: by its command line).
+    find_kernel: Callable[[], int | None] | None = field(default=None, repr=False)
     _kernel_pid: int | None = field(default=None, repr=False)
 
     @property
@@ -63,7 +86,9 @@ class KernelProcess:
         """The host process id of the kernel itself (inside the sandbox, bubblewrap's grandchild)."""
         if not self.sandboxed:
             return self.pid
-        if self._kernel_pid is None:
+        if self._kernel_pid is None and self.find_kernel is not None:
+            self._kernel_pid = self.find_kernel()
+        elif self._kernel_pid is None:
             try:
                 for proc in psutil.Process(self.pid).children(recursive=True):
                     if proc.cmdline()[1:3] == ["-m", "analysis.kernel_app"]:  # not bwrap's own
@@ -171,7 +196,54 @@ _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child must not dlopen after fork
 
 
-def _child_setup(limits: dict[int, int], plan: sandboxing.SandboxPlan | None) -> Callable[[], None]:
+def connection_file(job_dir: Path, *, sandboxed: bool) -> tuple[dict[str, Any], Path, int | None]:
+    """Write ``job_dir/kernel.json`` (IPC sockets, a fresh key) for a kernel that sees ``job_dir``.
+
+    Returns the connection info as the runner uses it, the socket folder it connects to, and
+    the descriptor behind that folder when it is a ``/proc/self/fd/N`` path
+    (closed by :meth:`KernelProcess.cleanup`).
+    """
+    socket_dir, socket_fd = _socket_dir(job_dir)
+    inside = sandboxing.JOB_DIR if sandboxed else socket_dir
+    info: dict[str, Any] = {name: i + 1 for i, name in enumerate(_PORTS)}
+    info.update(
+        ip=str(inside / "k"),
+        key=secrets.token_hex(32),
+        transport="ipc",
+        signature_scheme="hmac-sha256",
+        kernel_name="analysis",
+    )
+    fd = os.open(job_dir / "kernel.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(info, fh)
+    info["ip"] = str(socket_dir / "k")  # where the runner connects
+    return info, socket_dir, socket_fd
+
+
+def kernel_args(max_processes: int | None) -> list[str]:
+    """The ``analysis.kernel_app`` options of a job kernel (a process limit only when sandboxed)."""
+    args = ["--HistoryManager.enabled=False", "--IPKernelApp.quiet=True"]
+    if max_processes is not None:
+        args.append(f"--max-processes={max_processes}")
+    return args
+
+
+def kernel_limits(
+    max_memory_bytes: int | None, max_cpu_s: int | None, max_file_bytes: int | None
+) -> dict[int, int]:
+    """The resource limits (``RLIMIT_*`` to value) a kernel process sets before it runs anything."""
+    return {
+        which: value
+        for which, value in (
+            (resource.RLIMIT_AS, max_memory_bytes),
+            (resource.RLIMIT_CPU, max_cpu_s),
+            (resource.RLIMIT_FSIZE, max_file_bytes),
+        )
+        if value is not None
+    }
+
+
+def child_setup(limits: dict[int, int], plan: sandboxing.SandboxPlan | None) -> Callable[[], None]:
     """What the child runs before ``exec``: drop root for a sandbox, set limits, die with the runner."""
     parent = os.getpid()
 
@@ -181,9 +253,11 @@ def _child_setup(limits: dict[int, int], plan: sandboxing.SandboxPlan | None) ->
         for which, value in limits.items():
             soft, hard = (value, value + 5) if which == resource.RLIMIT_CPU else (value, value)
             resource.setrlimit(which, (soft, hard))
-        # after setuid: changing credentials clears the parent-death signal
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the runner died before prctl
+        if plan is None:  # after setuid: changing credentials clears the parent-death signal
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # else bubblewrap's --die-with-parent sets it once its sandbox no longer waits for it:
+        # killed earlier, it left its sandbox's init waiting forever (see sandbox.py's lifeline)
+        if os.getppid() != parent:  # the runner died before prctl (or before bubblewrap)
             os._exit(1)
 
     return setup
@@ -235,47 +309,24 @@ def launch_kernel(
         The environment ``python`` belongs to, when it is not the runner's: a sandbox binds it
         read-only.
     """
-    socket_dir, socket_fd = _socket_dir(job_dir)
+    info, socket_dir, socket_fd = connection_file(job_dir, sandboxed=sandboxed)
     inside = sandboxing.JOB_DIR if sandboxed else socket_dir
-    info: dict[str, Any] = {name: i + 1 for i, name in enumerate(_PORTS)}
-    info.update(
-        ip=str(inside / "k"),
-        key=secrets.token_hex(32),
-        transport="ipc",
-        signature_scheme="hmac-sha256",
-        kernel_name="analysis",
-    )
-    connection_file = job_dir / "kernel.json"
-    fd = os.open(connection_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(info, fh)
-    info["ip"] = str(socket_dir / "k")  # where the runner connects
-    kernel_args = ["--HistoryManager.enabled=False", "--IPKernelApp.quiet=True"]
-    if max_processes is not None and sandboxed:
-        kernel_args.append(f"--max-processes={max_processes}")
-    limits = {
-        which: value
-        for which, value in (
-            (resource.RLIMIT_AS, max_memory_bytes),
-            (resource.RLIMIT_CPU, max_cpu_s),
-            (resource.RLIMIT_FSIZE, max_file_bytes),
-        )
-        if value is not None
-    }
+    args = kernel_args(max_processes if sandboxed else None)
+    limits = kernel_limits(max_memory_bytes, max_cpu_s, max_file_bytes)
     plan: sandboxing.SandboxPlan | None = None
     interpreter = python or sys.executable
     if sandboxed:
         sandboxing.prepare_job_dir(job_dir)
         kernel_argv = [interpreter, "-m", "analysis.kernel_app", "-f", str(inside / "kernel.json")]
         plan = sandboxing.plan(
-            kernel_argv + kernel_args,
+            kernel_argv + args,
             job_dir=job_dir,
             max_tmp_bytes=max_tmp_bytes,
             read_only=[python_env] if python_env is not None else [],
         )
         argv, kernel_env, cwd = plan.argv, plan.env, None
     else:
-        argv = [interpreter, "-m", "analysis.kernel_app", "-f", str(connection_file), *kernel_args]
+        argv = [interpreter, "-m", "analysis.kernel_app", "-f", str(job_dir / "kernel.json"), *args]
         kernel_env = {
             **(os.environ if base_env is None else base_env),
             "IPYTHONDIR": str(job_dir / "ipython"),
@@ -297,7 +348,7 @@ def launch_kernel(
                 # unsandboxed, the kernel binds in /proc/self/fd/N of a deep job directory
                 pass_fds=plan.pass_fds if plan else (() if socket_fd is None else (socket_fd,)),
                 # only the child can set its parent-death signal; the setup calls no locks
-                preexec_fn=_child_setup(limits, plan),  # noqa: PLW1509
+                preexec_fn=child_setup(limits, plan),  # noqa: PLW1509
             )
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         if socket_fd is not None:

@@ -1,12 +1,15 @@
 """A pool of warm job kernels: started ahead of demand, each handed to one job, then discarded.
 
-A pooled kernel is started exactly as a cold one (:func:`~analysis.runner.kernels.launch_kernel`:
-same sandbox, same limits) in a job directory of its own, under its project's
-``analysis/temp``. Once it answers, the pool imports what every job imports (``analysis.execute``,
-DuckDB, PyArrow) and opens the job's locked-down DuckDB connection. A job that takes it adopts
-that directory as its own job directory: the runner then writes the job document there and
-serves the job's broker in it, and the kernel (which sees the folder as ``/job`` in its sandbox)
-runs the job as a cold kernel would. After its job the kernel is killed like any other.
+A sandboxed pooled kernel is forked from the key's zygote (:mod:`analysis.runner.zygote`: same
+sandbox and limits as a cold kernel, imports done once), in a job directory of its own in the
+zygote's folder under its project's ``analysis/temp``; an unsandboxed one (or one whose zygote
+cannot start) is started as a cold one (:func:`~analysis.runner.kernels.launch_kernel`). Once it
+answers, the pool imports what every job imports (``analysis.execute``, DuckDB, PyArrow) and
+opens the job's locked-down DuckDB connection, and keeps the connected client. A job that takes
+it adopts that directory as its own job directory and that client: the runner then writes the
+job document there and serves the job's broker in it, and the kernel (which sees the folder as
+``/job`` in its sandbox) runs the job as a cold kernel would. After its job the kernel is
+SIGKILLed; the pool's thread stops its broker, reaps it and removes its directory.
 
 Kernels are pooled per *key*: the project, the projects root, the interpreter and every launch
 setting (limits, sandbox, working directory, environment), so a kernel never serves another
@@ -29,11 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import shutil
 import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +49,7 @@ from analysis.runner import sandbox as sandboxing
 from analysis.runner.jobdirs import claim_job_dir
 from analysis.runner.kernels import KernelProcess, launch_kernel
 from analysis.runner.pool_environments import PoolEnvironments
+from analysis.runner.zygote import Zygote
 
 if TYPE_CHECKING:
     from analysis.runner.deps import EnvironmentLease
@@ -53,9 +59,13 @@ __all__ = ["KernelPool", "PoolKey", "WarmKernel"]
 #: What a pooled kernel runs while idle: the imports of a job and its DuckDB connection.
 _WARM_UP = (
     "__import__('analysis.execute'); __import__('analysis.broker_client'); "
-    "__import__('duckdb'); __import__('pyarrow'); "
+    "__import__('duckdb'); __import__('pyarrow'); __import__('nanoarrow.ipc'); "
+    "__import__('analysis.cache_fill'); "
     "__import__('analysis.duck').duck.prepare_connection({job_dir!r})"
 )
+
+#: The launch settings a zygote's kernel gets at its fork (the others are the zygote's own).
+_FORK_LIMITS = ("max_memory_bytes", "max_cpu_s", "max_file_bytes", "max_processes", "max_tmp_bytes")
 
 #: What a kernel is taken to cost before one was measured (a cold kernel's RSS).
 _FIRST_ESTIMATE = 150 * 1024**2
@@ -69,9 +79,19 @@ class WarmKernel:
 
     kernel: KernelProcess
     job_dir: Path
+    #: A connected ``AsyncKernelClient`` that has seen the kernel answer on shell and iopub; the
+    #: job takes it (:meth:`take_client`) instead of connecting and waiting for the kernel again.
+    client: Any = None
+    #: The zygote it was forked from, if any.
+    zygote: Zygote | None = None
     pss_bytes: int = 0
     idle_since: float = field(default_factory=time.monotonic)
     lease: EnvironmentLease | None = None
+    _cleanups: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def on_discard(self, cleanup: Callable[[], None]) -> None:
+        """Have :meth:`discard` call ``cleanup`` first (the job's broker: stopped off the job's path)."""
+        self._cleanups.append(cleanup)
 
     def signal_kill(self) -> None:
         """SIGKILL the kernel's process group now (a sandbox's whole PID namespace ends with it)."""
@@ -80,13 +100,25 @@ class WarmKernel:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def take_client(self) -> Any:
+        """The ready client of the kernel, handed over once (``None`` after)."""
+        client, self.client = self.client, None
+        return client
+
     def discard(self) -> None:
         """Kill the kernel and remove its job directory, then let go of its environment."""
         try:
+            while self._cleanups:
+                self._cleanups.pop()()
+            client = self.take_client()
+            if client is not None:
+                client.stop_channels()
             self.kernel.kill()
             self.kernel.cleanup()
         finally:
             shutil.rmtree(self.job_dir, ignore_errors=True)
+            if self.zygote is not None:
+                self.zygote.kernels.discard(self.job_dir)
             if self.lease is not None:
                 self.lease.release()
 
@@ -115,6 +147,10 @@ class KernelPool:
     max_environments
         How many dependency environments (README, "Dependencies per analysis") keep warm kernels
         at once, the most recently used; the runtime's own environment is not counted.
+    zygotes
+        Fork sandboxed kernels from a zygote per key (:mod:`analysis.runner.zygote`), which
+        imports once (the default: README, "Warm kernels"); ``False``: start each kernel as a
+        cold one (a process of its own).
     """
 
     def __init__(
@@ -126,6 +162,7 @@ class KernelPool:
         min_available_bytes: int = 1024**3,
         start_timeout_s: float = 60.0,
         max_environments: int = 4,
+        zygotes: bool = True,
     ) -> None:
         if size < 1:
             raise ValueError(f"A kernel pool needs a size of at least 1, not {size}.")
@@ -141,11 +178,26 @@ class KernelPool:
         self._closed = False
         self._dead: list[WarmKernel] = []
         self._finished = False
+        self.zygotes = zygotes
+        #: Why the last zygote could not start (its key's kernels then start one by one).
+        self.zygote_error: str | None = None
+        self._zygotes: dict[PoolKey, Zygote | None] = {}
+        self._context: Any = None  # the zmq context of the pooled kernels' clients, made on first use
         self._starting: dict[PoolKey, int] = {}
         self._waiting: dict[PoolKey, int] = {}
+        #: Kernels to fork now for jobs waiting for one (counted in ``_starting`` already).
+        self._demand: dict[PoolKey, int] = {}
         #: Seconds a kernel took to start and warm up (the last batch): about a cold start.
         self.start_s = 1.0
-        self.stats = {"warm": 0, "cold": 0, "started": 0, "replaced": 0, "shed": 0, "evicted": 0}
+        self.stats = {
+            "warm": 0,
+            "cold": 0,
+            "started": 0,
+            "replaced": 0,
+            "shed": 0,
+            "evicted": 0,
+            "zygotes": 0,
+        }
         self._thread = threading.Thread(target=self._run, name="analysis-kernel-pool", daemon=True)
         self._thread.start()
 
@@ -214,7 +266,8 @@ class KernelPool:
 
         It waits at most as long as a kernel takes to start (:attr:`start_s`), the time a cold
         start would cost it, and only while a kernel of its key is starting that no other
-        waiting job counts on; else it gets ``None`` at once and starts cold.
+        waiting job counts on, or, when its key has a zygote, for a kernel forked for it (a
+        fraction of a cold start's CPU); else it gets ``None`` at once and starts cold.
         """
         warm = self.acquire(project_id, root, launch, count_cold=False, lease=lease)
         if warm is None:
@@ -230,7 +283,13 @@ class KernelPool:
         key = pool_key(project_id, root, launch)
         with self._lock:
             if self._waiting.get(key, 0) >= self._starting.get(key, 0):
-                return None
+                zygote = self._zygotes.get(key)
+                if zygote is None or not zygote.is_alive():
+                    return None
+                # a fork costs a fraction of a cold start: have one forked for this job
+                self._demand[key] = self._demand.get(key, 0) + 1
+                self._starting[key] = self._starting.get(key, 0) + 1
+                self._lock.notify_all()
             self._waiting[key] = self._waiting.get(key, 0) + 1
             give_up = time.monotonic() + self.start_s
         try:
@@ -307,7 +366,6 @@ class KernelPool:
         return kept
 
     def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
         try:
             while True:
                 with self._lock:
@@ -321,6 +379,7 @@ class KernelPool:
                     plan = self._hold_environments(self._plan())
                 for warm in dead + shed:
                     warm.discard()
+                self._close_unused_zygotes()
                 if plan:
                     try:
                         self._start(plan)
@@ -335,7 +394,10 @@ class KernelPool:
             for warm in left:
                 warm.discard()
             self._environments.release_unused()
-            self._loop.close()
+            for key in list(self._zygotes):
+                self._close_zygote(key)
+            if self._context is not None:
+                self._context.destroy(linger=0)
 
     def _shed(self) -> list[WarmKernel]:
         """Under the lock: take out idle kernels that died, idled too long, or must go for memory."""
@@ -344,6 +406,7 @@ class KernelPool:
             if now - self._wanted[key][3] > self.idle_timeout_s:
                 del self._wanted[key]
                 self._environments.forget(key)
+                self._starting[key] = self._starting.get(key, 0) - self._demand.pop(key, 0)
                 out += self._idle.pop(key, [])
         for kernels in self._idle.values():
             for warm in [w for w in kernels if not w.kernel.is_alive()]:
@@ -366,12 +429,15 @@ class KernelPool:
         each = max((w.pss_bytes for w in idle), default=_FIRST_ESTIMATE)
         plan: list[tuple[PoolKey, str, Path, dict[str, Any]]] = []
         for key, (project_id, root, launch, _) in self._wanted.items():
-            for _ in range(self.size - len(self._idle.get(key, []))):
+            demand = self._demand.pop(key, 0)  # already counted as starting
+            for extra in range(self.size - len(self._idle.get(key, [])) + demand):
                 if self.max_pool_bytes is not None and used + each > self.max_pool_bytes:
+                    self._starting[key] -= max(0, demand - extra)  # its jobs will start cold
                     return plan
                 used += each
                 plan.append((key, project_id, root, launch))
-                self._starting[key] = self._starting.get(key, 0) + 1
+                if extra >= demand:
+                    self._starting[key] = self._starting.get(key, 0) + 1
         return plan
 
     def _start(self, plan: list[tuple[PoolKey, str, Path, dict[str, Any]]]) -> None:
@@ -389,17 +455,31 @@ class KernelPool:
     def _start_batch(self, plan: list[tuple[PoolKey, str, Path, dict[str, Any]]]) -> None:
         started: list[tuple[PoolKey, WarmKernel]] = []
         for key, project_id, root, launch in plan:
-            job_dir = root / project_id / "analysis" / "temp" / f"pool-{uuid.uuid4().hex}"
+            zygote = self._zygote(key, project_id, root, launch)
+            parent = zygote.folder if zygote is not None else root / project_id / "analysis" / "temp"
+            job_dir = parent / f"pool-{uuid.uuid4().hex[:16]}"
             try:
                 job_dir.mkdir(mode=0o700, parents=True)
                 claim_job_dir(job_dir)
-                kernel = launch_kernel(job_dir, **launch)
+                if zygote is not None:
+                    kernel = zygote.fork(job_dir, **{name: launch.get(name) for name in _FORK_LIMITS})
+                else:
+                    kernel = launch_kernel(job_dir, **launch)
             except Exception:  # the job will start cold instead
                 shutil.rmtree(job_dir, ignore_errors=True)
                 continue
-            started.append((key, WarmKernel(kernel, job_dir, lease=self._environments.take(key))))
+            warm = WarmKernel(kernel, job_dir, zygote=zygote, lease=self._environments.take(key))
+            if zygote is not None:
+                zygote.kernels.add(job_dir)
+            started.append((key, warm))
             self.stats["started"] += 1
-        ready = self._loop.run_until_complete(self._warm_all([warm for _, warm in started]))
+        # a loop per batch, closed after it: the kept clients' sockets then register with the loop
+        # of the job that takes them, and nothing in this thread watches them any more
+        loop = asyncio.new_event_loop()
+        try:
+            ready = loop.run_until_complete(self._warm_all([warm for _, warm in started]))
+        finally:
+            loop.close()
         for (key, warm), ok in zip(started, ready, strict=True):
             if not ok:
                 warm.discard()
@@ -413,6 +493,52 @@ class KernelPool:
                 self._idle.setdefault(key, []).append(warm)
                 self._lock.notify_all()
 
+    def _zygote(self, key: PoolKey, project_id: str, root: Path, launch: dict[str, Any]) -> Zygote | None:
+        """The key's zygote, started if need be; ``None``: launch kernels one by one (unsandboxed,
+        zygotes off, or the zygote cannot start here: :attr:`zygote_error` says why)."""
+        if not (self.zygotes and launch.get("sandboxed")) or self._zygotes.get(key, False) is None:
+            return None
+        zygote = self._zygotes.get(key)
+        if zygote is not None and zygote.is_alive():
+            return zygote
+        if zygote is not None:  # it died: its kernels died with it
+            self._close_zygote(key)
+        folder = root / project_id / "analysis" / "temp" / f"zygote-{uuid.uuid4().hex[:8]}"
+        try:
+            folder.mkdir(mode=0o700, parents=True)
+            claim_job_dir(folder)
+            zygote = Zygote(
+                folder,
+                python=launch.get("python"),
+                python_env=launch.get("python_env"),
+                start_timeout_s=self.start_timeout_s,
+            )
+        except Exception as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            self.zygote_error = f"{type(exc).__name__}: {exc}"
+            self._zygotes[key] = None
+            return None
+        self._zygotes[key] = zygote
+        self.stats["zygotes"] += 1
+        return zygote
+
+    def _close_zygote(self, key: PoolKey) -> None:
+        zygote = self._zygotes.pop(key, None)
+        if zygote is not None:
+            zygote.close()
+            shutil.rmtree(zygote.folder, ignore_errors=True)
+
+    def _close_unused_zygotes(self) -> None:
+        """Stop the zygotes of keys no longer wanted once none of their kernels is in use."""
+        with self._lock:
+            unused = [
+                key
+                for key, zygote in self._zygotes.items()
+                if key not in self._wanted and (zygote is None or not zygote.kernels)
+            ]
+        for key in unused:
+            self._close_zygote(key)
+
     async def _warm_all(self, kernels: list[WarmKernel]) -> list[bool]:
         return list(await asyncio.gather(*(self._warm_up(warm) for warm in kernels)))
 
@@ -420,29 +546,83 @@ class KernelPool:
         """Wait for the kernel to answer and run the warm-up code; whether it is ready for a job."""
         from jupyter_client.asynchronous.client import AsyncKernelClient
 
-        client: Any = AsyncKernelClient()
+        if self._context is None:
+            import zmq.asyncio
+
+            self._context = zmq.asyncio.Context()
+        # the pool's context: a job closing the client it took does not pay for terminating one
+        client: Any = AsyncKernelClient(context=self._context)
         client.load_connection_info(warm.kernel.connection_info)
         # no heartbeat thread: jupyter_client's spins if stopped before it ran; the process is watched
         client.start_channels(hb=False)
         try:
-            await _reply(client, client.kernel_info(), self.start_timeout_s)
+            await _connected(client, warm.kernel, self.start_timeout_s)
             inside = sandboxing.JOB_DIR if warm.kernel.sandboxed else warm.job_dir.resolve()
             msg_id = client.execute(_WARM_UP.format(job_dir=str(inside)), silent=True, store_history=False)
-            reply = await _reply(client, msg_id, self.start_timeout_s)
-            return bool(reply["content"].get("status") == "ok") and warm.kernel.is_alive()
+            reply = await _reply(client, warm.kernel, msg_id, self.start_timeout_s)
+            await _idle(client, warm.kernel, msg_id, self.start_timeout_s)  # iopub reaches the client too
+            ok = bool(reply["content"].get("status") == "ok") and warm.kernel.is_alive()
         except Exception:  # a kernel that does not start is not pooled
-            return False
-        finally:
+            ok = False
+        if ok:
+            warm.client = client
+        else:
             client.stop_channels()
+        return ok
 
 
-async def _reply(client: Any, msg_id: str, timeout_s: float) -> dict[str, Any]:
-    """The shell reply to ``msg_id`` (``queue.Empty`` past ``timeout_s``)."""
+async def _next(get: Any, kernel: KernelProcess, give_up: float) -> dict[str, Any]:
+    """The next message from ``get`` (a channel's ``get_*_msg``); ``queue.Empty`` past ``give_up``
+    or as soon as the kernel has died (it would never answer)."""
+    while True:
+        try:
+            msg: dict[str, Any] = await get(timeout=max(0.0, min(0.1, give_up - time.monotonic())))
+            return msg
+        except queue.Empty:
+            if time.monotonic() >= give_up or not kernel.is_alive():
+                raise
+
+
+async def _reply(client: Any, kernel: KernelProcess, msg_id: str, timeout_s: float) -> dict[str, Any]:
+    """The shell reply to ``msg_id`` (``queue.Empty`` past ``timeout_s``, or if the kernel dies)."""
     give_up = time.monotonic() + timeout_s
     while True:
-        reply: dict[str, Any] = await client.get_shell_msg(timeout=max(0.0, give_up - time.monotonic()))
+        reply = await _next(client.get_shell_msg, kernel, give_up)
         if reply["parent_header"].get("msg_id") == msg_id:
             return reply
+
+
+async def _connected(client: Any, kernel: KernelProcess, timeout_s: float) -> None:
+    """Until a ``kernel_info`` request is answered on shell *and* its status reaches iopub.
+
+    A reply on shell does not mean the iopub subscription is in place: a SUB socket that
+    connects after the kernel published loses those messages (ZeroMQ's "slow joiner"), and a
+    warm-up waiting for its ``idle`` would wait out ``timeout_s``. So the request is repeated
+    until its status arrives, as ``jupyter_client``'s ``wait_for_ready`` does.
+    """
+    give_up = time.monotonic() + timeout_s
+    while True:
+        msg_id = client.kernel_info()
+        await _reply(client, kernel, msg_id, max(0.0, give_up - time.monotonic()))
+        try:
+            await _idle(client, kernel, msg_id, min(0.5, max(0.0, give_up - time.monotonic())))
+            return
+        except queue.Empty:
+            if time.monotonic() >= give_up or not kernel.is_alive():
+                raise
+
+
+async def _idle(client: Any, kernel: KernelProcess, msg_id: str, timeout_s: float) -> None:
+    """Read iopub until the kernel reports idle after ``msg_id`` (as :func:`_reply` gives up)."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        msg = await _next(client.get_iopub_msg, kernel, give_up)
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "status"
+            and msg["content"].get("execution_state") == "idle"
+        ):
+            return
 
 
 def _pss(kernel: KernelProcess) -> int:

@@ -17,7 +17,14 @@ owned by ``nobody``.
 
 ``--die-with-parent`` ties the sandbox to the runner: when the runner dies (SIGKILL included),
 the kernel gets SIGKILL, the PID namespace's init goes with it, and the kernel ends every
-process in the namespace, daemons included.
+process in the namespace, daemons included. bubblewrap's forked init waits for its parent to
+map its user ids and only then sets its own parent-death signal, so the runner does not give
+bubblewrap one (bubblewrap sets it, right before it lets the init go on): a bubblewrap killed
+before that left its init waiting forever, adopted by PID 1. A runner that dies before
+bubblewrap has set it leaves bubblewrap running, hence a second tie, the *lifeline*: every
+sandbox inherits the read end of a pipe whose write end only the runner holds
+(``ANALYSIS_LIFELINE_FD`` names it), and the kernel exits when it reads end-of-file, which
+happens once the runner is gone however it ended; its sandbox ends with it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +46,7 @@ from analysis.errors import KernelStartError
 __all__ = [
     "ENV_ALLOWLIST",
     "JOB_DIR",
+    "LIFELINE_ENV",
     "SANDBOX_MODES",
     "SandboxPlan",
     "host_uid",
@@ -179,6 +188,35 @@ def _data_fd(text: str) -> int:
     return read
 
 
+#: The kernel's variable naming its end of the runner's lifeline pipe.
+LIFELINE_ENV = "ANALYSIS_LIFELINE_FD"
+_lifeline_lock = threading.Lock()
+_lifeline: dict[str, int] = {}  # this process's pipe: pid, read, write
+
+
+def _lifeline_read_end() -> int:
+    """This process's lifeline pipe (made on first use), its read end; the write end is never inherited."""
+    with _lifeline_lock:
+        if _lifeline.get("pid") != os.getpid():
+            read, write = os.pipe()  # not inheritable: only a sandbox gets a copy, of the read end
+            _lifeline.update(pid=os.getpid(), read=read, write=write)
+        return _lifeline["read"]
+
+
+def _forget_lifeline_after_fork() -> None:
+    """A forked copy of the runner must not keep its parent's kernels alive: close its copy."""
+    if _lifeline and _lifeline["pid"] != os.getpid():
+        for fd in (_lifeline["read"], _lifeline["write"]):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _lifeline.clear()
+
+
+os.register_at_fork(after_in_child=_forget_lifeline_after_fork)
+
+
 @dataclass
 class SandboxPlan:
     """The bubblewrap command line for one kernel, and the file descriptors it inherits."""
@@ -196,11 +234,21 @@ class SandboxPlan:
 
 
 def plan(
-    kernel_argv: list[str], *, job_dir: Path, max_tmp_bytes: int | None, read_only: Sequence[Path] = ()
+    kernel_argv: list[str],
+    *,
+    job_dir: Path,
+    max_tmp_bytes: int | None,
+    read_only: Sequence[Path] = (),
+    mount_at: Path = JOB_DIR,
+    user_namespaces: bool = False,
+    env: dict[str, str] | None = None,
 ) -> SandboxPlan:
-    """The command that runs ``kernel_argv`` sandboxed, with ``job_dir`` at :data:`JOB_DIR`.
+    """The command that runs ``kernel_argv`` sandboxed, with ``job_dir`` at ``mount_at``.
 
     ``read_only``: more folders bound read-only at their own path (an analysis's environment).
+    ``user_namespaces``: let the sandbox create user namespaces (a zygote, which gives each
+    kernel it forks namespaces of its own and then forbids more: :mod:`analysis.zygote`).
+    ``env``: variables set on top of the fixed ones.
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:  # pragma: no cover - use_sandbox checked it
@@ -216,7 +264,9 @@ def plan(
 
     argv = [bwrap, "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--unshare-cgroup-try"]
-    argv += ["--die-with-parent", "--new-session", "--hostname", "job", "--disable-userns"]
+    argv += ["--die-with-parent", "--new-session", "--hostname", "job"]
+    if not user_namespaces:
+        argv.append("--disable-userns")
     argv += ["--ro-bind", "/usr", "/usr"]
     for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         host = Path("/") / top
@@ -239,9 +289,18 @@ def plan(
     # after the private /tmp, which would hide an environment (or a checkout) that lives under /tmp
     for path in [*_python_paths(), *(Path(os.path.realpath(p)) for p in read_only)]:
         argv += ["--ro-bind", source(path), str(path)]
-    argv += ["--bind", source(job_dir), str(JOB_DIR), "--chdir", str(JOB_DIR)]
+    argv += ["--bind", source(job_dir), str(mount_at), "--chdir", str(mount_at)]
+    if mount_at != JOB_DIR:  # where a zygote's kernels get their job directory
+        argv += ["--dir", str(JOB_DIR)]
     argv += ["--clearenv"]
-    env = {**{k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}, **FIXED_ENV}
+    lifeline = os.dup(_lifeline_read_end())
+    fds.append(lifeline)
+    env = {
+        **{k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ},
+        **FIXED_ENV,
+        LIFELINE_ENV: str(lifeline),
+        **(env or {}),
+    }
     for key, value in env.items():
         argv += ["--setenv", key, value]
     argv += ["--", *kernel_argv]

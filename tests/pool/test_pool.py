@@ -69,6 +69,16 @@ def test_a_job_takes_a_warm_kernel_and_the_kernel_is_discarded(service: Analysis
     wait_for(lambda: not used[0].kernel.is_alive() and not used[0].job_dir.exists(), "the used kernel gone")
 
 
+def test_a_job_takes_the_warm_kernels_ready_connection(service: AnalysisService) -> None:
+    # the pool hands over the client that saw the kernel answer: the job does not connect again
+    kernels = warm(service)
+    assert all(k.client is not None for k in kernels)
+    assert service.submit_analysis_job("trivial", {}).result == [{"x": 1}]
+    used = [k for k in kernels if k not in pool_of(service).idle_kernels()]
+    assert len(used) == 1 and used[0].client is None
+    assert all(k.client is not None for k in pool_of(service).idle_kernels())
+
+
 def test_pooled_duckdb_connection_is_locked_down(service: AnalysisService, root: Path) -> None:
     save(
         root,
