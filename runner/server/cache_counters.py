@@ -41,13 +41,12 @@ _lock = threading.Lock()
 
 
 def _upsert(engine: Engine, project: str, counts: dict[str, int]) -> Any:
-    dialect = engine.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise ValueError(f"the store's database {dialect!r} is neither PostgreSQL nor SQLite")
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialects: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+    insert = dialects.get(engine.dialect.name)
+    if insert is None:
+        raise ValueError(f"the store's database {engine.dialect.name!r} is neither PostgreSQL nor SQLite")
     row = {"project_id": project, **counts, "updated_at": time.time()}
     statement = insert(_TABLE).values(row)
     grown = {name: _TABLE.c[name] + statement.excluded[name] for name in COUNTERS}
