@@ -141,6 +141,10 @@ class EntryWriter:
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
         """Add ``batch`` (Parquet: buffered into row groups of about ``_ROW_GROUP_ROWS``)."""
+        if batch.schema != self.schema:  # the same columns, other schema metadata: the writer's
+            import pyarrow as pa
+
+            batch = pa.RecordBatch.from_arrays(batch.columns, schema=self.schema)
         if self.format == ARROW:
             self._writer.write_batch(batch)
             return

@@ -55,6 +55,7 @@ _KEY = re.compile(r"[0-9a-f]{64}")
 _SETTLED_NS = 50_000_000
 #: Age past which a temporary file is a killed fill's leftover (see :meth:`ResultCache.evict`).
 _STALE_TEMP_S = 86400.0
+_FD_DIR = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
 
 
 @dataclass
@@ -171,8 +172,8 @@ class Found:
 
     @property
     def fd_path(self) -> str:
-        """A path that opens exactly the checked file."""
-        return f"/proc/self/fd/{self.fd}"
+        """A path that opens exactly the checked file (``/proc/self/fd``; ``/dev/fd`` without ``/proc``)."""
+        return f"{_FD_DIR}/{self.fd}"
 
     @property
     def casts(self) -> list[str | None] | None:

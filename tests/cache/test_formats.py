@@ -146,3 +146,23 @@ def test_a_result_a_cast_would_round_goes_to_the_caller_but_is_not_kept(tmp_path
         ["not", "stored"],
     ]
     assert not [p for p in cache.folder.iterdir() if not p.name.endswith(".lock")]
+
+
+def test_an_entry_that_is_not_parquet_is_dropped_before_duckdb_sees_it(
+    tmp_path: Path, sources_file: Path, counting_pg: CountingPostgres
+) -> None:
+    """Its checksum matches (the metadata was rewritten too), its footer does not: dropped, fetched again."""
+    tag = counting_pg.tag()
+    sql = _sql("n")
+    with _context(tmp_path, sources_file) as ctx, _lines() as lines:
+        ctx.query_datasource("pg", sql, [tag], into="t", cache="1h")
+        [parquet] = (tmp_path / "p1" / "analysis" / "cache").glob("*.parquet")
+        parquet.write_bytes(b"PAR1 but not a Parquet file")
+        meta_path = parquet.with_suffix(".json")
+        meta = orjson.loads(meta_path.read_bytes())
+        meta.update(bytes=parquet.stat().st_size, sha256=hashlib.sha256(parquet.read_bytes()).hexdigest())
+        meta_path.write_bytes(orjson.dumps(meta))
+        again = ctx.query_datasource("pg", sql, [tag], into="t", cache="1h").row_count
+    assert again == 3
+    assert _cache_lines(lines) == ["miss", "stored", "dropped", "miss", "stored"]
+    assert counting_pg.calls(tag) == 2
