@@ -235,9 +235,9 @@ class ResultCache:
         return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     # -- reading --------------------------------------------------------------------------------
-    def _paths(self, key: str) -> tuple[Path, Path, Path]:
-        """The metadata and lock files of ``key``, and the base its data files are named from."""
-        return self.folder / key, self.folder / f"{key}.json", self.folder / f"{key}.lock"
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        """The metadata and lock files of ``key``."""
+        return self.folder / f"{key}.json", self.folder / f"{key}.lock"
 
     def _data_files(self, key: str) -> list[Path]:
         return [self.folder / f"{key}{suffix}" for suffix in (*FORMATS.values(), ".body")]
@@ -249,7 +249,7 @@ class ResultCache:
 
         See :meth:`open_entry`; the rows are memory-mapped.
         """
-        found = self.open_entry(key, ttl_s, summary, before_hit=before_hit, read=True)
+        found = self.open_entry(key, ttl_s, summary, before_hit=before_hit)
         if found is None:
             return None
         with found:
@@ -262,14 +262,13 @@ class ResultCache:
         summary: str,
         *,
         before_hit: Callable[[], None] | None = None,
-        read: bool = False,
     ) -> Found | None:
         """The entry of ``key``, checked and held open, if younger than ``ttl_s`` and intact.
 
         ``summary`` names the query in the ``[cache] hit`` line; ``before_hit`` runs just before
         that line. A corrupt entry (wrong size or checksum, a file that cannot be read as its
-        format or with another row count) is dropped and logged. ``read``: the caller reads the
-        rows with Arrow here (else DuckDB reads the Parquet file, which needs no decoding here).
+        format or with another row count) is dropped and logged. Only the file's footer (Parquet)
+        or batch layout (Arrow IPC) is read here, not its rows.
         """
         import pyarrow as pa
 
@@ -277,10 +276,7 @@ class ResultCache:
         if found is None:
             return None
         try:
-            if read or found.format != "parquet":
-                found.reader()
-            else:  # its footer: the schema and the row count, without reading the rows
-                read_entry(found.fd_path, found.format, found.meta.get("rows")).schema  # noqa: B018
+            found.reader()
         except (OSError, pa.ArrowException) as exc:
             found.close()
             self.drop(key, f"corrupt: {exc}")
@@ -293,7 +289,7 @@ class ResultCache:
 
     def drop(self, key: str, why: str) -> None:
         """Remove an entry (``[cache] dropped <key> (<why>)``)."""
-        for path in (self._paths(key)[1], *self._data_files(key)):
+        for path in (self._paths(key)[0], *self._data_files(key)):
             _VERIFIED.forget(path)
             path.unlink(missing_ok=True)
         self.stats.add(dropped=1)
@@ -304,7 +300,7 @@ class ResultCache:
     def filling(self, key: str, *, timeout_s: float | None, cancelled: threading.Event) -> Iterator[None]:
         """Hold ``key``'s fill lock (waiting while another thread or process fills it)."""
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock_path = self._paths(key)[2]
+        lock_path = self._paths(key)[1]
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         give_up = None if timeout_s is None else time.monotonic() + timeout_s
         try:
@@ -382,7 +378,7 @@ class ResultCache:
 
     def _open_verified(self, key: str, ttl_s: float, *, body: bool = False) -> Found | None:
         """:meth:`verified`, with the data file left open: what was checked is what is read."""
-        _, meta_path, _ = self._paths(key)
+        meta_path = self._paths(key)[0]
         try:
             meta = orjson.loads(meta_path.read_bytes())
         except (OSError, orjson.JSONDecodeError):
@@ -444,10 +440,10 @@ class ResultCache:
             fd = os.open(meta_temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(orjson.dumps(meta))
-            os.replace(meta_temp, self._paths(key)[1])
+            os.replace(meta_temp, self._paths(key)[0])
         finally:
             meta_temp.unlink(missing_ok=True)
-        _touch(self._paths(key)[1])
+        _touch(self._paths(key)[0])
         self.stats.add(stored=1, bytes_written=size)
         emit("cache", f"stored {summary} ({size} bytes)")
         self.evict()
@@ -494,7 +490,7 @@ class ResultCache:
 
     def remove(self, key: str) -> None:
         """Remove an entry and its lock file."""
-        for path in (*self._paths(key)[1:], *self._data_files(key)):
+        for path in (*self._paths(key), *self._data_files(key)):
             _VERIFIED.forget(path)
             path.unlink(missing_ok=True)
 
