@@ -9,12 +9,20 @@ cache="1h")``:
 * in-process (a notebook's ``ctx``; the cache in this process): the miss (cache emptied first;
   the connection already warm, so the miss is the query plus writing the cache file) and the
   hit (median of N);
-* through real jobs (a fresh kernel each, the cache in the runner's broker, the rows streamed
-  to the kernel as Arrow IPC), timed inside the kernel: job 1 misses, jobs 2..N+1 hit (median
-  of their first calls, which also import pyarrow and open DuckDB in the fresh kernel, and of
-  a second identical call in the same, warm, kernel);
+* through real jobs (a fresh kernel each, the cache in the runner's broker), timed inside the
+  kernel: job 1 misses (the rows streamed to the kernel as Arrow IPC while the broker writes
+  the entry), jobs 2..N+1 hit (the broker hands the kernel a copy of the Parquet entry, which
+  its DuckDB reads in place): the median of their first calls, which also import and open
+  DuckDB in the fresh kernel, and of a second identical call in the same, warm, kernel; then
+  N more jobs whose broker has not checked the entry's SHA-256 before, as in a runner process
+  that just started (``analysis run``);
 * through N jobs of an ``AnalysisService(pool_size=1)``, each handed a warm pooled kernel
   (imports done, DuckDB open), as a service's jobs are: their first calls are hits.
+
+Then where a cold kernel's first call goes: N more jobs time importing duckdb, opening the
+job's DuckDB and the hit one after the other; and the broker's part of a hit, timed in this
+process: looking the entry up (with and without computing its SHA-256) and copying it into a
+job directory.
 
 The target: a hit takes at most 0.1 s, or at most 20% of the miss. Every figure comes from this
 one run; ratios compare them.
@@ -45,6 +53,19 @@ sys.modules["analysis_bench_servers"] = servers
 _spec.loader.exec_module(servers)
 
 QUERY = "SELECT id, name, amount, ts FROM bench"
+PHASES = """
+import time
+
+def run(ctx, parameters):
+    started = time.perf_counter()
+    import duckdb
+    imported = time.perf_counter()
+    ctx.duckdb.execute("SELECT 1").fetchall()
+    opened = time.perf_counter()
+    ctx.query_datasource("pg", parameters["sql"], into="t", cache="1h")
+    done = time.perf_counter()
+    return {"import": imported - started, "open": opened - imported, "hit": done - opened}
+"""
 SCRIPT = """
 import time
 
@@ -100,32 +121,80 @@ def in_process(root: Path, config: Path, runs: int, rows: int) -> tuple[float, f
     return miss, statistics.median(walls), statistics.median(cpus)
 
 
-def through_jobs(root: Path, config: Path, work: Path, runs: int, rows: int) -> tuple[float, Any, Any]:
-    """Job 1's miss, the medians (seconds, kernel CPU seconds) of jobs 2..N+1's first calls (hits),
-    and of their second calls.
+def _job(script: Path, root: Path, config: Path, *, forget_checks: bool = False) -> dict[str, Any]:
+    from analysis import result_cache
+    from analysis.runner import JobSpec, run_job
 
-    A job's first call also pays for importing pyarrow and opening DuckDB in its fresh kernel;
-    its second call (the same query again) is a hit in a warm kernel.
+    if forget_checks:  # as in a runner process that just started: the entry's SHA-256 is computed
+        result_cache._VERIFIED._seen.clear()
+    spec = JobSpec(
+        source_path=script, parameters={"sql": QUERY}, root=root, datasources_file=config, timeout_s=600
+    )
+    result = run_job(spec)
+    if not result.success:
+        raise SystemExit(f"the job failed: {result.to_dict()}")
+    return dict(result.result)
+
+
+def through_jobs(root: Path, config: Path, work: Path, runs: int, rows: int) -> dict[str, Any]:
+    """Job 1's miss, the medians (seconds, kernel CPU seconds) of jobs 2..N+1's first calls (hits),
+    of their second calls, and of N first calls whose broker checks the entry's SHA-256.
+
+    A job's first call also pays for importing and opening DuckDB in its fresh kernel; its
+    second call (the same query again) is a hit in a warm kernel.
     """
     from analysis.config import Settings
-    from analysis.runner import JobSpec, run_job
 
     shutil.rmtree(Settings(root=root).cache_dir("default"), ignore_errors=True)
     script = work / "bench_cache_job.py"
     script.write_text(SCRIPT, encoding="utf-8")
-    results = []
-    for _ in range(runs + 1):
-        spec = JobSpec(
-            source_path=script, parameters={"sql": QUERY}, root=root, datasources_file=config, timeout_s=600
-        )
-        result = run_job(spec)
-        if not result.success or result.result["rows"] != rows:
-            raise SystemExit(f"the job failed: {result.to_dict()}")
-        results.append(result.result)
+    results = [_job(script, root, config) for _ in range(runs + 1)]
+    if any(r["rows"] != rows for r in results):
+        raise SystemExit("a job loaded the wrong number of rows")
     hits = results[1:]
-    first = (statistics.median(r["s"] for r in hits), statistics.median(r["cpu"] for r in hits))
-    second = (statistics.median(r["again"] for r in hits), statistics.median(r["again_cpu"] for r in hits))
-    return float(results[0]["s"]), first, second
+    checked = [_job(script, root, config, forget_checks=True) for _ in range(runs)]
+    phases_script = work / "bench_cache_phases.py"
+    phases_script.write_text(PHASES, encoding="utf-8")
+    phases = [_job(phases_script, root, config) for _ in range(runs)]
+
+    def medians(found: list[dict[str, Any]], wall: str, cpu: str) -> tuple[float, float]:
+        return statistics.median(r[wall] for r in found), statistics.median(r[cpu] for r in found)
+
+    return {
+        "miss": float(results[0]["s"]),
+        "first": medians(hits, "s", "cpu"),
+        "second": medians(hits, "again", "again_cpu"),
+        "checked": medians(checked, "s", "cpu"),
+        "phases": {k: statistics.median(p[k] for p in phases) for k in ("import", "open", "hit")},
+    }
+
+
+def broker_side(root: Path, runs: int) -> dict[str, float]:
+    """Medians of a job's hit in the broker: the lookup (with and without the SHA-256) and the copy."""
+    from analysis import result_cache
+    from analysis.config import Settings
+    from analysis.runner.broker.cache_handoff import HandoffSink
+
+    cache = result_cache.ResultCache(Settings(root=root).cache_dir("default"), max_bytes=1 << 40)
+    [entry] = [p for p in cache.folder.iterdir() if p.suffix == ".parquet"]
+    times: dict[str, list[float]] = {"lookup": [], "lookup with SHA-256": [], "copy": []}
+    with tempfile.TemporaryDirectory(prefix="bench-cache-job-") as job_dir:
+        for check in [True, False] * runs:
+            if check:
+                result_cache._VERIFIED._seen.clear()
+            started = time.perf_counter()
+            with contextlib.redirect_stderr(io.StringIO()):
+                found = cache.open_entry(entry.stem, 3600, "bench")
+            looked_up = time.perf_counter()
+            assert found is not None
+            with found:
+                HandoffSink(lambda data: None, Path(job_dir)).load_cached_parquet("t", found.fd, None, None)
+            copied = time.perf_counter()
+            times["lookup with SHA-256" if check else "lookup"].append(looked_up - started)
+            times["copy"].append(copied - looked_up)
+            for leftover in Path(job_dir).iterdir():
+                leftover.unlink()
+    return {name: statistics.median(found) for name, found in times.items()}
 
 
 def through_pool(root: Path, config: Path, runs: int, rows: int) -> tuple[float, float]:
@@ -169,7 +238,9 @@ def main() -> int:
     pg = servers.PostgresServer()
     figures: dict[str, tuple[float, float, float]] = {}
     load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    size = 0
+    size, kind = 0, "none"
+    phases: dict[str, float] = {}
+    broker: dict[str, float] = {}
     try:
         pg.start()
         fill_postgres(pg, args.rows)
@@ -184,10 +255,16 @@ def main() -> int:
             )
             with contextlib.redirect_stderr(io.StringIO()):  # the [cache] and [load_data] lines
                 figures["in-process"] = in_process(root, config, args.runs, args.rows)
-            size = sum(p.stat().st_size for p in root.glob("bench/analysis/cache/*.arrow"))
-            miss, first, second = through_jobs(root, config, work, args.runs, args.rows)
-            figures["job, cold kernel, 1st call"] = (miss, *first)
-            figures["job, cold kernel, 2nd call"] = (miss, *second)
+            for entry in root.glob("bench/analysis/cache/*.*"):
+                if entry.suffix in (".parquet", ".arrow"):
+                    size, kind = entry.stat().st_size, entry.suffix[1:]
+            jobs = through_jobs(root, config, work, args.runs, args.rows)
+            miss = jobs["miss"]
+            figures["job, cold kernel, 1st call"] = (miss, *jobs["first"])
+            figures["job, cold kernel, 2nd call"] = (miss, *jobs["second"])
+            figures["job, cold kernel, 1st, SHA-256"] = (miss, *jobs["checked"])
+            phases = jobs["phases"]
+            broker = broker_side(root, args.runs)
             warm = through_pool(root, config, args.runs, args.rows)
             figures["job, warm pooled kernel, 1st call"] = (miss, *warm)
     finally:
@@ -197,7 +274,7 @@ def main() -> int:
     print(
         f"load average (1, 5, 15 min) at the start: {load_before}; at the end: {load}; {os.cpu_count()} cores"
     )
-    print(f"cache entry: {size / 2**20:.1f} MiB (Arrow IPC file)")
+    print(f"cache entry: {size / 2**20:.1f} MiB ({kind})")
     print(
         f"{'where':<34} {'miss (s)':>9} {'hit (s)':>9} {'hit CPU':>9} {'hit/miss':>9} {'speed-up':>9}  target"
     )
@@ -209,10 +286,21 @@ def main() -> int:
         )
     print(
         f"hits: median of {args.runs}; in-process miss: warm connection; job miss: job 1's first call "
-        "(pool empty); a cold kernel's 1st call includes importing pyarrow and opening DuckDB, its 2nd "
+        "(pool empty); a cold kernel's 1st call includes importing and opening DuckDB, its 2nd "
         "call is the same hit again; a warm pooled kernel (AnalysisService(pool_size=1)) has both done "
         "before its job starts; hit CPU: CPU seconds of the process that loads DuckDB (this one "
-        "in-process, else the job's kernel; not the broker's)"
+        "in-process, else the job's kernel; not the broker's); 1st, SHA-256: the broker checks the entry's "
+        "checksum, as on its first hit in a runner process"
+    )
+    print(
+        "a cold kernel's 1st call, phase by phase (medians): "
+        + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in phases.items())
+        + " (import duckdb; open the job's DuckDB; the hit: the broker's check and copy, DuckDB reading it)"
+    )
+    print(
+        "the broker's part of a hit (medians, in this process): "
+        + ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in broker.items())
+        + " (the copy: the entry into the job directory, which the kernel's DuckDB reads)"
     )
     return 0
 

@@ -126,6 +126,12 @@ class _Response:
             filled += self._recv_into(view[filled:])
         return filled
 
+    def final_first(self) -> dict[str, Any] | None:
+        """Wait for the body's first bytes or the final header; the final header if it came first."""
+        while self._pos >= len(self._buf) and self.final is None:
+            self._next()
+        return self.final if self._pos >= len(self._buf) else None
+
     def finish(self) -> dict[str, Any]:
         """Read (and drop) what is left of the body; return the final header."""
         while self._next():
@@ -156,15 +162,21 @@ def _c_stream(response: _Response) -> Any:
     return nanoarrow.ArrayStream(InputStream.from_readable(response))
 
 
-def _load_stream(sink: SupportsLoadData, table: str, response: _Response) -> int:
+def _load_stream(sink: SupportsLoadData, table: str, response: _Response, directory: Path) -> int:
     """Load an ``into=`` stream, applying the casts the broker put in its schema metadata.
 
     Called once the request is sent: the job's DuckDB opens (its import, on a job's first
     call) while the broker connects and runs the query, before the first bytes are awaited.
+    A cached result may come as a file in ``directory`` instead (:mod:`analysis.cache_handoff`).
     """
     import duckdb
 
     getattr(sink, "connection", None)
+    final = response.final_first()
+    if final is not None and final.get("ok") and "cached_file" in final:
+        from analysis.cache_handoff import load_handed
+
+        return load_handed(sink, table, final, directory)
     try:
         reader = _c_stream(response)
         raw = dict(reader.schema.metadata.items()).get(CASTS_KEY)
@@ -299,7 +311,8 @@ class BrokerAccess(DataAccess):
             "into": True,
             "cache": cache_s,
         }
-        count, _ = self._call(request, DatasourceError, lambda r: _load_stream(sink, table, r))
+        directory = self.socket_path.parent
+        count, _ = self._call(request, DatasourceError, lambda r: _load_stream(sink, table, r, directory))
         return count
 
     def names(self) -> list[str]:

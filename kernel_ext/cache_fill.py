@@ -7,7 +7,9 @@ identity (:func:`source_identity`) and the log summary (:func:`summary`).
 when a query asks for caching (README: "Result cache"). On a miss the result goes to the
 caller and to the cache file at the same time (``into=`` streams batch by batch: the
 datasource's Arrow reader is teed, never turned into Python rows); only a complete result is
-kept. On a hit ``into=`` streams the memory-mapped Arrow file into the sink.
+kept. On a hit ``into=`` gives DuckDB the entry's Parquet file to read in place (in a job, the
+broker's sink hands the kernel a copy: ``load_cached_parquet``), or streams the memory-mapped
+Arrow file into the sink (:mod:`analysis.cache_format`).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from analysis.errors import DatasourceError
 from analysis.logs import emit, one_line
-from analysis.result_cache import ResultCache
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from analysis.cache_format import EntryWriter
     from analysis.files._load import SupportsLoadData
+    from analysis.result_cache import Found, ResultCache
 
 __all__ = [
     "MAX_TTL_S",
@@ -42,7 +45,7 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TTL_TEXT = re.compile(r"(\d{1,9}(?:\.\d{1,6})?)\s*([smhd]?)")
 _IDENTITY_KEYS = ("kind", "host", "port", "database", "user", "path")
 
-_Opener = Callable[["pa.Schema"], "pa.ipc.RecordBatchFileWriter"]
+_Opener = Callable[["pa.Schema"], "EntryWriter"]
 
 
 def _quiet(hit: bool) -> None:
@@ -103,14 +106,28 @@ def summary(name: str, key: str, sql: str) -> str:
     return f"{name} {key[:12]} {one_line(sql, 80)}"
 
 
+class _NotKeptError(Exception):
+    """The result went to the caller but is not kept (``why``); ``value`` is what the caller gets."""
+
+    def __init__(self, value: int, why: str) -> None:
+        super().__init__(why)
+        self.value = value
+        self.why = why
+
+
 class _TeeSink:
-    """Stands in for the sink of ``query_into``: every batch goes to the cache file and to the sink."""
+    """Stands in for the sink of ``query_into``: every batch goes to the cache file and to the sink.
+
+    The cache file gets each batch after the casts Arrow does exactly (``precast_plan``); if one
+    would change a value, the rest still goes to the sink and the result is not kept (``lost``).
+    """
 
     def __init__(self, sink: SupportsLoadData, opener: _Opener) -> None:
         self._sink = sink
         self._opener = opener
         self.casts: list[str | None] | None = None
         self.complete = False
+        self.lost: str | None = None
 
     @property
     def connection(self) -> Any:
@@ -122,16 +139,22 @@ class _TeeSink:
     ) -> int:
         import pyarrow as pa
 
+        from analysis.cache_format import apply_precast, precast_plan
+
         if isinstance(data, pa.Table):
             data = pa.RecordBatchReader.from_batches(data.schema, data.to_batches())
         if not isinstance(data, pa.RecordBatchReader):
             raise TypeError(f"the result cache stores Arrow tables and readers, not {type(data).__name__}")
-        self.casts = list(casts) if casts is not None else None
-        writer = self._opener(data.schema)
+        stored, self.casts, targets = precast_plan(data.schema, casts)
+        writer = self._opener(stored)
 
         def batches() -> Iterator[pa.RecordBatch]:
             for batch in data:
-                writer.write_batch(batch)
+                if self.lost is None:
+                    try:
+                        writer.write_batch(apply_precast(batch, stored, targets))
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                        self.lost = f"a column cast would change a value: {one_line(str(exc), 120)}"
                 yield batch
             self.complete = True
 
@@ -175,6 +198,20 @@ def cached_query(
         return cache.store(key, summary, write, extra=extra)
 
 
+def _load_hit(sink: SupportsLoadData, table: str, found: Found) -> int:
+    """Load a hit into ``table``: a Parquet entry read in place, else its rows streamed."""
+    from analysis.cache_format import PARQUET
+
+    if found.format == PARQUET:
+        hand_over = getattr(sink, "load_cached_parquet", None)
+        if hand_over is not None:  # the broker's sink: the kernel's DuckDB reads a copy
+            return int(hand_over(table, found.fd, found.casts, found.meta.get("rows")))
+        connection = getattr(sink, "connection", None)
+        if connection is not None and type(connection).__module__.split(".")[0] == "duckdb":
+            return sink.load_data(table, connection.read_parquet(found.fd_path), casts=found.casts)
+    return sink.load_data(table, found.reader(), casts=found.casts)
+
+
 def cached_query_into(
     slot: CacheSlot,
     sink: SupportsLoadData,
@@ -184,14 +221,15 @@ def cached_query_into(
     timeout_s: float | None,
     cancelled: threading.Event,
 ) -> int:
-    """``run(sink)`` (a ``query_into``), or the cached result streamed into ``sink.load_data(table)``."""
+    """``run(sink)`` (a ``query_into``), or the cached result loaded by ``sink.load_data(table)``."""
     cache, key, summary, ttl_s, datasource, announce = slot
 
     def hit() -> int | None:
-        found = cache.lookup(key, ttl_s, summary, before_hit=lambda: announce(True))
+        found = cache.open_entry(key, ttl_s, summary, before_hit=lambda: announce(True))
         if found is None:
             return None
-        return sink.load_data(table, found, casts=cache.casts(key))
+        with found:
+            return _load_hit(sink, table, found)
 
     count = hit()
     if count is not None:
@@ -209,7 +247,13 @@ def cached_query_into(
             rows = run(tee)
             if not tee.complete:  # the sink stopped reading early: not a whole result, not kept
                 raise DatasourceError(f"{summary}: the result was not read to its end, so it was not cached.")
+            if tee.lost is not None:
+                raise _NotKeptError(rows, tee.lost)
             extra["casts"], extra["rows"] = tee.casts, rows
             return rows
 
-        return cache.store(key, summary, write, extra=extra)
+        try:
+            return cache.store(key, summary, write, extra=extra)
+        except _NotKeptError as not_kept:
+            emit("cache", f"not stored {summary} ({not_kept.why})")
+            return not_kept.value

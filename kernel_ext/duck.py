@@ -322,6 +322,8 @@ class Duck:
         module = type(data).__module__.split(".")[0]
         if module == "nanoarrow":  # an Arrow C stream: the broker's into= results (no pyarrow import)
             return data
+        if module == "duckdb" and type(data).__name__ == "DuckDBPyRelation":  # of this connection
+            return data
         import pyarrow as pa
 
         if isinstance(data, QueryResult):

@@ -2,9 +2,10 @@
 
 It lives on the trusted side: in a notebook it runs in-process inside
 :class:`analysis.access.LocalAccess`; in a job it runs in the runner's data broker, which uses the
-same class. Entries are Arrow IPC files under ``{root}/{project}/analysis/cache/``:
+same class. Entries are files under ``{root}/{project}/analysis/cache/``:
 
-- ``<key>.arrow``: the result (written to a temporary file, then renamed);
+- ``<key>.parquet`` or ``<key>.arrow``: the result, as Parquet where its types allow, else as an
+  Arrow IPC file (:mod:`analysis.cache_format`; written to a temporary file, then renamed);
 - ``<key>.json``: its metadata (when, size, SHA-256, the ``into=`` casts, a summary); written last,
   so an entry exists once its metadata does;
 - ``<key>.lock``: taken (``flock``) by whoever fills the entry, so when several threads or
@@ -37,23 +38,24 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from analysis.cache_format import ARROW, FORMATS, EntryWriter, read_entry
 from analysis.errors import DatasourceError
 from analysis.logs import emit
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["CacheStats", "ResultCache", "cache_stats", "project_cache_stats"]
+__all__ = ["CacheStats", "Found", "ResultCache", "cache_stats", "project_cache_stats"]
 
 _T = TypeVar("_T")
 _LOCK_POLL_S = 0.05
-_BATCH_ROWS = 64 * 1024
 _KEY = re.compile(r"[0-9a-f]{64}")
 #: How long after its last change a file's times are trusted to tell later writes apart (the
 #: kernel stamps files from a clock that advances in ticks of at most 10 ms).
 _SETTLED_NS = 50_000_000
 #: Age past which a temporary file is a killed fill's leftover (see :meth:`ResultCache.evict`).
 _STALE_TEMP_S = 86400.0
+_FD_DIR = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
 
 
 @dataclass
@@ -151,6 +153,50 @@ class Entry:
     used: int
 
 
+@dataclass
+class Found:
+    """A hit: the entry's metadata and its data file, held open (``fd``) as it was checked.
+
+    Read it through ``fd`` (``/proc/self/fd/<fd>``, :attr:`fd_path`), never by its name, which
+    another run may replace meanwhile. Close it when done (it is a context manager).
+    """
+
+    meta: dict[str, Any]
+    path: Path
+    fd: int
+
+    @property
+    def format(self) -> str:
+        """``"parquet"`` or ``"arrow"`` (:mod:`analysis.cache_format`)."""
+        return str(self.meta.get("format", ARROW))
+
+    @property
+    def fd_path(self) -> str:
+        """A path that opens exactly the checked file (``/proc/self/fd``; ``/dev/fd`` without ``/proc``)."""
+        return f"{_FD_DIR}/{self.fd}"
+
+    @property
+    def casts(self) -> list[str | None] | None:
+        """The ``into=`` column casts stored with the entry."""
+        casts = self.meta.get("casts")
+        return casts if isinstance(casts, list) else None
+
+    def reader(self) -> pa.RecordBatchReader:
+        """The rows, memory-mapped (see :func:`analysis.cache_format.read_entry`)."""
+        return read_entry(self.fd_path, self.format, self.meta.get("rows"))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Found:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class ResultCache:
     """One project's cache folder (see the module docstring).
 
@@ -189,49 +235,61 @@ class ResultCache:
         return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     # -- reading --------------------------------------------------------------------------------
-    def _paths(self, key: str) -> tuple[Path, Path, Path]:
-        return self.folder / f"{key}.arrow", self.folder / f"{key}.json", self.folder / f"{key}.lock"
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        """The metadata and lock files of ``key``."""
+        return self.folder / f"{key}.json", self.folder / f"{key}.lock"
+
+    def _data_files(self, key: str) -> list[Path]:
+        return [self.folder / f"{key}{suffix}" for suffix in (*FORMATS.values(), ".body")]
 
     def lookup(
         self, key: str, ttl_s: float, summary: str, *, before_hit: Callable[[], None] | None = None
     ) -> pa.RecordBatchReader | None:
         """The stored result of ``key`` if younger than ``ttl_s`` and intact; ``None`` otherwise.
 
+        See :meth:`open_entry`; the rows are memory-mapped.
+        """
+        found = self.open_entry(key, ttl_s, summary, before_hit=before_hit)
+        if found is None:
+            return None
+        with found:
+            return found.reader()  # a memory map of its own: the descriptor may close
+
+    def open_entry(
+        self,
+        key: str,
+        ttl_s: float,
+        summary: str,
+        *,
+        before_hit: Callable[[], None] | None = None,
+    ) -> Found | None:
+        """The entry of ``key``, checked and held open, if younger than ``ttl_s`` and intact.
+
         ``summary`` names the query in the ``[cache] hit`` line; ``before_hit`` runs just before
-        that line. A corrupt entry (wrong size or checksum, unreadable Arrow) is dropped and logged.
+        that line. A corrupt entry (wrong size or checksum, a file that cannot be read as its
+        format or with another row count) is dropped and logged. Only the file's footer (Parquet)
+        or batch layout (Arrow IPC) is read here, not its rows.
         """
         import pyarrow as pa
 
-        found = self.verified(key, ttl_s)
+        found = self._open_verified(key, ttl_s)
         if found is None:
             return None
         try:
-            reader = pa.ipc.open_file(pa.memory_map(str(found[1])))
-            batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+            found.reader()
         except (OSError, pa.ArrowException) as exc:
+            found.close()
             self.drop(key, f"corrupt: {exc}")
             return None
-        # pieces of at most _BATCH_ROWS (zero-copy slices): the reader's consumer (DuckDB, the
-        # broker's stream) starts on the first piece while the rest follows
-        pieces = [b.slice(i, _BATCH_ROWS) for b in batches for i in range(0, max(b.num_rows, 1), _BATCH_ROWS)]
-        self.stats.add(hits=1, bytes_read=int(found[0]["bytes"]))
+        self.stats.add(hits=1, bytes_read=int(found.meta["bytes"]))
         if before_hit is not None:
             before_hit()
         emit("cache", f"hit {summary}")
-        return pa.RecordBatchReader.from_batches(reader.schema, pieces)
-
-    def casts(self, key: str) -> list[str | None] | None:
-        """The ``into=`` column casts stored with ``key``."""
-        try:
-            casts = orjson.loads(self._paths(key)[1].read_bytes()).get("casts")
-        except (OSError, orjson.JSONDecodeError, AttributeError):
-            return None
-        return casts if isinstance(casts, list) else None
+        return found
 
     def drop(self, key: str, why: str) -> None:
         """Remove an entry (``[cache] dropped <key> (<why>)``)."""
-        data, meta, _ = self._paths(key)
-        for path in (meta, data, data.with_suffix(".body")):
+        for path in (self._paths(key)[0], *self._data_files(key)):
             _VERIFIED.forget(path)
             path.unlink(missing_ok=True)
         self.stats.add(dropped=1)
@@ -242,7 +300,7 @@ class ResultCache:
     def filling(self, key: str, *, timeout_s: float | None, cancelled: threading.Event) -> Iterator[None]:
         """Hold ``key``'s fill lock (waiting while another thread or process fills it)."""
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock_path = self._paths(key)[2]
+        lock_path = self._paths(key)[1]
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         give_up = None if timeout_s is None else time.monotonic() + timeout_s
         try:
@@ -265,26 +323,21 @@ class ResultCache:
         self,
         key: str,
         summary: str,
-        write: Callable[[Callable[[pa.Schema], pa.ipc.RecordBatchFileWriter]], _T],
+        write: Callable[[Callable[[pa.Schema], EntryWriter]], _T],
         *,
         extra: Mapping[str, Any] | None = None,
     ) -> _T:
         """Run ``write(opener)`` that writes the result to a temporary file; keep it only if it returns.
 
-        ``write`` gets a function that opens the Arrow file writer for a schema. Whatever
-        ``write`` raises (a failed or cancelled query) leaves nothing behind.
+        ``write`` gets a function that opens the entry's writer for a schema
+        (:class:`analysis.cache_format.EntryWriter`). Whatever ``write`` raises (a failed or
+        cancelled query) leaves nothing behind.
         """
-        import pyarrow as pa
-
-        data = self._paths(key)[0]
         temp = self._temp(key)
-        opened: list[pa.ipc.RecordBatchFileWriter] = []
-        sink = None
+        opened: list[EntryWriter] = []
 
-        def opener(schema: pa.Schema) -> pa.ipc.RecordBatchFileWriter:
-            nonlocal sink
-            sink = pa.OSFile(str(temp), "wb")
-            opened.append(pa.ipc.new_file(sink, schema))
+        def opener(schema: pa.Schema) -> EntryWriter:
+            opened.append(EntryWriter(temp, schema))
             return opened[0]
 
         try:
@@ -292,13 +345,12 @@ class ResultCache:
             if not opened:
                 raise DatasourceError("the result was never written")  # a bug of ours
             opened[0].close()
-            assert sink is not None
-            sink.close()
-            self._commit(key, temp, data, summary, extra)
+            fmt = opened[0].format
+            data = self.folder / f"{key}{FORMATS[fmt]}"
+            self._commit(key, temp, data, summary, {**(extra or {}), "format": fmt})
         except BaseException:
-            if sink is not None:
-                with contextlib.suppress(Exception):
-                    sink.close()
+            if opened:
+                opened[0].abort()
             temp.unlink(missing_ok=True)
             raise
         return value
@@ -318,30 +370,50 @@ class ResultCache:
 
         A corrupt entry is dropped (and logged); ``None`` when there is no usable entry.
         """
-        data, meta_path, _ = self._paths(key)
-        data = data.with_suffix(".body") if body else data
+        found = self._open_verified(key, ttl_s, body=body)
+        if found is None:
+            return None
+        found.close()
+        return found.meta, found.path
+
+    def _open_verified(self, key: str, ttl_s: float, *, body: bool = False) -> Found | None:
+        """:meth:`verified`, with the data file left open: what was checked is what is read."""
+        meta_path = self._paths(key)[0]
         try:
             meta = orjson.loads(meta_path.read_bytes())
         except (OSError, orjson.JSONDecodeError):
             return None
         if not isinstance(meta, dict) or time.time() - float(meta.get("created", 0)) > ttl_s:
             return None
+        suffix = ".body" if body else FORMATS.get(str(meta.get("format", ARROW)))
+        if suffix is None:
+            self.drop(key, "corrupt: an unknown format")
+            return None
+        data = self.folder / f"{key}{suffix}"
         try:
-            with data.open("rb") as handle:
-                stat = os.fstat(handle.fileno())
-                if _VERIFIED.known(data, stat, meta.get("sha256")) and stat.st_size == meta.get("bytes"):
-                    digest = meta["sha256"]
-                else:
-                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            fd = os.open(data, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as exc:
             self.drop(key, f"unreadable: {exc.strerror}")
             return None
+        found = Found(meta, data, fd)
+        try:
+            stat = os.fstat(fd)
+            if _VERIFIED.known(data, stat, meta.get("sha256")) and stat.st_size == meta.get("bytes"):
+                digest = meta["sha256"]
+            else:
+                with open(os.dup(fd), "rb") as handle:
+                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError as exc:
+            found.close()
+            self.drop(key, f"unreadable: {exc.strerror}")
+            return None
         if stat.st_size != meta.get("bytes") or digest != meta.get("sha256"):
+            found.close()
             self.drop(key, "corrupt: its size or checksum does not match")
             return None
         _VERIFIED.remember(data, stat, digest)
         _touch(meta_path)
-        return meta, data
+        return found
 
     def _temp(self, key: str) -> Path:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -357,6 +429,10 @@ class ResultCache:
         os.chmod(temp, 0o600)  # query results: readable by the runner's user only
         _VERIFIED.forget(data)
         os.replace(temp, data)
+        for other in self._data_files(key):  # the entry's file in the other format, if it had one
+            if other != data:
+                _VERIFIED.forget(other)
+                other.unlink(missing_ok=True)
         meta = {"created": time.time(), "bytes": size, "sha256": digest, "summary": summary}
         meta.update(extra or {})
         meta_temp = temp.with_suffix(".json.tmp")
@@ -364,10 +440,10 @@ class ResultCache:
             fd = os.open(meta_temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(orjson.dumps(meta))
-            os.replace(meta_temp, self._paths(key)[1])
+            os.replace(meta_temp, self._paths(key)[0])
         finally:
             meta_temp.unlink(missing_ok=True)
-        _touch(self._paths(key)[1])
+        _touch(self._paths(key)[0])
         self.stats.add(stored=1, bytes_written=size)
         emit("cache", f"stored {summary} ({size} bytes)")
         self.evict()
@@ -414,7 +490,7 @@ class ResultCache:
 
     def remove(self, key: str) -> None:
         """Remove an entry and its lock file."""
-        for path in (*self._paths(key), self.folder / f"{key}.body"):
+        for path in (*self._paths(key), *self._data_files(key)):
             _VERIFIED.forget(path)
             path.unlink(missing_ok=True)
 

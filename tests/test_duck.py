@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from pathlib import Path
 
 import pandas as pd
 import polars as pl
@@ -87,6 +88,13 @@ def test_load_a_query_result_and_append(ctx: Context) -> None:
     assert ctx.load_data("t", [{"b": "y", "a": 2}], mode="append") == 1
     assert ctx.query("SELECT a, b FROM t ORDER BY a").rows == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
     assert ctx.load_data("fresh", [{"a": 1}], mode="append") == 1  # append creates a missing table
+
+
+def test_load_a_relation_of_the_connection(ctx: Context, tmp_path: Path) -> None:
+    """What a cached result's Parquet file is loaded as (README, "Result cache")."""
+    ctx.duckdb.execute(f"COPY (SELECT range AS n FROM range(5)) TO '{tmp_path / 'n.parquet'}'")
+    assert ctx.load_data("t", ctx.duckdb.read_parquet(str(tmp_path / "n.parquet"))) == 5
+    assert ctx.query("SELECT sum(n) AS s FROM t").rows == [{"s": 10}]
 
 
 def test_table_names_are_identifiers_never_sql(ctx: Context) -> None:

@@ -33,8 +33,8 @@ from analysis.broker_wire import (
 from analysis.errors import AnalysisError, DatasourceError, ResourceLimitError
 from analysis.logs import redirect_emit
 from analysis.results import format_bytes
+from analysis.runner.broker.cache_handoff import HandoffSink
 from analysis.runner.broker.requests import FilesGet, Names, Query, parse_request
-from analysis.runner.broker.streams import ArrowSink
 
 if TYPE_CHECKING:
     from analysis.runner.broker.server import BrokerServer
@@ -58,6 +58,7 @@ class BrokerSession:
         self._broken = False  # the kernel hung up or sent bytes mid-answer
         self._over_memory = False  # the runner grew past max_request_memory_bytes
         self._sent = False  # part of a body went out
+        self._handed: dict[str, Any] = {}  # a cached result handed over as a file (cache_handoff)
 
     # -- the connection -------------------------------------------------------------------------
     def serve(self) -> None:
@@ -163,7 +164,7 @@ class BrokerSession:
                 with redirect_emit(lambda line: None):  # its log line is out already
                     rows = self._query(access, request, timeout_s)
             self._check_cancelled()
-            return {"ok": True, "rows": rows}
+            return {"ok": True, "rows": rows, **self._handed}
         if request.cache_s and request.file_id is not None:
             from analysis.file_cache import cached_get
             from analysis.result_cache import ResultCache
@@ -188,7 +189,8 @@ class BrokerSession:
         return {"ok": True, "headers": {"content-type": headers.get("content-type") or ""}}
 
     def _query(self, access: LocalAccess, request: Query, timeout_s: float | None) -> int:
-        sink = ArrowSink(self._send_body)
+        sink = HandoffSink(self._send_body, self.server.job_dir)
+        self._handed = sink.handed  # filled if a cached result is handed over as a file
         if request.into:
             return access.query_into(
                 sink,

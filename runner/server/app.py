@@ -116,7 +116,7 @@ def create_app(config: ServerConfig) -> Starlette:
         root = config.root.resolve()
         root.mkdir(parents=True, exist_ok=True)
         store = open_store(config.db_url or default_url(root))
-        server_metrics = ServerMetrics()
+        server_metrics = ServerMetrics(store)
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(store.close)
             if config.workers:

@@ -1,16 +1,21 @@
 """Prometheus metrics of one server (its own registry), and the result cache's counters per project.
 
-The cache counters are those of the jobs this process ran: their data brokers run here
-(``analysis.result_cache.project_cache_stats``; README: "Result cache").
+The cache counters are those of the jobs this process ran (their data brokers run here) plus
+those workers added to the store (``analysis.runner.server.cache_counters``; README: "Result cache").
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from analysis.runner.server.store import Store
 
 __all__ = ["ServerMetrics"]
 
@@ -30,12 +35,21 @@ _CACHE_COUNTERS = (
 
 
 class CacheCollector(Collector):
-    """The result cache's counters of this process, one series per project."""
+    """The result cache's counters, one series per project: this process's and the workers' (``store``)."""
+
+    def __init__(self, store: Store | None) -> None:
+        self._engine = None if store is None else store.engine
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        from analysis.result_cache import project_cache_stats
+        import sqlalchemy as sa
 
-        by_project = project_cache_stats()
+        from analysis.runner.server.cache_counters import totals
+
+        try:
+            by_project = totals(self._engine)
+        except sa.exc.SQLAlchemyError as exc:  # no series rather than counts that go down
+            logging.getLogger("analysis.server").warning("cache counters unavailable: %s", type(exc).__name__)
+            return
         for field, name, documentation in _CACHE_COUNTERS:
             family = CounterMetricFamily(name, documentation, labels=["project"])
             for project, counts in by_project.items():
@@ -44,9 +58,9 @@ class CacheCollector(Collector):
 
 
 class ServerMetrics:
-    """Counters, histograms and gauges the server updates as jobs move."""
+    """Counters, histograms and gauges the server updates as jobs move (``store``: workers' cache counts)."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.jobs = Counter(
@@ -76,7 +90,7 @@ class ServerMetrics:
         self.workers = Gauge(
             "analysis_workers", "Workers registered in the queue (serve --workers).", registry=r
         )
-        r.register(CacheCollector())
+        r.register(CacheCollector(store))
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from analysis.errors import AnalysisError
 from analysis.runner.envelope import JobResult
 from analysis.runner.jobs import JobSpec, run_job_async
+from analysis.runner.server.cache_counters import publish as publish_cache_counters
 from analysis.runner.server.config import default_pool_size
 from analysis.runner.server.manager import failure, final_envelope, materialize
 from analysis.runner.server.orphans import start_guard
@@ -147,6 +148,7 @@ class _Runner:
             await self._requeue(job)
             return
         self._finish(job, result)
+        publish_cache_counters(self.store.engine)  # for the server's /metrics (README: "Result cache")
 
     def _slots(self, delta: int) -> None:
         self.running += delta

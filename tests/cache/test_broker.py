@@ -96,7 +96,7 @@ def test_a_kernel_hanging_up_mid_fill_leaves_no_entry(
     assert list(folder.glob(".*.tmp")), "the fill should be writing its temporary file"
     sock.close()
     assert _wait(lambda: not list(folder.glob(".*.tmp")))  # removed once the broker saw the hang-up
-    assert not list(folder.glob("*.json")) and not list(folder.glob("*.arrow"))
+    assert not [p for p in folder.iterdir() if p.suffix in (".json", ".parquet", ".arrow")]
 
     with _connect(broker) as again:
         _send(again, request)
@@ -119,7 +119,7 @@ def test_a_cached_query_is_logged_without_the_password(broker: BrokerServer) -> 
         with _connect(broker) as sock:
             _send(sock, request)
             logs, final = _logs_until_final(sock)
-        assert final == {"ok": True, "rows": 1}
+        assert final["ok"] is True and final["rows"] == 1
         lines += logs
     assert [line.split()[:2] for line in lines if not line.startswith("[load_data]")] == [
         ["[query:datasource]", "pg"],
@@ -130,3 +130,37 @@ def test_a_cached_query_is_logged_without_the_password(broker: BrokerServer) -> 
     ]
     assert not any(servers.PASSWORD in line for line in lines), lines
     assert "SELECT '***' AS p" in lines[0]
+
+
+def test_a_hit_hands_the_kernel_its_own_read_only_copy(
+    broker: BrokerServer, tmp_path: Path, counting_pg: CountingPostgres
+) -> None:
+    """A Parquet hit comes as a file in the job directory: a copy, so the kernel cannot touch the entry."""
+    import duckdb
+
+    tag = counting_pg.tag()
+    sql = (
+        "SELECT n, CAST(n / 4.0 AS NUMERIC(10, 2)) AS m, (SELECT counted(?)) AS c "
+        "FROM generate_series(1, 1000) AS n"
+    )
+    params = {"positional": [tag]}
+    request = {"op": "query", "name": "pg", "sql": sql, "params": params, "into": True, "cache": 3600}
+    finals = []
+    for _ in range(3):
+        with _connect(broker) as sock:
+            _send(sock, request)
+            _, final = _logs_until_final(sock)
+        finals.append(final)
+        if "cached_file" in final:
+            copy = broker.job_dir / final["cached_file"]
+            entry = next((tmp_path / "root" / "p1" / "analysis" / "cache").glob("*.parquet"))
+            assert copy.stat().st_ino != entry.stat().st_ino and copy.stat().st_mode & 0o777 == 0o444
+            assert final["casts"] is None  # the decimal column was stored as DECIMAL(10,2)
+            found = duckdb.sql(f"SELECT sum(n), CAST(sum(m) AS VARCHAR), typeof(any_value(m)) FROM '{copy}'")
+            assert found.fetchall() == [(500500, "125125.00", "DECIMAL(10,2)")]
+            copy.chmod(0o644)  # the kernel owns its copy: scribbling on it changes nothing in the cache
+            copy.write_bytes(b"not parquet")
+    assert "cached_file" not in finals[0] and all("cached_file" in f for f in finals[1:])
+    assert finals[1]["cached_file"] != finals[2]["cached_file"]
+    assert [f["rows"] for f in finals] == [1000, 1000, 1000]
+    assert counting_pg.calls(tag) == 1

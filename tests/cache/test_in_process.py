@@ -156,7 +156,7 @@ def test_a_corrupt_entry_is_dropped_and_fetched_again(
     tag = counting_pg.tag()
     with _context(tmp_path, sources_file) as ctx, _lines() as lines:
         expected = ctx.query_datasource("pg", _sql(50), [tag], into="t", cache="1h").row_count
-        [data] = (tmp_path / "p1" / "analysis" / "cache").glob("*.arrow")
+        [data] = (tmp_path / "p1" / "analysis" / "cache").glob("*.parquet")
         raw = bytearray(data.read_bytes())
         raw[len(raw) // 2] ^= 0xFF  # one flipped byte inside the column data
         data.write_bytes(raw)
@@ -282,7 +282,7 @@ def test_damage_after_a_checked_hit_is_still_caught(
         ctx.query_datasource("pg", _sql(50), [tag], into="t", cache="1h")
         time.sleep(0.2)  # the entry's change time is in the past: the first hit's check is remembered
         ctx.query_datasource("pg", _sql(50), [tag], into="t", cache="1h")
-        [data] = (tmp_path / "p1" / "analysis" / "cache").glob("*.arrow")
+        [data] = (tmp_path / "p1" / "analysis" / "cache").glob("*.parquet")
         with data.open("r+b") as handle:  # one byte flipped in place: same file, same size
             handle.seek(data.stat().st_size // 2)
             byte = handle.read(1)[0]
