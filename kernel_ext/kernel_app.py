@@ -7,6 +7,10 @@
   the output of forked subprocesses. A job kernel does not open it; output of a forked child
   (``multiprocessing`` with ``fork``) goes to the kernel's own stdout/stderr, the ``kernel.log``
   of the job directory. Every socket of a job kernel is then a Unix socket in the job directory.
+- No debugger: nobody attaches one to a headless job, and ipykernel's debugger module imports
+  debugpy, about half of a kernel's start-up CPU (0.25 s here). A stand-in module says that
+  debugpy is unavailable, as ipykernel says when it is not installed; an analysis may still
+  ``import debugpy`` itself.
 
 Run as ``python -m analysis.kernel_app -f CONNECTION_FILE``.
 """
@@ -17,11 +21,27 @@ import os
 import sys
 import threading
 import traceback
+import types
 from pathlib import Path
 from typing import Any
 
-from ipykernel.iostream import IOPubThread, OutStream
-from ipykernel.kernelapp import IPKernelApp
+
+class _NoDebugger:
+    """What ``ipykernel.debugger.Debugger`` names in a job kernel (never instantiated)."""
+
+
+def _without_debugger() -> None:
+    """Install the stand-in ``ipykernel.debugger`` (before ipykernel imports the real one)."""
+    stand_in = types.ModuleType("ipykernel.debugger", "No debugger in a job kernel (analysis.kernel_app).")
+    stand_in._is_debugpy_available = False  # type: ignore[attr-defined]
+    stand_in.Debugger = _NoDebugger  # type: ignore[attr-defined]
+    sys.modules.setdefault("ipykernel.debugger", stand_in)
+
+
+_without_debugger()
+
+from ipykernel.iostream import IOPubThread, OutStream  # noqa: E402
+from ipykernel.kernelapp import IPKernelApp  # noqa: E402
 
 __all__ = ["CHUNK_CHARS", "ChunkedOutStream", "JobKernelApp"]
 
