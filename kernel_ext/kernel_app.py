@@ -1,12 +1,18 @@
-"""The kernel the runner launches for a job: ipykernel, with two changes for headless jobs.
+"""The kernel the runner launches for a job: ipykernel, with these changes for headless jobs.
 
 - Output streams in bounded pieces: a write larger than :data:`CHUNK_CHARS` (``print`` of a
   200 MB string) is sent as a series of messages of at most that size, each flushed before the
   next is queued, so neither the kernel nor the runner ever holds the whole text.
+- No dropped output: the kernel's iopub socket waits for a slow reader (the runner) instead of
+  dropping messages past ZeroMQ's high-water mark, which lost the job's outcome after a big print.
 - No TCP at all: stock ipykernel binds a ZeroMQ socket on a random loopback TCP port to collect
   the output of forked subprocesses. A job kernel does not open it; output of a forked child
   (``multiprocessing`` with ``fork``) goes to the kernel's own stdout/stderr, the ``kernel.log``
   of the job directory. Every socket of a job kernel is then a Unix socket in the job directory.
+- No debugger: nobody attaches one to a headless job, and ipykernel's debugger module imports
+  debugpy, about half of a kernel's start-up CPU (0.25 s here). A stand-in module says that
+  debugpy is unavailable, as ipykernel says when it is not installed; an analysis may still
+  ``import debugpy`` itself.
 
 Run as ``python -m analysis.kernel_app -f CONNECTION_FILE``.
 """
@@ -17,11 +23,27 @@ import os
 import sys
 import threading
 import traceback
+import types
 from pathlib import Path
 from typing import Any
 
-from ipykernel.iostream import IOPubThread, OutStream
-from ipykernel.kernelapp import IPKernelApp
+
+class _NoDebugger:
+    """What ``ipykernel.debugger.Debugger`` names in a job kernel (never instantiated)."""
+
+
+def _without_debugger() -> None:
+    """Install the stand-in ``ipykernel.debugger`` (before ipykernel imports the real one)."""
+    stand_in = types.ModuleType("ipykernel.debugger", "No debugger in a job kernel (analysis.kernel_app).")
+    stand_in._is_debugpy_available = False  # type: ignore[attr-defined]
+    stand_in.Debugger = _NoDebugger  # type: ignore[attr-defined]
+    sys.modules.setdefault("ipykernel.debugger", stand_in)
+
+
+_without_debugger()
+
+from ipykernel.iostream import IOPubThread, OutStream  # noqa: E402
+from ipykernel.kernelapp import IPKernelApp  # noqa: E402
 
 __all__ = ["CHUNK_CHARS", "ChunkedOutStream", "JobKernelApp"]
 
@@ -61,6 +83,10 @@ class JobKernelApp(IPKernelApp):
 
         self.iopub_socket = context.socket(zmq.XPUB)
         self.iopub_socket.linger = 1000
+        # past the high-water mark a PUB socket drops messages: a runner slower than a big
+        # print lost stream pieces and then the outcome, and waited for the job's deadline.
+        # NODROP makes the I/O thread wait instead, so output goes at the pace the runner reads.
+        self.iopub_socket.setsockopt(zmq.XPUB_NODROP, 1)
         self.iopub_port = self._bind_socket(self.iopub_socket, self.iopub_port)  # type: ignore[no-untyped-call]
         self.configure_tornado_logger()  # type: ignore[no-untyped-call]
         self.iopub_thread = IOPubThread(  # type: ignore[no-untyped-call]

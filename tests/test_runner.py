@@ -493,6 +493,27 @@ def test_a_huge_print_is_streamed_in_pieces(run_script: RunScript) -> None:
     assert grown < 100 * 1024 * 1024, f"the runner's memory peaked {grown / 2**20:.0f} MiB above its start"
 
 
+def test_a_runner_slower_than_a_huge_print_still_gets_the_outcome(
+    run_script: RunScript, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a loaded runner reads iopub slower than the kernel writes: past ZeroMQ's high-water mark
+    # the kernel dropped messages, the outcome among them, and the job waited for its deadline
+    from analysis.runner import jobs
+
+    output = jobs._Job.output
+
+    def slow_output(self: jobs._Job, name: str, text: str) -> None:
+        time.sleep(0.003)
+        output(self, name, text)
+
+    monkeypatch.setattr(jobs._Job, "output", slow_output)
+    result = run_script(
+        'def run(ctx, parameters):\n    print("y" * 200_000_000)\n    return "done"\n', timeout_s=120
+    )
+    assert result.success, result.to_dict()
+    assert result.result == "done"
+
+
 def test_the_kernel_listens_on_no_tcp_port(run_script: RunScript) -> None:
     result = run_script(
         """
