@@ -128,9 +128,7 @@ class _Response:
 
     def final_first(self) -> dict[str, Any] | None:
         """Wait for the body's first bytes or the final header; the final header if it came first."""
-        while self._pos >= len(self._buf) and self.final is None:
-            self._next()
-        return self.final if self._pos >= len(self._buf) else None
+        return None if self._next() else self.final
 
     def finish(self) -> dict[str, Any]:
         """Read (and drop) what is left of the body; return the final header."""
