@@ -1,8 +1,9 @@
 """The queue between ``analysis serve`` and ``analysis worker``: procrastinate on the store's PostgreSQL.
 
 The server and every worker open the same procrastinate app on the store's database. A job is a
-store row (its history, envelope, version) and one procrastinate job of task :data:`TASK` whose only
-argument is the store job id; procrastinate brings ``FOR UPDATE SKIP LOCKED`` fetching,
+store row (its history, envelope, version); a procrastinate job of task :data:`TASK` is a turn
+that claims the job to run when a worker slot takes it (:mod:`.fairqueue`), and then carries it
+(``jobs.queue_job_id``: aborts, heartbeats); procrastinate brings ``FOR UPDATE SKIP LOCKED`` fetching,
 LISTEN/NOTIFY wake-ups and aborts, and worker heartbeats. :class:`LostWorkerReaper` turns the jobs
 of a worker whose heartbeat stopped into a retry or a ``worker_lost`` failure.
 """
@@ -88,16 +89,16 @@ class LostWorkerReaper:
         )
         moved = 0
         for queued in stalled:
-            job = self.store.job_by_id(str(queued.task_kwargs.get("job_id")))
-            if job is None or job["status"] != "running":
+            job = self.store.running_job_of_turn(queued.id)
+            if job is None:  # a turn that had claimed nothing
                 await manager.finish_job_by_id_async(queued.id, _status("failed"), delete_job=False)
                 continue
             if job["attempt"] <= job["max_retries"]:
                 if self.store.update_job(
                     job["id"], only_if_status=("running",), only_if_attempt=job["attempt"],
-                    status="queued", started_at=None, worker=None,
+                    status="queued", started_at=None, worker=None, queue_job_id=None,
                 ):  # fmt: skip
-                    await manager.retry_job_by_id_async(queued.id, retry_at=_now())
+                    await manager.retry_job_by_id_async(queued.id, retry_at=_now())  # the job's turn
                     log.warning("job %s: worker %s lost; retrying", job["id"], job["worker"])
                     moved += 1
                 continue

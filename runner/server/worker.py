@@ -29,7 +29,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from analysis.errors import AnalysisError
 from analysis.runner.envelope import JobResult
 from analysis.runner.jobs import JobSpec, run_job_async
+from analysis.runner.logbuffer import DEFAULT_MAX_LOG_BYTES
 from analysis.runner.server.config import default_pool_size
+from analysis.runner.server.fairqueue import FairQueue, defer_turn_async
+from analysis.runner.server.joblogs import LiveLog
 from analysis.runner.server.manager import failure, final_envelope, materialize
 from analysis.runner.server.orphans import start_guard
 from analysis.runner.server.queue import DEFAULT_QUEUE, TASK, ensure_schema, open_app
@@ -109,51 +112,58 @@ class WorkerMetrics:
 
 
 class _Runner:
-    """The task body: one store job, start to end."""
+    """The task body: one turn, which claims the job to run fairly (:mod:`.fairqueue`) and runs it."""
 
     def __init__(
         self, app: Any, store: Store, config: WorkerConfig, name: str, metrics: WorkerMetrics,
-        *, pool: KernelPool | None,
+        *, pool: KernelPool | None, label: str = "worker", requeue_on_shutdown: bool = True,
     ) -> None:  # fmt: skip
         self.app = app
         self.pool = pool
         self.store = store
+        self.queue = FairQueue(store)
         self.config = config
         self.name = name
         self.metrics = metrics
+        self.label = label
+        self.requeue_on_shutdown = requeue_on_shutdown
         self.root = config.root.resolve()
         self.running = 0
 
-    async def __call__(self, context: Any, job_id: str) -> None:
-        job = self.store.job_by_id(job_id)
-        if job is None or job["status"] != "queued":  # cancelled while queued, or already taken
+    async def __call__(self, context: Any, cap: int = 0) -> None:
+        job = await asyncio.to_thread(self.queue.claim, cap, self.name, context.job.id)
+        if job is None:  # no project may start a job now (capped, or nothing queued)
             return
-        attempt, started = job["attempt"] + 1, time.time()
-        if not self.store.update_job(
-            job_id, only_if_status=("queued",), only_if_attempt=job["attempt"], status="running",
-            started_at=started, attempt=attempt, worker=self.name,
-        ):  # fmt: skip
-            return
-        job = {**job, "status": "running", "started_at": started, "attempt": attempt}
         self._slots(+1)
+        kernel_start: list[float] = []
+        live = LiveLog(
+            self.store, job["id"], self.config.job_options.get("max_log_bytes", DEFAULT_MAX_LOG_BYTES)
+        )
         try:
-            result = await self._execute(job)
+            result = await self._execute(job, live, kernel_start)
         except Exception as exc:  # a fault of the worker, not of the job: the job still ends
-            log.exception("job %s could not run", job_id)
-            result = failure(job, AnalysisError(f"The worker could not run the job: {exc}"))
+            log.exception("job %s could not run", job["id"])
+            fault = AnalysisError(f"The {self.label} could not run the job: {type(exc).__name__}: {exc}")
+            result = failure(job, fault)
         finally:
             self._slots(-1)
-        if result.error_type == "cancelled" and context.should_abort() and _shutting_down(context):
+            await live.close()
+        if (
+            self.requeue_on_shutdown and result.error_type == "cancelled" and context.should_abort()
+            and _shutting_down(context)
+        ):  # fmt: skip
             await self._requeue(job)
             return
-        self._finish(job, result)
+        self._finish(job, result, kernel_start[0] if kernel_start else None)
+        if cap and await asyncio.to_thread(self.queue.has_queued, job["project_id"]):
+            await defer_turn_async(self.app, cap)  # the project may start one more now
 
     def _slots(self, delta: int) -> None:
         self.running += delta
         self.metrics.running.set(self.running)
         self.metrics.slots_free.set(self.config.concurrency - self.running)
 
-    async def _execute(self, job: dict[str, Any]) -> JobResult:
+    async def _execute(self, job: dict[str, Any], live: LiveLog, kernel_start: list[float]) -> JobResult:
         project = job["project_id"]
         self._write_datasources(project)
         source = materialize(self.store, self.root, project, job["analysis_id"], job["analysis_version"])
@@ -163,7 +173,8 @@ class _Runner:
         artifacts = self.root / project / "analysis" / "artifacts"
         spec = JobSpec(
             source_path=source, parameters=json.loads(job["parameters"]), project_id=project,
-            root=self.root, trigger=job["trigger"], job_id=job["id"], artifact_dir=artifacts, **options,
+            root=self.root, trigger=job["trigger"], job_id=job["id"], artifact_dir=artifacts,
+            on_log=live.write, on_kernel_ready=kernel_start.append, **options,
         )  # fmt: skip
         cancelled: list[JobResult] = []
         try:
@@ -195,13 +206,14 @@ class _Runner:
         partial.write_text(text, encoding="utf-8")
         partial.replace(path)
 
-    def _finish(self, job: dict[str, Any], result: JobResult) -> None:
+    def _finish(self, job: dict[str, Any], result: JobResult, kernel_start_s: float | None) -> None:
         status = "succeeded" if result.success else (
             "cancelled" if result.error_type == "cancelled" else "failed"
         )  # fmt: skip
         if self.store.update_job(
             job["id"], only_if_status=("running",), only_if_attempt=job["attempt"], status=status,
             finished_at=time.time(), envelope=final_envelope(job, result), error_type=result.error_type,
+            kernel_start_s=kernel_start_s,
         ):  # fmt: skip
             self.metrics.jobs.labels(status).inc()
 
@@ -209,10 +221,9 @@ class _Runner:
         """A job the grace period cut short: queue it again (the attempt does not count)."""
         if self.store.update_job(
             job["id"], only_if_status=("running",), only_if_attempt=job["attempt"], status="queued",
-            started_at=None, worker=None, attempt=job["attempt"] - 1,
+            started_at=None, worker=None, attempt=job["attempt"] - 1, queue_job_id=None,
         ):  # fmt: skip
-            queued = await self.app.configure_task(TASK, queue=DEFAULT_QUEUE).defer_async(job_id=job["id"])
-            self.store.update_job(job["id"], queue_job_id=queued)
+            await defer_turn_async(self.app, 0)
             self.metrics.jobs.labels("requeued").inc()
 
 
@@ -242,12 +253,20 @@ async def _count_heartbeats(app: Any, worker: Any, metrics: WorkerMetrics, every
 
 def procrastinate_worker(
     app: Any, store: Store, config: WorkerConfig, name: str, metrics: WorkerMetrics,
-    *, pool: KernelPool | None, install_signal_handlers: bool = True,
+    *, pool: KernelPool | None, install_signal_handlers: bool = True, server: bool = False,
 ) -> Any:  # fmt: skip
-    """Register the job task on ``app`` and return the procrastinate worker that runs it."""
+    """Register the job task on ``app`` and return the procrastinate worker that runs it.
+
+    ``server``: the worker is a server's own (``--local-workers``): its faults read "The server
+    could not run the job", and the jobs still running past the grace period on shutdown are
+    cancelled, as a server with a SQLite store cancels them, instead of queued again.
+    """
     from procrastinate import worker as procrastinate_worker
 
-    runner = _Runner(app, store, config, name, metrics, pool=pool)
+    runner = _Runner(
+        app, store, config, name, metrics, pool=pool, label="server" if server else "worker",
+        requeue_on_shutdown=not server,
+    )  # fmt: skip
     app.task(name=TASK, queue=DEFAULT_QUEUE, pass_context=True)(runner.__call__)
     return procrastinate_worker.Worker(
         app, queues=list(config.queues) or None, name=name, concurrency=config.concurrency,
