@@ -1,14 +1,16 @@
 """``analysis worker``: runs the jobs ``analysis serve`` queued in PostgreSQL, on any machine.
 
-A worker shares nothing with the server but the database: it reads the job row and the analysis
-version from the store, writes the version under its own root, runs the job in a local kernel
-(``run_job_async``, a warm one of the worker's pool when one is idle, the broker included), and
-writes the envelope and any Parquet artifact back to the store. Each change of a job is a
-compare-and-set on (status, attempt), so a worker the server declared lost can no longer finish
-a job that another worker now runs. SIGTERM stops fetching
-jobs and lets running ones finish within the grace period; those still running then go back to
-the queue. If the worker dies, its guard (:mod:`.orphans`) kills its kernels. The worker's own
-``/metrics`` reports its slots and heartbeats.
+A worker shares nothing with the server but the database. Each of its slots takes a turn from
+the queue and claims with it the job to run next, fairly across projects and under the
+per-project cap (:mod:`.fairqueue`); it reads the analysis version from the store, writes it
+under its own root, runs the job in a local kernel (``run_job_async``, a warm one of the
+worker's pool when one is idle, the broker included), appends the lines the job prints to the
+store as it prints them (:mod:`.joblogs`), and writes the envelope and any Parquet artifact back
+to the store. Each change of a job is a compare-and-set on (status, attempt), so a worker the
+server declared lost can no longer finish a job that another worker now runs. SIGTERM stops
+fetching jobs and lets running ones finish within the grace period; those still running then
+go back to the queue. If the worker dies, its guard (:mod:`.orphans`) kills its kernels. The
+worker's own ``/metrics`` reports its slots and heartbeats.
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ class _Runner:
             self.requeue_on_shutdown and result.error_type == "cancelled" and context.should_abort()
             and _shutting_down(context)
         ):  # fmt: skip
-            await self._requeue(job)
+            await self._requeue(job, cap)
             return
         self._finish(job, result, kernel_start[0] if kernel_start else None)
         if cap and await asyncio.to_thread(self.queue.has_queued, job["project_id"]):
@@ -217,13 +219,13 @@ class _Runner:
         ):  # fmt: skip
             self.metrics.jobs.labels(status).inc()
 
-    async def _requeue(self, job: dict[str, Any]) -> None:
+    async def _requeue(self, job: dict[str, Any], cap: int) -> None:
         """A job the grace period cut short: queue it again (the attempt does not count)."""
         if self.store.update_job(
             job["id"], only_if_status=("running",), only_if_attempt=job["attempt"], status="queued",
             started_at=None, worker=None, attempt=job["attempt"] - 1, queue_job_id=None,
         ):  # fmt: skip
-            await defer_turn_async(self.app, 0)
+            await defer_turn_async(self.app, cap)
             self.metrics.jobs.labels("requeued").inc()
 
 
