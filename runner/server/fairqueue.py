@@ -118,11 +118,10 @@ class FairQueue:
     def _pick(self, db: Connection, cap: int) -> tuple[str, int] | None:
         """(project, seq of its oldest queued job) to start next, fairly."""
         j, t = self.store.jobs.c, self.store.project_turns.c
-        heads = dict(
-            db.execute(
-                sa.select(j.project_id, sa.func.min(j.seq)).where(j.status == "queued").group_by(j.project_id)
-            ).all()
+        heads_query = (
+            sa.select(j.project_id, sa.func.min(j.seq)).where(j.status == "queued").group_by(j.project_id)
         )
+        heads = {str(project): int(seq) for project, seq in db.execute(heads_query)}
         if not heads:
             return None
         running_query = (
@@ -130,16 +129,15 @@ class FairQueue:
             .where(j.status == "running", j.project_id.in_(list(heads)))
             .group_by(j.project_id)
         )
-        running: dict[str, int] = dict(db.execute(running_query).tuples().all())
-        served = dict(
-            db.execute(sa.select(t.project_id, t.served).where(t.project_id.in_(list(heads)))).all()
-        )
+        running = {str(project): int(count) for project, count in db.execute(running_query)}
+        served_query = sa.select(t.project_id, t.served).where(t.project_id.in_(list(heads)))
+        served = {str(project): int(turn) for project, turn in db.execute(served_query)}
         best: tuple[int, int, int, str] | None = None
         for project, seq in heads.items():
-            now_running = int(running.get(project, 0))
+            now_running = running.get(project, 0)
             if cap and now_running >= cap:
                 continue
-            candidate = (now_running, int(served.get(project, 0)), int(seq), project)
+            candidate = (now_running, served.get(project, 0), seq, project)
             if best is None or candidate < best:
                 best = candidate
         return None if best is None else (best[3], best[2])
