@@ -24,6 +24,22 @@ from analysis.runner.server.store import Store
 __all__ = ["FairQueue", "defer_turn", "defer_turn_async"]
 
 _LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext('analysis.dispatch'))")
+#: Each project's oldest queued job: a loose index scan of ``ix_jobs_queued_project`` (one probe per
+#: project, however many jobs are queued).
+_HEADS = sa.text(
+    """
+    WITH RECURSIVE projects(project_id) AS (
+        (SELECT project_id FROM jobs WHERE status = 'queued' ORDER BY project_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.project_id FROM jobs j WHERE j.status = 'queued' AND j.project_id > p.project_id
+                ORDER BY j.project_id LIMIT 1)
+        FROM projects p WHERE p.project_id IS NOT NULL
+    )
+    SELECT p.project_id,
+           (SELECT min(j.seq) FROM jobs j WHERE j.status = 'queued' AND j.project_id = p.project_id)
+    FROM projects p WHERE p.project_id IS NOT NULL
+    """
+)
 
 
 def defer_turn(app: Any, cap: int) -> int:
@@ -118,10 +134,7 @@ class FairQueue:
     def _pick(self, db: Connection, cap: int) -> tuple[str, int] | None:
         """(project, seq of its oldest queued job) to start next, fairly."""
         j, t = self.store.jobs.c, self.store.project_turns.c
-        heads_query = (
-            sa.select(j.project_id, sa.func.min(j.seq)).where(j.status == "queued").group_by(j.project_id)
-        )
-        heads = {str(project): int(seq) for project, seq in db.execute(heads_query)}
+        heads = {str(project): int(seq) for project, seq in db.execute(_HEADS)}
         if not heads:
             return None
         running_query = (
