@@ -10,6 +10,7 @@ of a worker whose heartbeat stopped into a retry or a ``worker_lost`` failure.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from typing import Any
@@ -20,7 +21,10 @@ from analysis.errors import WorkerLostError
 from analysis.runner.server.manager import failure, final_envelope
 from analysis.runner.server.store import Store
 
-__all__ = ["DEFAULT_QUEUE", "TASK", "LostWorkerReaper", "conninfo", "ensure_schema", "open_app"]
+__all__ = [
+    "DEFAULT_QUEUE", "FINAL_CHANNEL", "TASK", "LostWorkerReaper", "conninfo", "ensure_schema", "listen_final",
+    "notify_final", "open_app",
+]  # fmt: skip
 
 log = logging.getLogger("analysis.server")
 
@@ -28,6 +32,8 @@ log = logging.getLogger("analysis.server")
 TASK = "analysis.run_job"
 #: The queue jobs go to unless ``--queues`` says otherwise.
 DEFAULT_QUEUE = "analysis"
+#: The channel on which a worker names a job it just finished (servers wake their waits at once).
+FINAL_CHANNEL = "analysis_job_final"
 
 
 def conninfo(url: str) -> str:
@@ -58,6 +64,30 @@ async def ensure_schema(app: Any) -> None:
         if row is not None and row[0]:
             return
         await connection.execute(app.schema_manager.get_schema())
+
+
+async def notify_final(app: Any, job_id: str) -> None:
+    """Tell the servers (LISTEN on :data:`FINAL_CHANNEL`) that ``job_id`` is final."""
+    try:
+        async with app.connector.pool.connection() as connection:
+            await connection.execute("SELECT pg_notify(%s, %s)", (FINAL_CHANNEL, job_id))
+    except Exception:  # the servers' polling still sees the job end, a little later
+        log.warning("could not notify the end of job %s", job_id, exc_info=True)
+
+
+async def listen_final(url: str, wake: asyncio.Event) -> None:
+    """Set ``wake`` at each job a worker finished, until cancelled (reconnecting after a failure)."""
+    import psycopg
+
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(conninfo(url), autocommit=True) as connection:
+                await connection.execute(f"LISTEN {FINAL_CHANNEL}")
+                async for _ in connection.notifies():
+                    wake.set()
+        except psycopg.Error:
+            log.warning("listening for finished jobs failed; retrying in 1 s", exc_info=True)
+            await asyncio.sleep(1)
 
 
 class LostWorkerReaper:

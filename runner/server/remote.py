@@ -28,14 +28,14 @@ from analysis.runner.server.fairqueue import FairQueue, defer_turn_async
 from analysis.runner.server.joblogs import delete_lines_of_jobs_ended_before, lines_after
 from analysis.runner.server.manager import FINAL, JobManager, failure, final_envelope
 from analysis.runner.server.metrics import ServerMetrics
-from analysis.runner.server.queue import TASK, LostWorkerReaper
+from analysis.runner.server.queue import TASK, LostWorkerReaper, listen_final
 from analysis.runner.server.store import Store
 
 __all__ = ["RemoteJobManager"]
 
 log = logging.getLogger("analysis.server")
 
-_WATCH_S = 0.1  # how often waits and event streams look at the store
+_WATCH_S = 0.1  # how often waits and event streams look at the store (at once when a job ends)
 _KEEP_LINES_S = 60.0  # live log lines of an ended job are kept this long (late readers)
 _SLACK_S = 30.0  # finished jobs are counted once if workers' clocks differ by less than this
 _QUEUE_SQL = (
@@ -67,6 +67,8 @@ class RemoteJobManager(JobManager):
         self.fair = FairQueue(store)
         self.reaper = LostWorkerReaper(app, store, config.heartbeat_timeout_s)
         self._watching: asyncio.Task[None] | None = None
+        self._listening: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self._seen: dict[str, str] = {}
         self._log_cursor: dict[str, int] = {}
         self._datasources: dict[str, str | None] = {}
@@ -76,15 +78,18 @@ class RemoteJobManager(JobManager):
     def start(self) -> None:
         """Start accepting, watching the store and reaping lost workers."""
         self.accepting = True
-        self._watching = asyncio.get_running_loop().create_task(self._watch())
+        loop = asyncio.get_running_loop()
+        self._watching = loop.create_task(self._watch())
+        self._listening = loop.create_task(listen_final(self.config.db_url or "", self._wake))
 
     async def shutdown(self) -> None:
         """Stop accepting; jobs keep running on their workers."""
         self.accepting = False
-        if self._watching is not None:
-            self._watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watching
+        for task in (self._watching, self._listening):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def queue_depth(self) -> int:
         """Jobs waiting for a worker (queued in the store: no worker claimed them yet)."""
@@ -204,7 +209,9 @@ class RemoteJobManager(JobManager):
                     delete_lines_of_jobs_ended_before(self.store, time.time() - _KEEP_LINES_S)
             except Exception:  # a store hiccup must not end the watch
                 log.exception("watching the queue failed")
-            await asyncio.sleep(_WATCH_S)
+            with contextlib.suppress(TimeoutError):  # a worker's notice of a finished job comes first
+                await asyncio.wait_for(self._wake.wait(), _WATCH_S)
+            self._wake.clear()
 
     def _look(self) -> None:
         """Publish the log lines and status changes of the jobs someone waits for or streams."""

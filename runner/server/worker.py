@@ -37,7 +37,7 @@ from analysis.runner.server.fairqueue import FairQueue, defer_turn_async
 from analysis.runner.server.joblogs import LiveLog
 from analysis.runner.server.manager import failure, final_envelope, materialize
 from analysis.runner.server.orphans import start_guard
-from analysis.runner.server.queue import DEFAULT_QUEUE, TASK, ensure_schema, open_app
+from analysis.runner.server.queue import DEFAULT_QUEUE, TASK, ensure_schema, notify_final, open_app
 from analysis.runner.server.store import Store, open_store
 
 if TYPE_CHECKING:
@@ -157,6 +157,7 @@ class _Runner:
             await self._requeue(job, cap)
             return
         self._finish(job, result, kernel_start[0] if kernel_start else None)
+        await notify_final(self.app, job["id"])
         if cap and await asyncio.to_thread(self.queue.has_queued, job["project_id"]):
             await defer_turn_async(self.app, cap)  # the project may start one more now
 
