@@ -1,6 +1,10 @@
 """Figures of ``analysis serve``, measured in one run on one machine (issue 11).
 
-    .venv/bin/python bench/bench_server.py [--repeat N] [--burst N] [--pool-size N]
+    .venv/bin/python bench/bench_server.py [--repeat N] [--burst N] [--pool-size N] [--postgres]
+
+``--postgres``: the store is a private PostgreSQL (tests/datasources/servers.py; PostgreSQL 15
+needed) instead of SQLite, so jobs go through the fair queue and the server's local worker
+(README, "Running on several machines"); ``/metrics`` then reads the job figures from the store.
 
 1. Server overhead: a trivial job submitted over HTTP with ``wait``; the wall time of the request
    minus the runner's own time for the job (the job's ``run_ms``: the server's clock around the
@@ -9,7 +13,8 @@
    job is submitted once the pool is full again (and 1.5 s more, the replacement kernel's
    warm-up), so it takes a warm kernel and no kernel start competes with it for the CPU.
 2. A burst of ``--burst`` jobs submitted at once: all reach a final state, none lost and none run
-   twice (each job appends its index to a file); submit rate, queue-wait p50/p99, drain time.
+   twice (each job appends its index to a host file, so the server runs jobs unsandboxed);
+   submit rate, queue-wait p50/p99, drain time.
 3. Server RSS (the server process alone, kernels excluded) idle and at its peak under the burst.
 4. ``/metrics`` scrape time (median of 50).
 5. A ``--artifact-rows`` (1,000,000) row table result: the job's run time (the Parquet write
@@ -31,6 +36,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -51,14 +57,18 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _start(root: Path, pool: list[str]) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
     cli = [sys.executable, "-m", "analysis.runner.cli"]
+    store = pool[pool.index("--db") : pool.index("--db") + 2] if "--db" in pool else []
     token = subprocess.run(
-        [*cli, "token", "create", "--admin", "--root", str(root)], capture_output=True, text=True, check=True
-    ).stdout.strip()
+        [*cli, "token", "create", "--admin", "--root", str(root), *store],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
     log = root.parent / "server.log"
     with log.open("wb") as out:  # --port 0: the server binds a free port and prints its URL
         server = subprocess.Popen(
             [*cli, "serve", "--root", str(root), "--port", "0", "--max-queued-jobs", "100000", *pool],
             stdout=subprocess.DEVNULL, stderr=out,
+            # unsandboxed: the burst's jobs append to a host file (a sandboxed job's /tmp is private)
+            env={**os.environ, "ANALYSIS_SANDBOX": "off"},
         )  # fmt: skip
     url = ""
     for _ in range(600):
@@ -210,16 +220,40 @@ def burst(http: httpx.Client, server: psutil.Process, n: int, work: Path) -> dic
     }  # fmt: skip
 
 
+def _postgres() -> tuple[Any, str]:
+    """A private PostgreSQL and the URL of its database."""
+    import importlib.util
+    import urllib.parse
+
+    spec = importlib.util.spec_from_file_location(
+        "analysis_test_servers", Path(__file__).parents[1] / "tests" / "datasources" / "servers.py"
+    )
+    assert spec is not None and spec.loader is not None
+    servers: Any = importlib.util.module_from_spec(spec)
+    sys.modules["analysis_test_servers"] = servers
+    spec.loader.exec_module(servers)
+    missing = servers.PostgresServer.available()
+    if missing:
+        sys.exit(f"bench_server: {missing}")
+    pg = servers.PostgresServer().start()
+    password = urllib.parse.quote(servers.PASSWORD, safe="")
+    return pg, f"postgresql://{servers.USER}:{password}@127.0.0.1:{pg.port}/{servers.DATABASE}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--burst", type=int, default=1000, help="0: skip the burst")
     parser.add_argument("--artifact-rows", type=int, default=1_000_000, help="0: skip the artifact figures")
     parser.add_argument("--pool-size", type=int, default=None, help="the server's (default: its own)")
+    parser.add_argument("--postgres", action="store_true", help="a private PostgreSQL store, not SQLite")
     args = parser.parse_args()
     warm = min(os.cpu_count() or 1, 4) if args.pool_size is None else args.pool_size
     work = Path(tempfile.mkdtemp(prefix="bench-server-"))
     pool = [] if args.pool_size is None else ["--pool-size", str(args.pool_size)]
+    postgres = _postgres() if args.postgres else None
+    if postgres is not None:
+        pool += ["--db", postgres[1]]
     server, url, headers = _start(work / ".clients", pool)
     try:
         process = psutil.Process(server.pid)
@@ -237,6 +271,9 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(120)
+        if postgres is not None:
+            postgres[0].stop()
+    print(f"\nStore: {'PostgreSQL (fair queue, local worker)' if postgres else 'SQLite'}")
     kernels = f"a pool of {warm} warm kernels" if warm else "cold kernels"
     cores = os.cpu_count()
     print(f"\nServer overhead of a trivial job with wait ({args.repeat} jobs, {cores} cores, {kernels})")

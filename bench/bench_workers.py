@@ -1,6 +1,7 @@
 """Figures of ``analysis worker``: jobs on 1, 2 and 4 machines, measured in one run (issue 12).
 
-    .venv/bin/python bench/bench_workers.py [--per-slot N] [--trivial N] [--pool-size N]
+    .venv/bin/python bench/bench_workers.py [--per-slot N] [--trivial N] [--pool-size N] [--claims N]
+                                            [--claims-only]
 
 Needs root (network namespaces) and PostgreSQL 15. PostgreSQL listens on a bridge; the server and
 each worker run in their own network namespace and working directory (tests/workers/cluster.py),
@@ -22,6 +23,12 @@ each worker with 2 slots.
 5. A worker powered off (every process of its namespace killed, its link deleted) while running a
    job of an analysis with ``retries: 1``: time until the job succeeded on the other worker, with
    the server's ``--heartbeat-timeout`` of 6 s.
+6. Claims (README, "How jobs are dispatched"): ``--claims`` (1,000) queued jobs in 10 projects
+   of a fresh store, claimed one after another as worker slots claim them (one transaction
+   under the advisory lock each, picking the fairest job; each claimed job then ended at once,
+   as a worker would end it), then the same with 4 threads claiming at once: claims/s (claim
+   and end) and the time of one claim, p50/p99. This bounds the rate at which the whole cluster
+   can start jobs. ``--claims-only`` measures only this.
 """
 
 from __future__ import annotations
@@ -130,11 +137,63 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def _claims(cluster: Any, count: int) -> list[tuple[str, str]]:
+    """Claim ``count`` queued jobs of 10 projects, one at a time, then from 4 threads at once."""
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    from analysis.runner.server.fairqueue import FairQueue
+    from analysis.runner.server.store import open_store
+
+    rows = []
+    for threads in (1, 4):
+        database = f"claims_{uuid.uuid4().hex[:8]}"
+        cluster.pg.psql(f"CREATE DATABASE {database} OWNER {cluster_module.servers.USER}")
+        store = open_store(cluster.db_url.rsplit("/", 1)[0] + f"/{database}")
+        try:
+            with store.engine.begin() as db:
+                db.execute(store.jobs.insert(), [{
+                    "id": uuid.uuid4().hex, "project_id": f"p{n % 10}", "analysis_id": "a",
+                    "analysis_version": "v", "parameters": "{}", "trigger": "api", "status": "queued",
+                    "attempt": 0, "created_at": time.time(),
+                } for n in range(count)])  # fmt: skip
+            # the statistics autovacuum keeps on a live store (the claim's plan relies on them)
+            cluster.pg.psql("ANALYZE jobs", database=database)
+            queue = FairQueue(store)
+            times: list[float] = []
+
+            def claim_all(queue: FairQueue = queue, times: list[float] = times) -> None:
+                while True:
+                    began = time.perf_counter()
+                    claimed = queue.claim(0, "bench", None)
+                    times.append(time.perf_counter() - began)
+                    if claimed is None:
+                        return
+                    # ended at once, as a worker would end it: running jobs stay as few as slots
+                    queue.store.update_job(claimed["id"], status="succeeded", finished_at=time.time())
+
+            began = time.monotonic()
+            with ThreadPoolExecutor(threads) as pool:
+                for future in [pool.submit(claim_all) for _ in range(threads)]:
+                    future.result()
+            took = time.monotonic() - began
+            assert store.count_jobs(("succeeded",)) == count and store.count_jobs(("queued",)) == 0
+        finally:
+            store.close()
+        ms = [t * 1000 for t in times]
+        rows.append((f"claims of {count} queued jobs in 10 projects, {threads} claimer(s)",
+                     f"{count / took:.0f} claims/s; one claim p50 {_pct(ms, 0.5):.1f} ms, "
+                     f"p99 {_pct(ms, 0.99):.1f} ms"))  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-slot", type=int, default=6)
     parser.add_argument("--trivial", type=int, default=40)
     parser.add_argument("--pool-size", type=int, default=2, help="warm kernels per worker (0: cold)")
+    parser.add_argument("--claims", type=int, default=1000, help="queued jobs to claim (0: skip)")
+    parser.add_argument("--claims-only", action="store_true", help="measure only the claims")
     args = parser.parse_args()
     missing = cluster_module.netns_missing() or cluster_module.servers.PostgresServer.available()
     if missing:
@@ -142,6 +201,11 @@ def main() -> None:
     rows: list[tuple[str, str]] = []
     cluster = cluster_module.Cluster().start()
     try:
+        if args.claims:
+            rows += _claims(cluster, args.claims)
+        if args.claims_only:
+            _print(rows)
+            return
         cluster.serve("--heartbeat-timeout", "6")
         with _client(cluster) as http:
             for name, source, retries in (("sleep", SLEEP, 0), ("trivial", TRIVIAL, 0), ("block", BLOCK, 1)):
@@ -189,6 +253,10 @@ def main() -> None:
                          f"re-run and succeeded after {time.monotonic() - began:.1f} s"))  # fmt: skip
     finally:
         cluster.close()
+    _print(rows)
+
+
+def _print(rows: list[tuple[str, str]]) -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name.ljust(width)}  {value}")

@@ -50,7 +50,10 @@ def add_subparsers(subparsers: Any) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--max-concurrent-jobs", type=int, default=None, metavar="N", help="default: cores")
-    serve.add_argument("--max-jobs-per-project", type=int, default=None, metavar="N")
+    serve.add_argument(
+        "--max-jobs-per-project", type=int, default=None, metavar="N",
+        help="default: --max-concurrent-jobs; PostgreSQL store: across every worker, default no cap",
+    )  # fmt: skip
     serve.add_argument("--max-queued-jobs", type=int, default=10_000, metavar="N")
     serve.add_argument("--grace", type=float, default=30.0, metavar="SECONDS", help="shutdown grace (30)")
     serve.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="default job deadline")

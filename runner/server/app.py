@@ -62,6 +62,7 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """GET /metrics: Prometheus text format (admin token: labels name every project)."""
     caller(request).require_admin()
+    state(request).manager.refresh_metrics()
     return Response(state(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
 

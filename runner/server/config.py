@@ -29,9 +29,11 @@ class ServerConfig:
     db_url
         The store: a SQLAlchemy URL (``postgresql://...``); default: SQLite under ``root``.
     max_concurrent_jobs
-        Jobs running at once, over every project (default: the number of cores).
+        Jobs running at once, over every project (default: the number of cores). With
+        ``workers``: the default of ``local_workers``.
     max_jobs_per_project
-        Jobs of one project running at once (default: ``max_concurrent_jobs``).
+        Jobs of one project running at once (default: ``max_concurrent_jobs``). With ``workers``:
+        across every worker and server (default: no cap but the workers' slots).
     max_queued_jobs
         Past this many queued jobs, a submit answers 429 with ``Retry-After``.
     shutdown_grace_s

@@ -20,6 +20,7 @@ __all__ = [
     "caller",
     "field",
     "iso",
+    "known_query",
     "parse_time",
     "path_id",
     "read_json",
@@ -129,3 +130,13 @@ def parse_time(text: str | None, name: str) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+def known_query(request: Request, *names: str) -> None:
+    """422 naming the first query parameter of ``request`` that is not one of ``names``."""
+    for name in request.query_params:
+        if name not in names:
+            allowed = ", ".join(names)
+            raise ApiError(
+                422, "invalid_request", f"Unknown query parameter {name!r}; this route takes {allowed}."
+            )

@@ -14,7 +14,17 @@ from starlette.routing import Route
 from analysis.params import ID_PATTERN
 from analysis.runner.server.downloads import FORMATS, stream_artifact
 from analysis.runner.server.errors import ApiError
-from analysis.runner.server.inputs import body_id, caller, field, iso, parse_time, path_id, read_json, state
+from analysis.runner.server.inputs import (
+    body_id,
+    caller,
+    field,
+    iso,
+    known_query,
+    parse_time,
+    path_id,
+    read_json,
+    state,
+)
 from analysis.runner.server.manager import FINAL
 from analysis.runner.server.retention import check_not_expired
 from analysis.runner.server.versions import VERSION_PATTERN, current_version
@@ -122,6 +132,7 @@ async def list_jobs(request: Request) -> Response:
     """GET /v1/projects/{project_id}/jobs: newest first, filtered, with a cursor."""
     project = path_id(request, "project_id", "Project")
     caller(request, project)
+    known_query(request, "status", "analysis_id", "trigger", "since", "until", "limit", "cursor")
     query = request.query_params
     status = query.get("status")
     if status is not None and status not in STATUSES:
@@ -158,6 +169,7 @@ async def cancel_job(request: Request) -> Response:
 async def job_result(request: Request) -> Response:
     """GET .../jobs/{job_id}/result: the result of a succeeded job (an artifact as ``format``)."""
     job = _job(request)
+    known_query(request, "format")
     fmt = request.query_params.get("format")
     if fmt is not None and fmt not in FORMATS:
         raise ApiError(422, "invalid_request", f"format must be one of {', '.join(FORMATS)}.")

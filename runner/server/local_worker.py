@@ -6,7 +6,8 @@ claims, same heartbeats), with ``N`` slots, in the server's event loop. It works
 ``{root}/.server/local-worker`` as a worker works in its own ``--root``: the server's project
 folders (the datasources files the user edits, say) are never written by it. Its kernels are
 the server's children (they die with it, kill -9 included); on shutdown it stops taking jobs,
-lets running ones finish within the grace period, and queues again those still running then.
+lets running ones finish within the grace period, and cancels those still running then, as a
+server with a SQLite store does (an ``analysis worker`` queues them again instead).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ async def _running(app: Any, store: Store, config: ServerConfig) -> AsyncIterato
     worker = procrastinate_worker(
         app, store, worker_config, worker_config.name or "local", metrics, pool=pool,
         install_signal_handlers=False,  # uvicorn has them: the server's shutdown stops this worker
+        server=True,
     )  # fmt: skip
     running = asyncio.create_task(worker.run())
     await asyncio.sleep(0)  # run() starts by clearing any earlier stop request

@@ -169,6 +169,9 @@ class JobManager:
         """Jobs running now."""
         return len(self._running)
 
+    def refresh_metrics(self) -> None:
+        """Bring the figures of ``/metrics`` up to date (this process counts them as jobs move)."""
+
     def _enqueue(self, job: dict[str, Any]) -> None:
         self._queued.setdefault(job["project_id"], deque()).append(job["id"])
         self._queued_rows[job["id"]] = job

@@ -1,14 +1,16 @@
 """The queue between ``analysis serve`` and ``analysis worker``: procrastinate on the store's PostgreSQL.
 
 The server and every worker open the same procrastinate app on the store's database. A job is a
-store row (its history, envelope, version) and one procrastinate job of task :data:`TASK` whose only
-argument is the store job id; procrastinate brings ``FOR UPDATE SKIP LOCKED`` fetching,
+store row (its history, envelope, version); a procrastinate job of task :data:`TASK` is a turn
+that claims the job to run when a worker slot takes it (:mod:`.fairqueue`), and then carries it
+(``jobs.queue_job_id``: aborts, heartbeats); procrastinate brings ``FOR UPDATE SKIP LOCKED`` fetching,
 LISTEN/NOTIFY wake-ups and aborts, and worker heartbeats. :class:`LostWorkerReaper` turns the jobs
 of a worker whose heartbeat stopped into a retry or a ``worker_lost`` failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from typing import Any
@@ -19,7 +21,10 @@ from analysis.errors import WorkerLostError
 from analysis.runner.server.manager import failure, final_envelope
 from analysis.runner.server.store import Store
 
-__all__ = ["DEFAULT_QUEUE", "TASK", "LostWorkerReaper", "conninfo", "ensure_schema", "open_app"]
+__all__ = [
+    "DEFAULT_QUEUE", "FINAL_CHANNEL", "TASK", "LostWorkerReaper", "conninfo", "ensure_schema", "listen_final",
+    "notify_final", "open_app",
+]  # fmt: skip
 
 log = logging.getLogger("analysis.server")
 
@@ -27,6 +32,8 @@ log = logging.getLogger("analysis.server")
 TASK = "analysis.run_job"
 #: The queue jobs go to unless ``--queues`` says otherwise.
 DEFAULT_QUEUE = "analysis"
+#: The channel on which a worker names a job it just finished (servers wake their waits at once).
+FINAL_CHANNEL = "analysis_job_final"
 
 
 def conninfo(url: str) -> str:
@@ -59,6 +66,30 @@ async def ensure_schema(app: Any) -> None:
         await connection.execute(app.schema_manager.get_schema())
 
 
+async def notify_final(app: Any, job_id: str) -> None:
+    """Tell the servers (LISTEN on :data:`FINAL_CHANNEL`) that ``job_id`` is final."""
+    try:
+        async with app.connector.pool.connection() as connection:
+            await connection.execute("SELECT pg_notify(%s, %s)", (FINAL_CHANNEL, job_id))
+    except Exception:  # the servers' polling still sees the job end, a little later
+        log.warning("could not notify the end of job %s", job_id, exc_info=True)
+
+
+async def listen_final(url: str, wake: asyncio.Event) -> None:
+    """Set ``wake`` at each job a worker finished, until cancelled (reconnecting after a failure)."""
+    import psycopg
+
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(conninfo(url), autocommit=True) as connection:
+                await connection.execute(f"LISTEN {FINAL_CHANNEL}")
+                async for _ in connection.notifies():
+                    wake.set()
+        except psycopg.Error:
+            log.warning("listening for finished jobs failed; retrying in 1 s", exc_info=True)
+            await asyncio.sleep(1)
+
+
 class LostWorkerReaper:
     """Retries or fails the jobs of workers whose heartbeat stopped.
 
@@ -88,16 +119,16 @@ class LostWorkerReaper:
         )
         moved = 0
         for queued in stalled:
-            job = self.store.job_by_id(str(queued.task_kwargs.get("job_id")))
-            if job is None or job["status"] != "running":
+            job = self.store.running_job_of_turn(queued.id)
+            if job is None:  # a turn that had claimed nothing
                 await manager.finish_job_by_id_async(queued.id, _status("failed"), delete_job=False)
                 continue
             if job["attempt"] <= job["max_retries"]:
                 if self.store.update_job(
                     job["id"], only_if_status=("running",), only_if_attempt=job["attempt"],
-                    status="queued", started_at=None, worker=None,
+                    status="queued", started_at=None, worker=None, queue_job_id=None,
                 ):  # fmt: skip
-                    await manager.retry_job_by_id_async(queued.id, retry_at=_now())
+                    await manager.retry_job_by_id_async(queued.id, retry_at=_now())  # the job's turn
                     log.warning("job %s: worker %s lost; retrying", job["id"], job["worker"])
                     moved += 1
                 continue

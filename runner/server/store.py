@@ -75,7 +75,10 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata = sa.MetaData()
-        tables = ["jobs", "analysis_versions", "schedules", "tokens", "artifacts", "datasources"]
+        tables = [
+            "jobs", "analysis_versions", "schedules", "tokens", "artifacts", "datasources", "job_logs",
+            "project_turns",
+        ]  # fmt: skip
         metadata.reflect(engine, only=tables)
         self.jobs = metadata.tables["jobs"]
         self.versions = metadata.tables["analysis_versions"]
@@ -83,6 +86,8 @@ class Store:
         self.tokens = metadata.tables["tokens"]
         self.artifacts = metadata.tables["artifacts"]
         self.datasources = metadata.tables["datasources"]
+        self.job_logs = metadata.tables["job_logs"]
+        self.project_turns = metadata.tables["project_turns"]
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -150,6 +155,11 @@ class Store:
     def job_by_id(self, job_id: str) -> dict[str, Any] | None:
         """A job of any project (a worker knows only the job's id)."""
         return self._one(self.jobs.select().where(self.jobs.c.id == job_id))
+
+    def running_job_of_turn(self, queue_job_id: int) -> dict[str, Any] | None:
+        """The running job that the procrastinate job ``queue_job_id`` (a turn) claimed."""
+        j = self.jobs.c
+        return self._one(self.jobs.select().where(j.queue_job_id == queue_job_id, j.status == "running"))
 
     def job_statuses(self, job_ids: list[str]) -> dict[str, str]:
         """The status of each of ``job_ids`` that exists."""

@@ -1,14 +1,16 @@
 """``analysis worker``: runs the jobs ``analysis serve`` queued in PostgreSQL, on any machine.
 
-A worker shares nothing with the server but the database: it reads the job row and the analysis
-version from the store, writes the version under its own root, runs the job in a local kernel
-(``run_job_async``, a warm one of the worker's pool when one is idle, the broker included), and
-writes the envelope and any Parquet artifact back to the store. Each change of a job is a
-compare-and-set on (status, attempt), so a worker the server declared lost can no longer finish
-a job that another worker now runs. SIGTERM stops fetching
-jobs and lets running ones finish within the grace period; those still running then go back to
-the queue. If the worker dies, its guard (:mod:`.orphans`) kills its kernels. The worker's own
-``/metrics`` reports its slots and heartbeats.
+A worker shares nothing with the server but the database. Each of its slots takes a turn from
+the queue and claims with it the job to run next, fairly across projects and under the
+per-project cap (:mod:`.fairqueue`); it reads the analysis version from the store, writes it
+under its own root, runs the job in a local kernel (``run_job_async``, a warm one of the
+worker's pool when one is idle, the broker included), appends the lines the job prints to the
+store as it prints them (:mod:`.joblogs`), and writes the envelope and any Parquet artifact back
+to the store. Each change of a job is a compare-and-set on (status, attempt), so a worker the
+server declared lost can no longer finish a job that another worker now runs. SIGTERM stops
+fetching jobs and lets running ones finish within the grace period; those still running then
+go back to the queue. If the worker dies, its guard (:mod:`.orphans`) kills its kernels. The
+worker's own ``/metrics`` reports its slots and heartbeats.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from analysis.errors import AnalysisError
 from analysis.runner.envelope import JobResult
 from analysis.runner.jobs import JobSpec, run_job_async
+from analysis.runner.logbuffer import DEFAULT_MAX_LOG_BYTES
 from analysis.runner.server.cache_counters import publish as publish_cache_counters
 from analysis.runner.server.config import default_pool_size
+from analysis.runner.server.fairqueue import FairQueue, defer_turn_async
+from analysis.runner.server.joblogs import LiveLog
 from analysis.runner.server.manager import failure, final_envelope, materialize
 from analysis.runner.server.orphans import start_guard
-from analysis.runner.server.queue import DEFAULT_QUEUE, TASK, ensure_schema, open_app
+from analysis.runner.server.queue import DEFAULT_QUEUE, TASK, ensure_schema, notify_final, open_app
 from analysis.runner.server.store import Store, open_store
 
 if TYPE_CHECKING:
@@ -110,52 +115,60 @@ class WorkerMetrics:
 
 
 class _Runner:
-    """The task body: one store job, start to end."""
+    """The task body: one turn, which claims the job to run fairly (:mod:`.fairqueue`) and runs it."""
 
     def __init__(
         self, app: Any, store: Store, config: WorkerConfig, name: str, metrics: WorkerMetrics,
-        *, pool: KernelPool | None,
+        *, pool: KernelPool | None, label: str = "worker", requeue_on_shutdown: bool = True,
     ) -> None:  # fmt: skip
         self.app = app
         self.pool = pool
         self.store = store
+        self.queue = FairQueue(store)
         self.config = config
         self.name = name
         self.metrics = metrics
+        self.label = label
+        self.requeue_on_shutdown = requeue_on_shutdown
         self.root = config.root.resolve()
         self.running = 0
 
-    async def __call__(self, context: Any, job_id: str) -> None:
-        job = self.store.job_by_id(job_id)
-        if job is None or job["status"] != "queued":  # cancelled while queued, or already taken
+    async def __call__(self, context: Any, cap: int = 0) -> None:
+        job = await asyncio.to_thread(self.queue.claim, cap, self.name, context.job.id)
+        if job is None:  # no project may start a job now (capped, or nothing queued)
             return
-        attempt, started = job["attempt"] + 1, time.time()
-        if not self.store.update_job(
-            job_id, only_if_status=("queued",), only_if_attempt=job["attempt"], status="running",
-            started_at=started, attempt=attempt, worker=self.name,
-        ):  # fmt: skip
-            return
-        job = {**job, "status": "running", "started_at": started, "attempt": attempt}
         self._slots(+1)
+        kernel_start: list[float] = []
+        live = LiveLog(
+            self.store, job["id"], self.config.job_options.get("max_log_bytes", DEFAULT_MAX_LOG_BYTES)
+        )
         try:
-            result = await self._execute(job)
+            result = await self._execute(job, live, kernel_start)
         except Exception as exc:  # a fault of the worker, not of the job: the job still ends
-            log.exception("job %s could not run", job_id)
-            result = failure(job, AnalysisError(f"The worker could not run the job: {exc}"))
+            log.exception("job %s could not run", job["id"])
+            fault = AnalysisError(f"The {self.label} could not run the job: {type(exc).__name__}: {exc}")
+            result = failure(job, fault)
         finally:
             self._slots(-1)
-        if result.error_type == "cancelled" and context.should_abort() and _shutting_down(context):
-            await self._requeue(job)
+            await live.close()
+        if (
+            self.requeue_on_shutdown and result.error_type == "cancelled" and context.should_abort()
+            and _shutting_down(context)
+        ):  # fmt: skip
+            await self._requeue(job, cap)
             return
-        self._finish(job, result)
+        self._finish(job, result, kernel_start[0] if kernel_start else None)
         publish_cache_counters(self.store.engine)  # for the server's /metrics (README: "Result cache")
+        await notify_final(self.app, job["id"])
+        if cap and await asyncio.to_thread(self.queue.has_queued, job["project_id"]):
+            await defer_turn_async(self.app, cap)  # the project may start one more now
 
     def _slots(self, delta: int) -> None:
         self.running += delta
         self.metrics.running.set(self.running)
         self.metrics.slots_free.set(self.config.concurrency - self.running)
 
-    async def _execute(self, job: dict[str, Any]) -> JobResult:
+    async def _execute(self, job: dict[str, Any], live: LiveLog, kernel_start: list[float]) -> JobResult:
         project = job["project_id"]
         self._write_datasources(project)
         source = materialize(self.store, self.root, project, job["analysis_id"], job["analysis_version"])
@@ -165,7 +178,8 @@ class _Runner:
         artifacts = self.root / project / "analysis" / "artifacts"
         spec = JobSpec(
             source_path=source, parameters=json.loads(job["parameters"]), project_id=project,
-            root=self.root, trigger=job["trigger"], job_id=job["id"], artifact_dir=artifacts, **options,
+            root=self.root, trigger=job["trigger"], job_id=job["id"], artifact_dir=artifacts,
+            on_log=live.write, on_kernel_ready=kernel_start.append, **options,
         )  # fmt: skip
         cancelled: list[JobResult] = []
         try:
@@ -197,24 +211,24 @@ class _Runner:
         partial.write_text(text, encoding="utf-8")
         partial.replace(path)
 
-    def _finish(self, job: dict[str, Any], result: JobResult) -> None:
+    def _finish(self, job: dict[str, Any], result: JobResult, kernel_start_s: float | None) -> None:
         status = "succeeded" if result.success else (
             "cancelled" if result.error_type == "cancelled" else "failed"
         )  # fmt: skip
         if self.store.update_job(
             job["id"], only_if_status=("running",), only_if_attempt=job["attempt"], status=status,
             finished_at=time.time(), envelope=final_envelope(job, result), error_type=result.error_type,
+            kernel_start_s=kernel_start_s,
         ):  # fmt: skip
             self.metrics.jobs.labels(status).inc()
 
-    async def _requeue(self, job: dict[str, Any]) -> None:
+    async def _requeue(self, job: dict[str, Any], cap: int) -> None:
         """A job the grace period cut short: queue it again (the attempt does not count)."""
         if self.store.update_job(
             job["id"], only_if_status=("running",), only_if_attempt=job["attempt"], status="queued",
-            started_at=None, worker=None, attempt=job["attempt"] - 1,
+            started_at=None, worker=None, attempt=job["attempt"] - 1, queue_job_id=None,
         ):  # fmt: skip
-            queued = await self.app.configure_task(TASK, queue=DEFAULT_QUEUE).defer_async(job_id=job["id"])
-            self.store.update_job(job["id"], queue_job_id=queued)
+            await defer_turn_async(self.app, cap)
             self.metrics.jobs.labels("requeued").inc()
 
 
@@ -244,12 +258,20 @@ async def _count_heartbeats(app: Any, worker: Any, metrics: WorkerMetrics, every
 
 def procrastinate_worker(
     app: Any, store: Store, config: WorkerConfig, name: str, metrics: WorkerMetrics,
-    *, pool: KernelPool | None, install_signal_handlers: bool = True,
+    *, pool: KernelPool | None, install_signal_handlers: bool = True, server: bool = False,
 ) -> Any:  # fmt: skip
-    """Register the job task on ``app`` and return the procrastinate worker that runs it."""
+    """Register the job task on ``app`` and return the procrastinate worker that runs it.
+
+    ``server``: the worker is a server's own (``--local-workers``): its faults read "The server
+    could not run the job", and the jobs still running past the grace period on shutdown are
+    cancelled, as a server with a SQLite store cancels them, instead of queued again.
+    """
     from procrastinate import worker as procrastinate_worker
 
-    runner = _Runner(app, store, config, name, metrics, pool=pool)
+    runner = _Runner(
+        app, store, config, name, metrics, pool=pool, label="server" if server else "worker",
+        requeue_on_shutdown=not server,
+    )  # fmt: skip
     app.task(name=TASK, queue=DEFAULT_QUEUE, pass_context=True)(runner.__call__)
     return procrastinate_worker.Worker(
         app, queues=list(config.queues) or None, name=name, concurrency=config.concurrency,

@@ -71,17 +71,6 @@ def store_url(request: pytest.FixtureRequest, root: Path) -> str:
 
 
 @pytest.fixture
-def in_process(store_url: str) -> None:
-    """Skip on PostgreSQL: the test is about the jobs a SQLite server dispatches itself.
-
-    Over PostgreSQL jobs go through procrastinate's queue (first in, first out) to the server's
-    local worker and to ``analysis worker`` processes (README, "Running on several machines").
-    """
-    if store_url.startswith("postgresql"):
-        pytest.skip("a PostgreSQL store queues jobs through procrastinate; this is the in-process dispatcher")
-
-
-@pytest.fixture
 def store(store_url: str) -> Iterator[Store]:
     """The test's store, opened in the test process (to mint tokens and inspect rows)."""
     opened = open_store(store_url)

@@ -125,6 +125,7 @@ def test_bad_input_gets_a_4xx_naming_the_problem(serve: Any, root: Path) -> None
             ("GET", "/v1/projects/alpha/jobs?limit=0", None, 422, "invalid_request"),
             ("GET", "/v1/projects/alpha/jobs?status=lost", None, 422, "invalid_request"),
             ("GET", "/v1/projects/alpha/jobs?since=yesterday", None, 422, "invalid_request"),
+            ("GET", "/v1/projects/alpha/jobs?colour=red", None, 422, "invalid_request"),  # a typo'd filter
             ("PUT", "/v1/projects/alpha/analyses/x", {"source": "def nope(:\n"}, 422, "invalid_analysis"),
             (
                 "PUT",

@@ -41,9 +41,7 @@ def _submit(http: Any, project: str, analysis_id: str, parameters: dict[str, Any
     return job_id
 
 
-def test_a_free_slot_goes_to_the_project_served_least(
-    serve: Any, save: Any, root: Path, final: Any, in_process: None
-) -> None:
+def test_a_free_slot_goes_to_the_project_served_least(serve: Any, save: Any, root: Path, final: Any) -> None:
     for project in ("alpha", "beta"):
         save(project, "block", BLOCK)
         save(project, "hello", HELLO)
@@ -62,9 +60,7 @@ def test_a_free_slot_goes_to_the_project_served_least(
     assert done_beta["started_at"] < done_alpha[0]["started_at"] < done_alpha[1]["started_at"]
 
 
-def test_a_project_never_runs_more_than_its_cap(
-    serve: Any, save: Any, root: Path, final: Any, in_process: None
-) -> None:
+def test_a_project_never_runs_more_than_its_cap(serve: Any, save: Any, root: Path, final: Any) -> None:
     for project in ("alpha", "beta"):
         save(project, "block", BLOCK)
         save(project, "hello", HELLO)

@@ -162,10 +162,14 @@ def _wait_file(path: Path, timeout: float = 90) -> None:
 
 @pytest.mark.host_files  # the analysis waits for a file the test writes
 def test_a_server_fault_fails_the_job_instead_of_leaving_it_running(
-    serve: Any, save: Any, root: Path, in_process: None
+    serve: Any, save: Any, root: Path, store_url: str
 ) -> None:
     save("alpha", "hello", HELLO)
-    (root / "alpha" / "analysis" / "versions").write_text("a file where the versions folder goes")
+    # where the job's version is written: the server's root, or its local worker's (PostgreSQL)
+    runs_in = root / ".server" / "local-worker" if store_url.startswith("postgresql") else root
+    broken = runs_in / "alpha" / "analysis" / "versions"
+    broken.parent.mkdir(parents=True, exist_ok=True)
+    broken.write_text("a file where the versions folder goes")
     server = serve()
     with server.client("alpha") as http:
         job = http.post("/v1/projects/alpha/jobs", json={"analysis_id": "hello", "wait": 60}).json()
@@ -173,6 +177,6 @@ def test_a_server_fault_fails_the_job_instead_of_leaving_it_running(
         assert job["envelope"]["error"].startswith("The server could not run the job")
         assert http.get("/readyz").status_code == 200
         # the slot was freed: the next job runs once the folder is fixed
-        (root / "alpha" / "analysis" / "versions").unlink()
+        broken.unlink()
         again = http.post("/v1/projects/alpha/jobs", json={"analysis_id": "hello", "wait": 60}).json()
         assert again["status"] == "succeeded"

@@ -26,7 +26,7 @@ def run(ctx, parameters):
 """
 
 
-def test_health_ready_and_metrics(serve: Any, save: Any, in_process: None) -> None:
+def test_health_ready_and_metrics(serve: Any, save: Any) -> None:
     save("alpha", "ok", "def run(ctx, parameters):\n    return [1, 2, 3]\n")
     save("beta", "bad", "def run(ctx, parameters):\n    raise RuntimeError('x')\n")
     server = serve()
@@ -51,7 +51,7 @@ def test_health_ready_and_metrics(serve: Any, save: Any, in_process: None) -> No
     assert httpx.get(f"{server.url}/metrics").status_code == 401
 
 
-def test_events_stream_status_changes_and_logs(serve: Any, save: Any, root: Path, in_process: None) -> None:
+def test_events_stream_status_changes_and_logs(serve: Any, save: Any, root: Path) -> None:
     save("alpha", "chatty", CHATTY)
     server = serve()
     with server.client("alpha") as http:

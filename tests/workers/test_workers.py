@@ -142,6 +142,47 @@ def test_jobs_spread_over_workers_and_results_come_back_through_the_database(clu
     assert "analysis_workers 2.0" in seen and "analysis_queue_depth 0.0" in seen
 
 
+HOLD = """
+import time
+from pathlib import Path
+
+def run(ctx, parameters):
+    Path(parameters["started"]).write_text("yes")
+    while not Path(parameters["release"]).exists():
+        time.sleep(0.05)
+    return "released"
+"""
+
+
+def test_the_per_project_cap_holds_across_workers(cluster: Any, tmp_path: Path) -> None:
+    cluster.serve("--max-jobs-per-project", "1")
+    cluster.worker("w1")
+    cluster.worker("w2")  # four free slots on two machines
+    store = open_store(cluster.db_url)
+    try:
+        beta_token = create_token(store, project_id="beta")
+    finally:
+        store.close()
+    beta = httpx.Client(
+        base_url=cluster.server_url(), headers={"Authorization": f"Bearer {beta_token}"}, timeout=120
+    )
+    with _client(cluster) as alpha, beta:
+        _upload(alpha, "hold", HOLD)
+        _upload(alpha, "where", WHERE)
+        assert beta.put("/v1/projects/beta/analyses/where", json={"source": WHERE}).status_code == 201
+        params = {"started": str(tmp_path / "started"), "release": str(tmp_path / "release")}
+        held = _submit(alpha, "hold", params)
+        _wait_file(tmp_path / "started")
+        waiting = _submit(alpha, "where", {})
+        other = beta.post("/v1/projects/beta/jobs", json={"analysis_id": "where", "wait": 120}).json()
+        assert other["status"] == "succeeded", "beta used a free slot"
+        # submitted before beta's job, with three slots free: held back by alpha's cap alone
+        assert alpha.get(f"/v1/projects/alpha/jobs/{waiting['id']}").json()["status"] == "queued"
+        (tmp_path / "release").write_text("go")
+        assert _final(alpha, held["id"])["status"] == "succeeded"
+        assert _final(alpha, waiting["id"])["status"] == "succeeded"
+
+
 def test_cancel_reaches_the_worker_running_the_job(cluster: Any, tmp_path: Path) -> None:
     cluster.serve()
     with _client(cluster) as http:
