@@ -49,6 +49,7 @@ from analysis.runner.broker import SOCKET_NAME, BrokerServer, kernel_environ, se
 from analysis.runner.deps import EnvironmentLease, lease_environment
 from analysis.runner.envelope import JobResult
 from analysis.runner.jobdirs import claim_job_dir, disk_usage, sweep_orphans
+from analysis.runner.kernel_messages import connected
 from analysis.runner.kernels import KernelProcess, launch_kernel
 from analysis.runner.logbuffer import DEFAULT_MAX_LOG_BYTES, LogBuffer
 from analysis.runner.notebooks import NotebookRun, error_stack, load_notebook
@@ -327,12 +328,11 @@ def _check_parameters(parameters: Any) -> None:
 
 
 async def _wait_ready(job: _Job, client: Any) -> None:
-    """Wait until the kernel answers on shell and has published on iopub."""
+    """Wait until the kernel answers on shell and its status reaches iopub."""
     assert job.kernel is not None
-    limit = min(job.spec.kernel_start_timeout_s, job.remaining())
-    give_up = time.monotonic() + limit
-    shell_ok = iopub_ok = False
-    while not (shell_ok and iopub_ok):
+    try:
+        await connected(client, job.kernel, min(job.spec.kernel_start_timeout_s, job.remaining()))
+    except queue.Empty:
         if not job.kernel.is_alive():
             tail = job.kernel.log_tail()
             out_of_memory = "MemoryError" in tail or "can't start new thread" in tail
@@ -341,33 +341,17 @@ async def _wait_ready(job: _Job, client: Any) -> None:
                     "The kernel could not start within the memory limit of "
                     f"{format_bytes(job.spec.max_memory_bytes)} (max_memory_bytes): it ran out of "
                     "address space while importing; a kernel needs about 1 GiB."
-                )
+                ) from None
             raise KernelStartError(
                 f"The kernel {job.kernel.exit_description()} during start-up"
                 + (f": {tail.splitlines()[-1]}" if tail else ".")
-            )
-        if time.monotonic() > give_up:
-            if job.remaining() <= 0:
-                raise job.timeout_error(killed=False)
-            raise KernelStartError(
-                f"The kernel did not answer within {job.spec.kernel_start_timeout_s:g} s "
-                "(kernel_start_timeout_s)."
-            )
-        if not (shell_ok and iopub_ok):  # a status may reach iopub only after a later request
-            msg_id, shell_ok = client.kernel_info(), False
-        step_end = time.monotonic() + 0.5
-        while time.monotonic() < step_end and not (shell_ok and iopub_ok):
-            if not shell_ok:
-                try:
-                    reply = await client.get_shell_msg(timeout=_POLL_S)
-                    shell_ok = reply["parent_header"].get("msg_id") == msg_id
-                except queue.Empty:
-                    pass
-            try:
-                await client.get_iopub_msg(timeout=_POLL_S)
-                iopub_ok = True
-            except queue.Empty:
-                pass
+            ) from None
+        if job.remaining() <= 0:
+            raise job.timeout_error(killed=False) from None
+        raise KernelStartError(
+            f"The kernel did not answer within {job.spec.kernel_start_timeout_s:g} s "
+            "(kernel_start_timeout_s)."
+        ) from None
 
 
 @dataclass

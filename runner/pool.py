@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import shutil
 import signal
 import threading
@@ -47,6 +46,7 @@ import psutil
 
 from analysis.runner import sandbox as sandboxing
 from analysis.runner.jobdirs import claim_job_dir
+from analysis.runner.kernel_messages import connected, idle_after, reply_to
 from analysis.runner.kernels import KernelProcess, launch_kernel
 from analysis.runner.pool_environments import PoolEnvironments
 from analysis.runner.zygote import Zygote
@@ -556,11 +556,13 @@ class KernelPool:
         # no heartbeat thread: jupyter_client's spins if stopped before it ran; the process is watched
         client.start_channels(hb=False)
         try:
-            await _connected(client, warm.kernel, self.start_timeout_s)
+            await connected(client, warm.kernel, self.start_timeout_s)
             inside = sandboxing.JOB_DIR if warm.kernel.sandboxed else warm.job_dir.resolve()
             msg_id = client.execute(_WARM_UP.format(job_dir=str(inside)), silent=True, store_history=False)
-            reply = await _reply(client, warm.kernel, msg_id, self.start_timeout_s)
-            await _idle(client, warm.kernel, msg_id, self.start_timeout_s)  # iopub reaches the client too
+            reply = await reply_to(client, warm.kernel, msg_id, self.start_timeout_s)
+            await idle_after(
+                client, warm.kernel, msg_id, self.start_timeout_s
+            )  # iopub reaches the client too
             ok = bool(reply["content"].get("status") == "ok") and warm.kernel.is_alive()
         except Exception:  # a kernel that does not start is not pooled
             ok = False
@@ -569,60 +571,6 @@ class KernelPool:
         else:
             client.stop_channels()
         return ok
-
-
-async def _next(get: Any, kernel: KernelProcess, give_up: float) -> dict[str, Any]:
-    """The next message from ``get`` (a channel's ``get_*_msg``); ``queue.Empty`` past ``give_up``
-    or as soon as the kernel has died (it would never answer)."""
-    while True:
-        try:
-            msg: dict[str, Any] = await get(timeout=max(0.0, min(0.1, give_up - time.monotonic())))
-            return msg
-        except queue.Empty:
-            if time.monotonic() >= give_up or not kernel.is_alive():
-                raise
-
-
-async def _reply(client: Any, kernel: KernelProcess, msg_id: str, timeout_s: float) -> dict[str, Any]:
-    """The shell reply to ``msg_id`` (``queue.Empty`` past ``timeout_s``, or if the kernel dies)."""
-    give_up = time.monotonic() + timeout_s
-    while True:
-        reply = await _next(client.get_shell_msg, kernel, give_up)
-        if reply["parent_header"].get("msg_id") == msg_id:
-            return reply
-
-
-async def _connected(client: Any, kernel: KernelProcess, timeout_s: float) -> None:
-    """Until a ``kernel_info`` request is answered on shell *and* its status reaches iopub.
-
-    A reply on shell does not mean the iopub subscription is in place: a SUB socket that
-    connects after the kernel published loses those messages (ZeroMQ's "slow joiner"), and a
-    warm-up waiting for its ``idle`` would wait out ``timeout_s``. So the request is repeated
-    until its status arrives, as ``jupyter_client``'s ``wait_for_ready`` does.
-    """
-    give_up = time.monotonic() + timeout_s
-    while True:
-        msg_id = client.kernel_info()
-        await _reply(client, kernel, msg_id, max(0.0, give_up - time.monotonic()))
-        try:
-            await _idle(client, kernel, msg_id, min(0.5, max(0.0, give_up - time.monotonic())))
-            return
-        except queue.Empty:
-            if time.monotonic() >= give_up or not kernel.is_alive():
-                raise
-
-
-async def _idle(client: Any, kernel: KernelProcess, msg_id: str, timeout_s: float) -> None:
-    """Read iopub until the kernel reports idle after ``msg_id`` (as :func:`_reply` gives up)."""
-    give_up = time.monotonic() + timeout_s
-    while True:
-        msg = await _next(client.get_iopub_msg, kernel, give_up)
-        if (
-            msg["parent_header"].get("msg_id") == msg_id
-            and msg["msg_type"] == "status"
-            and msg["content"].get("execution_state") == "idle"
-        ):
-            return
 
 
 def _pss(kernel: KernelProcess) -> int:
