@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import os
 import statistics
@@ -36,16 +35,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import from_tests
 from timing import alternate, median_s, paired_ratio
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location(
-    "analysis_bench_servers", HERE.parent / "tests/datasources/servers.py"
-)
-assert _spec is not None and _spec.loader is not None
-servers = importlib.util.module_from_spec(_spec)
-sys.modules["analysis_bench_servers"] = servers
-_spec.loader.exec_module(servers)
+servers = from_tests.load("datasources/servers.py")
 
 QUERY = "SELECT id, name, amount, ts FROM bench"
 SCRIPT = """

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import os
 import shutil
@@ -43,14 +42,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location(
-    "analysis_bench_servers", HERE.parent / "tests/datasources/servers.py"
-)
-assert _spec is not None and _spec.loader is not None
-servers = importlib.util.module_from_spec(_spec)
-sys.modules["analysis_bench_servers"] = servers
-_spec.loader.exec_module(servers)
+import from_tests
+
+servers = from_tests.load("datasources/servers.py")
 
 QUERY = "SELECT id, name, amount, ts FROM bench"
 PHASES = """

@@ -222,16 +222,11 @@ def burst(http: httpx.Client, server: psutil.Process, n: int, work: Path) -> dic
 
 def _postgres() -> tuple[Any, str]:
     """A private PostgreSQL and the URL of its database."""
-    import importlib.util
     import urllib.parse
 
-    spec = importlib.util.spec_from_file_location(
-        "analysis_test_servers", Path(__file__).parents[1] / "tests" / "datasources" / "servers.py"
-    )
-    assert spec is not None and spec.loader is not None
-    servers: Any = importlib.util.module_from_spec(spec)
-    sys.modules["analysis_test_servers"] = servers
-    spec.loader.exec_module(servers)
+    import from_tests
+
+    servers = from_tests.load("datasources/servers.py")
     missing = servers.PostgresServer.available()
     if missing:
         sys.exit(f"bench_server: {missing}")

@@ -35,23 +35,17 @@ each worker with 2 slots.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import from_tests
 import httpx
 import psutil
 
-_spec = importlib.util.spec_from_file_location(
-    "analysis_test_cluster", Path(__file__).parents[1] / "tests" / "workers" / "cluster.py"
-)
-assert _spec is not None and _spec.loader is not None
-cluster_module: Any = importlib.util.module_from_spec(_spec)
-sys.modules["analysis_test_cluster"] = cluster_module
-_spec.loader.exec_module(cluster_module)
+cluster_module = from_tests.load("workers/cluster.py")
 
 SLEEP = "import time\n\ndef run(ctx, parameters):\n    time.sleep(parameters['sleep'])\n    return 1\n"
 TRIVIAL = "def run(ctx, parameters):\n    return 1 + 1\n"
