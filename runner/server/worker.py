@@ -157,8 +157,10 @@ class _Runner:
         ):  # fmt: skip
             await self._requeue(job, cap)
             return
-        self._finish(job, result, kernel_start[0] if kernel_start else None)
-        publish_cache_counters(self.store.engine)  # for the server's /metrics (README: "Result cache")
+        # store writes off the event loop, which serves the other slots and the heartbeat
+        await asyncio.to_thread(self._finish, job, result, kernel_start[0] if kernel_start else None)
+        # for the server's /metrics (README: "Result cache")
+        await asyncio.to_thread(publish_cache_counters, self.store.engine)
         await notify_final(self.app, job["id"])
         if cap and await asyncio.to_thread(self.queue.has_queued, job["project_id"]):
             await defer_turn_async(self.app, cap)  # the project may start one more now
