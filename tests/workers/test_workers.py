@@ -48,9 +48,11 @@ def run(ctx, parameters):
 """
 TABLE = """
 import time
+from pathlib import Path
 
 def run(ctx, parameters):
-    time.sleep(parameters.get("sleep", 0))
+    while not Path(parameters["release"]).exists():
+        time.sleep(0.05)
     return ctx.query("SELECT range AS i, 'row ' || range AS s FROM range(?)", [parameters["rows"]])
 """
 
@@ -97,6 +99,17 @@ def _final(http: httpx.Client, job_id: str, timeout: float = 120) -> Any:
         time.sleep(0.1)
 
 
+def _wait_running(http: httpx.Client, job_ids: list[str], timeout: float = 120) -> None:
+    give_up = time.monotonic() + timeout
+
+    def statuses() -> set[str]:
+        return {http.get(f"/v1/projects/alpha/jobs/{job_id}").json()["status"] for job_id in job_ids}
+
+    while (seen := statuses()) != {"running"}:
+        assert time.monotonic() < give_up, f"the jobs never all ran at once: {seen}"
+        time.sleep(0.1)
+
+
 def _wait_file(path: Path, timeout: float = 90) -> str:
     give_up = time.monotonic() + timeout
     while not path.exists() or not path.read_text():
@@ -105,7 +118,9 @@ def _wait_file(path: Path, timeout: float = 90) -> str:
     return path.read_text()
 
 
-def test_jobs_spread_over_workers_and_results_come_back_through_the_database(cluster: Any) -> None:
+def test_jobs_spread_over_workers_and_results_come_back_through_the_database(
+    cluster: Any, tmp_path: Path
+) -> None:
     cluster.serve()
     one = cluster.worker("w1", "--max-result-bytes", "100000")
     cluster.worker("w2")
@@ -119,8 +134,11 @@ def test_jobs_spread_over_workers_and_results_come_back_through_the_database(clu
         # nothing of the server's disk is used: the versions came from the store
         assert not (cluster.nodes["server"].workdir / "root" / "alpha" / "analysis" / "versions").exists()
         # a large table travels back as a Parquet artifact stored in PostgreSQL (w1's limit); four
-        # jobs holding a slot for 3 s fill both workers, so w1 runs two of them whoever is faster
-        tables = [_submit(http, "table", {"rows": 20_000, "sleep": 3}) for _ in range(4)]
+        # jobs held until all four run fill both workers' slots, so w1 runs two of them
+        release = tmp_path / "release"
+        tables = [_submit(http, "table", {"rows": 20_000, "release": str(release)}) for _ in range(4)]
+        _wait_running(http, [job["id"] for job in tables])
+        release.write_text("go")
         done = [_final(http, job["id"]) for job in tables]
         artifacts = [job for job in done if job["envelope"].get("result_ref")]
         assert len(artifacts) == 2, [job["envelope"].get("result_ref") for job in done]
