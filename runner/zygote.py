@@ -28,7 +28,15 @@ import psutil
 
 from analysis.errors import KernelStartError
 from analysis.runner import sandbox as sandboxing
-from analysis.runner.kernels import KernelProcess, child_setup, connection_file, kernel_args, kernel_limits
+from analysis.runner.kernels import (
+    KernelProcess,
+    child_setup,
+    children,
+    connection_file,
+    descendants,
+    kernel_args,
+    kernel_limits,
+)
 
 __all__ = ["ZYGOTE_ENV", "Zygote"]
 
@@ -57,12 +65,9 @@ class _Child:
 
     def find_kernel(self) -> int | None:
         """The kernel's host pid: the keeper's descendant that is PID 2 of its own namespace."""
-        try:
-            for proc in psutil.Process(self.pid).children(recursive=True):
-                if _ns_pids(proc.pid)[-1:] == [2] and len(_ns_pids(proc.pid)) == 3:
-                    return int(proc.pid)
-        except psutil.Error:
-            pass
+        for pid in descendants(self.pid):
+            if _ns_pids(pid)[-1:] == [2] and len(_ns_pids(pid)) == 3:
+                return pid
         return None
 
 
@@ -111,6 +116,7 @@ class Zygote:
         #: The job directories of its kernels that are not discarded yet (kept by the pool).
         self.kernels: set[Path] = set()
         self._lock = threading.Lock()
+        self._server_pid: int | None = None
         sandboxing.prepare_job_dir(folder)
         plan = sandboxing.plan(
             [python or sys.executable, "-m", "analysis.zygote"],
@@ -219,12 +225,17 @@ class Zygote:
             self.popen.wait()
 
     def _host_pid(self, inner_pid: int) -> int | None:
-        try:
-            for proc in psutil.Process(self.popen.pid).children(recursive=True):
-                if _ns_pids(proc.pid)[1:2] == [inner_pid]:
-                    return int(proc.pid)
-        except psutil.Error:
-            pass
+        if self._server_pid is None:  # the zygote's Python process, below bubblewrap
+            for pid in descendants(self.popen.pid):
+                try:
+                    if psutil.Process(pid).cmdline()[1:3] == ["-m", "analysis.zygote"]:
+                        self._server_pid = pid
+                        break
+                except psutil.Error:
+                    continue
+        for pid in children(self._server_pid) if self._server_pid is not None else []:
+            if _ns_pids(pid)[1:2] == [inner_pid]:
+                return pid
         return None
 
     def _request(self, request: dict[str, Any]) -> dict[str, Any]:
