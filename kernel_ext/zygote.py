@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import gc
 import json
 import os
 import re
@@ -282,6 +283,41 @@ def _wait(request: dict[str, Any]) -> dict[str, Any]:
     return {"status": None if pid == 0 else os.waitstatus_to_exitcode(status)}
 
 
+#: What a kernel imports only as it starts (ipykernel's shell, its magics and its event loop).
+_LATE_IMPORTS = (
+    "IPython.core.completerlib",
+    "IPython.core.debugger",
+    "IPython.core.logger",
+    "IPython.core.oinspect",
+    "IPython.extensions.storemagic",
+    "IPython.utils.wildcard",
+    "faulthandler",
+    "tornado.gen",
+    "tornado.platform.asyncio",
+    "unicodedata",
+)
+
+
+def _rehearse() -> None:
+    """Do once what every kernel would do as it starts and that leaves only caches behind.
+
+    Imports, and compiled patterns: the tokenizer's (IPython tokenizes each cell) and those of
+    ``argparse`` (the kernel parses its command line). Each forked kernel then finds them made;
+    none of it starts a thread or holds a job's data.
+    """
+    import argparse
+    import importlib
+    import io
+    import tokenize
+
+    for name in _LATE_IMPORTS:
+        importlib.import_module(name)
+    list(tokenize.generate_tokens(io.StringIO("x = f(1, 'a')  # c\n").readline))
+    parser = argparse.ArgumentParser(prog="rehearsal", add_help=False)
+    parser.add_argument("-f", "--flag", default=None)
+    parser.parse_known_args(["-f", "x", "--a=b", "--c", "-1.5"])
+
+
 def main() -> None:
     """Import once, then serve fork and wait requests until stdin closes."""
     if sys.path and (sys.path[0] == "" or Path(sys.path[0]) == Path.cwd()):
@@ -295,6 +331,11 @@ def main() -> None:
     import analysis.duck
     import analysis.execute
     import analysis.kernel_app  # noqa: F401
+
+    _rehearse()
+    # what the zygote made stays shared: a kernel's collections skip it instead of writing to
+    # every object's header, which would copy most of the zygote's pages into each kernel
+    gc.freeze()
 
     out = sys.stdout.fileno()
     os.write(out, b'{"ready": true}\n')
