@@ -13,14 +13,17 @@ SIGKILLed; the pool's thread stops its broker, reaps it and removes its director
 
 Kernels are pooled per *key*: the project, the projects root, the interpreter and every launch
 setting (limits, sandbox, working directory, environment), so a kernel never serves another
-project or other limits. One thread, started with the pool and living as long as it, launches
-and watches the kernels: kernels get ``PR_SET_PDEATHSIG`` from it, so they die with the pool's
-owner however it ends. The thread refills each key that was asked for in the background,
-replaces kernels that died while idle, drops kernels idle longer than ``idle_timeout_s``, stays
-within ``max_pool_bytes`` (measured PSS of the idle kernels) and stops growing, and sheds idle
-kernels, when the machine has less than ``min_available_bytes`` available.
+project or other limits. One thread, started with the pool and living as long as it, plans and
+watches the kernels; it hands each batch of kernels to start to one of a few start threads,
+which launch and warm their batches side by side and live as long as the pool too (a kernel
+gets ``PR_SET_PDEATHSIG`` from the thread that launched it, so kernels die with the pool's owner
+however it ends). The pool refills each key that was asked for in the background, replaces
+kernels that died while idle, drops kernels idle longer than ``idle_timeout_s``, stays within
+``max_pool_bytes`` (measured PSS of the idle kernels) and stops growing, and sheds idle kernels,
+when the machine has less than ``min_available_bytes`` available.
 
 :meth:`KernelPool.acquire` never waits: with no warm kernel for the key, the job starts cold.
+:meth:`KernelPool.acquire_async` may wait for a kernel that is starting (see there).
 
 An analysis with its own dependencies runs from a cached environment: its launch settings name
 that environment's interpreter and folder, so its kernels are pooled apart, each holding a lease
@@ -38,6 +41,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +51,7 @@ import psutil
 from analysis.runner import sandbox as sandboxing
 from analysis.runner.jobdirs import claim_job_dir
 from analysis.runner.kernel_messages import connected, idle_after, reply_to
-from analysis.runner.kernels import KernelProcess, launch_kernel
+from analysis.runner.kernels import KernelProcess, descendants, launch_kernel
 from analysis.runner.pool_environments import PoolEnvironments
 from analysis.runner.zygote import Zygote
 
@@ -66,6 +70,12 @@ _WARM_UP = (
 
 #: The launch settings a zygote's kernel gets at its fork (the others are the zygote's own).
 _FORK_LIMITS = ("max_memory_bytes", "max_cpu_s", "max_file_bytes", "max_processes", "max_tmp_bytes")
+
+#: How often a key's kernels have their PSS measured again (the others get the last measure).
+_PSS_EVERY_S = 5.0
+
+#: Batches of kernels that start side by side (each warms its kernels in a loop of its own).
+_PARALLEL_BATCHES = 4
 
 #: What a kernel is taken to cost before one was measured (a cold kernel's RSS).
 _FIRST_ESTIMATE = 150 * 1024**2
@@ -121,6 +131,22 @@ class WarmKernel:
                 self.zygote.kernels.discard(self.job_dir)
             if self.lease is not None:
                 self.lease.release()
+
+
+@dataclass
+class _Planned:
+    """A kernel the pool's thread decided to start, and the lease on its environment."""
+
+    key: PoolKey
+    project_id: str
+    root: Path
+    launch: dict[str, Any]
+    lease: EnvironmentLease | None = None
+
+
+def _settle(woken: asyncio.Future[str], why: str) -> None:
+    if not woken.done():
+        woken.set_result(why)
 
 
 def pool_key(project_id: str, root: Path, launch: dict[str, Any]) -> PoolKey:
@@ -183,10 +209,16 @@ class KernelPool:
         self.zygote_error: str | None = None
         self._zygotes: dict[PoolKey, Zygote | None] = {}
         self._context: Any = None  # the zmq context of the pooled kernels' clients, made on first use
+        self._pss_measured: dict[PoolKey, tuple[float, int]] = {}
         self._starting: dict[PoolKey, int] = {}
+        #: Jobs waiting for a kernel of the key.
         self._waiting: dict[PoolKey, int] = {}
         #: Kernels to fork now for jobs waiting for one (counted in ``_starting`` already).
         self._demand: dict[PoolKey, int] = {}
+        self._wakers: dict[PoolKey, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[str]]]] = {}
+        #: Batches of kernels starting side by side, each in a thread of its own.
+        self._zygote_lock = threading.Lock()
+        self._batches = ThreadPoolExecutor(_PARALLEL_BATCHES, thread_name_prefix="analysis-kernel-start")
         #: Seconds a kernel took to start and warm up (the last batch): about a cold start.
         self.start_s = 1.0
         self.stats = {
@@ -262,12 +294,15 @@ class KernelPool:
     async def acquire_async(
         self, project_id: str, root: Path, launch: dict[str, Any], *, lease: EnvironmentLease | None = None
     ) -> WarmKernel | None:
-        """As :meth:`acquire`, but a job may wait for a kernel that is warming up for no other job.
+        """As :meth:`acquire`, but a job may wait for a kernel that is starting.
 
-        It waits at most as long as a kernel takes to start (:attr:`start_s`), the time a cold
-        start would cost it, and only while a kernel of its key is starting that no other
-        waiting job counts on, or, when its key has a zygote, for a kernel forked for it (a
-        fraction of a cold start's CPU); else it gets ``None`` at once and starts cold.
+        When its key has a zygote, a job that finds no idle kernel has one forked for it (a
+        fifth of a cold start's CPU, started at once) and takes the first kernel of its key that
+        is ready; it starts cold only if the pool cannot start one (the zygote died, the memory
+        budget, a failed start). Without a zygote a pooled kernel costs what a cold start costs:
+        a job waits at most as long as a kernel takes to start (:attr:`start_s`), and only while a
+        kernel of its key is starting that no other waiting job counts on; else it gets ``None``
+        at once and starts cold.
         """
         warm = self.acquire(project_id, root, launch, count_cold=False, lease=lease)
         if warm is None:
@@ -281,30 +316,49 @@ class KernelPool:
         self, project_id: str, root: Path, launch: dict[str, Any], lease: EnvironmentLease | None
     ) -> WarmKernel | None:
         key = pool_key(project_id, root, launch)
+        loop = asyncio.get_running_loop()
         with self._lock:
+            zygote = self._zygotes.get(key)
+            forking = zygote is not None and zygote.is_alive()
             if self._waiting.get(key, 0) >= self._starting.get(key, 0):
-                zygote = self._zygotes.get(key)
-                if zygote is None or not zygote.is_alive():
+                if not forking:
                     return None
-                # a fork costs a fraction of a cold start: have one forked for this job
+                # every kernel starting is someone else's: have one forked for this job
                 self._demand[key] = self._demand.get(key, 0) + 1
                 self._starting[key] = self._starting.get(key, 0) + 1
                 self._lock.notify_all()
             self._waiting[key] = self._waiting.get(key, 0) + 1
-            give_up = time.monotonic() + self.start_s
+            give_up = time.monotonic() + (self.start_timeout_s if forking else self.start_s)
         try:
-            while time.monotonic() < give_up:
-                await asyncio.sleep(0.005)
+            while True:
+                woken: asyncio.Future[str] = loop.create_future()
                 with self._lock:
-                    if not self._idle.get(key) and self._starting.get(key, 0):
-                        continue
-                warm = self.acquire(project_id, root, launch, count_cold=False, lease=lease)
-                if warm is not None or not self._starting.get(key, 0):
-                    return warm
-            return None
+                    self._wakers.setdefault(key, []).append((loop, woken))
+                try:
+                    warm = self.acquire(project_id, root, launch, count_cold=False, lease=lease)
+                    if warm is not None:
+                        return warm
+                    why = await asyncio.wait_for(woken, max(0.0, give_up - time.monotonic()))
+                except TimeoutError:
+                    return None
+                finally:
+                    with self._lock:
+                        if (loop, woken) in self._wakers.get(key, []):
+                            self._wakers[key].remove((loop, woken))
+                if why != "ready" or (not forking and not self._starting.get(key, 0)):
+                    return self.acquire(project_id, root, launch, count_cold=False, lease=lease)
         finally:
             with self._lock:
                 self._waiting[key] -= 1
+
+    def _wake(self, key: PoolKey, why: str) -> None:
+        """Under the lock: wake the jobs waiting for a kernel of ``key`` (``ready``: one is idle;
+        anything else: none is coming for them, they start cold)."""
+        for loop, woken in self._wakers.pop(key, []):
+            try:
+                loop.call_soon_threadsafe(_settle, woken, why)
+            except RuntimeError:  # its loop has ended (and the job with it)
+                pass
 
     def idle_count(self, key: PoolKey | None = None) -> int:
         """How many warm kernels wait (for ``key``, or in all)."""
@@ -347,22 +401,24 @@ class KernelPool:
         self._wanted.pop(key, None)
         self._environments.forget(key)
         self._dead += self._idle.pop(key, [])
+        self._wake(key, "gone")
 
-    def _hold_environments(
-        self, plan: list[tuple[PoolKey, str, Path, dict[str, Any]]]
-    ) -> list[tuple[PoolKey, str, Path, dict[str, Any]]]:
-        """Under the lock: the planned kernels whose environment's lease could be taken.
+    def _hold_environments(self, plan: list[_Planned]) -> list[_Planned]:
+        """Under the lock: the planned kernels whose environment's lease could be taken (each
+        entry then carries its kernel's lease).
 
         The key of a kernel whose environment is gone (or being pruned) is forgotten until a job
         leases the environment again.
         """
         kept = []
         for entry in plan:
-            if self._environments.hold(entry[0], entry[3]):
+            ok, lease = self._environments.hold(entry.key, entry.launch)
+            if ok:
+                entry.lease = lease
                 kept.append(entry)
             else:
-                self._starting[entry[0]] -= 1
-                self._forget(entry[0])
+                self._starting[entry.key] -= 1
+                self._forget(entry.key)
         return kept
 
     def _run(self) -> None:
@@ -381,11 +437,12 @@ class KernelPool:
                     warm.discard()
                 self._close_unused_zygotes()
                 if plan:
-                    try:
-                        self._start(plan)
-                    finally:
-                        self._environments.release_unused()
+                    self._batches.submit(self._start, plan)
         finally:
+            with self._lock:
+                for key in list(self._wakers):
+                    self._wake(key, "closed")
+            self._batches.shutdown(wait=True)
             with self._lock:
                 left = [warm for kernels in self._idle.values() for warm in kernels] + self._dead
                 self._idle.clear()
@@ -393,7 +450,6 @@ class KernelPool:
                 self._finished = True
             for warm in left:
                 warm.discard()
-            self._environments.release_unused()
             for key in list(self._zygotes):
                 self._close_zygote(key)
             if self._context is not None:
@@ -408,6 +464,7 @@ class KernelPool:
                 self._environments.forget(key)
                 self._starting[key] = self._starting.get(key, 0) - self._demand.pop(key, 0)
                 out += self._idle.pop(key, [])
+                self._wake(key, "gone")
         for kernels in self._idle.values():
             for warm in [w for w in kernels if not w.kernel.is_alive()]:
                 kernels.remove(warm)
@@ -420,82 +477,117 @@ class KernelPool:
                     self.stats["shed"] += 1
         return out
 
-    def _plan(self) -> list[tuple[PoolKey, str, Path, dict[str, Any]]]:
-        """Under the lock: the kernels to start now (within the memory budget and what is available)."""
+    def _plan(self) -> list[_Planned]:
+        """Under the lock: the kernels to start now (within the memory budget and what is available).
+
+        A key keeps ``size`` kernels idle or starting, and forks one more for each job waiting
+        for a kernel when every kernel starting is already another waiting job's.
+        """
         if psutil.virtual_memory().available < self.min_available_bytes:
+            for key in list(self._wanted):
+                self._starting[key] = self._starting.get(key, 0) - self._demand.pop(key, 0)
+                self._wake(key, "full")
             return []
         idle = [w for kernels in self._idle.values() for w in kernels]
         used = sum(w.pss_bytes for w in idle)
         each = max((w.pss_bytes for w in idle), default=_FIRST_ESTIMATE)
-        plan: list[tuple[PoolKey, str, Path, dict[str, Any]]] = []
+        plan: list[_Planned] = []
         for key, (project_id, root, launch, _) in self._wanted.items():
             demand = self._demand.pop(key, 0)  # already counted as starting
-            for extra in range(self.size - len(self._idle.get(key, [])) + demand):
+            refill = self.size - len(self._idle.get(key, [])) - (self._starting.get(key, 0) - demand)
+            for extra in range(demand + max(0, refill)):
                 if self.max_pool_bytes is not None and used + each > self.max_pool_bytes:
                     self._starting[key] -= max(0, demand - extra)  # its jobs will start cold
-                    return plan
+                    self._wake(key, "full")
+                    break
                 used += each
-                plan.append((key, project_id, root, launch))
+                plan.append(_Planned(key, project_id, root, launch))
                 if extra >= demand:
                     self._starting[key] = self._starting.get(key, 0) + 1
         return plan
 
-    def _start(self, plan: list[tuple[PoolKey, str, Path, dict[str, Any]]]) -> None:
-        """Launch the planned kernels together, then warm each and make it available."""
+    def _start(self, plan: list[_Planned]) -> None:
+        """In a thread of its own: launch the planned kernels, then warm each and make it available."""
         began = time.monotonic()
+        ready: set[PoolKey] = set()
         try:
-            self._start_batch(plan)
+            ready = self._start_batch(plan)
         finally:
             with self._lock:
-                for key, *_ in plan:
-                    self._starting[key] -= 1
+                for entry in plan:
+                    self._starting[entry.key] -= 1
+                for key in {entry.key for entry in plan}:
+                    self._wake(key, "ready" if key in ready else "failed")
                 self.start_s = max(0.5, time.monotonic() - began)
                 self._lock.notify_all()
 
-    def _start_batch(self, plan: list[tuple[PoolKey, str, Path, dict[str, Any]]]) -> None:
+    def _start_batch(self, plan: list[_Planned]) -> set[PoolKey]:
+        """Launch and warm the planned kernels; the keys that got a kernel ready."""
         started: list[tuple[PoolKey, WarmKernel]] = []
-        for key, project_id, root, launch in plan:
-            zygote = self._zygote(key, project_id, root, launch)
-            parent = zygote.folder if zygote is not None else root / project_id / "analysis" / "temp"
+        for entry in plan:
+            zygote = self._zygote(entry.key, entry.project_id, entry.root, entry.launch)
+            parent = entry.root / entry.project_id / "analysis" / "temp" if zygote is None else zygote.folder
             job_dir = parent / f"pool-{uuid.uuid4().hex[:16]}"
             try:
                 job_dir.mkdir(mode=0o700, parents=True)
                 claim_job_dir(job_dir)
                 if zygote is not None:
-                    kernel = zygote.fork(job_dir, **{name: launch.get(name) for name in _FORK_LIMITS})
+                    kernel = zygote.fork(job_dir, **{name: entry.launch.get(name) for name in _FORK_LIMITS})
                 else:
-                    kernel = launch_kernel(job_dir, **launch)
+                    kernel = launch_kernel(job_dir, **entry.launch)
             except Exception:  # the job will start cold instead
                 shutil.rmtree(job_dir, ignore_errors=True)
+                if entry.lease is not None:
+                    entry.lease.release()
                 continue
-            warm = WarmKernel(kernel, job_dir, zygote=zygote, lease=self._environments.take(key))
+            warm = WarmKernel(kernel, job_dir, zygote=zygote, lease=entry.lease)
             if zygote is not None:
                 zygote.kernels.add(job_dir)
-            started.append((key, warm))
-            self.stats["started"] += 1
+            started.append((entry.key, warm))
+            with self._lock:
+                self.stats["started"] += 1
         # a loop per batch, closed after it: the kept clients' sockets then register with the loop
         # of the job that takes them, and nothing in this thread watches them any more
         loop = asyncio.new_event_loop()
         try:
-            ready = loop.run_until_complete(self._warm_all([warm for _, warm in started]))
+            warmed = loop.run_until_complete(self._warm_all([warm for _, warm in started]))
         finally:
             loop.close()
-        for (key, warm), ok in zip(started, ready, strict=True):
+        ready: set[PoolKey] = set()
+        for (key, warm), ok in zip(started, warmed, strict=True):
             if not ok:
                 warm.discard()
                 continue
-            warm.pss_bytes = _pss(warm.kernel)
+            warm.pss_bytes = self._pss_of(key, warm)
             warm.idle_since = time.monotonic()
             with self._lock:
                 if self._closed or key not in self._wanted:
                     self._dead.append(warm)
                     continue
                 self._idle.setdefault(key, []).append(warm)
+                ready.add(key)
+                self._wake(key, "ready")
                 self._lock.notify_all()
+        return ready
+
+    def _pss_of(self, key: PoolKey, warm: WarmKernel) -> int:
+        """A new kernel's PSS: measured for one kernel of a key every few seconds (reading its
+        ``smaps_rollup`` costs milliseconds), the key's last measure for the others."""
+        measured = self._pss_measured.get(key)
+        if measured is None or time.monotonic() - measured[0] > _PSS_EVERY_S:
+            measured = (time.monotonic(), _pss(warm.kernel))
+            self._pss_measured[key] = measured
+        return measured[1]
 
     def _zygote(self, key: PoolKey, project_id: str, root: Path, launch: dict[str, Any]) -> Zygote | None:
         """The key's zygote, started if need be; ``None``: launch kernels one by one (unsandboxed,
         zygotes off, or the zygote cannot start here: :attr:`zygote_error` says why)."""
+        with self._zygote_lock:
+            return self._zygote_locked(key, project_id, root, launch)
+
+    def _zygote_locked(
+        self, key: PoolKey, project_id: str, root: Path, launch: dict[str, Any]
+    ) -> Zygote | None:
         if not (self.zygotes and launch.get("sandboxed")) or self._zygotes.get(key, False) is None:
             return None
         zygote = self._zygotes.get(key)
@@ -530,14 +622,15 @@ class KernelPool:
 
     def _close_unused_zygotes(self) -> None:
         """Stop the zygotes of keys no longer wanted once none of their kernels is in use."""
-        with self._lock:
-            unused = [
-                key
-                for key, zygote in self._zygotes.items()
-                if key not in self._wanted and (zygote is None or not zygote.kernels)
-            ]
-        for key in unused:
-            self._close_zygote(key)
+        with self._zygote_lock:
+            with self._lock:
+                unused = [
+                    key
+                    for key, zygote in self._zygotes.items()
+                    if key not in self._wanted and (zygote is None or not zygote.kernels)
+                ]
+            for key in unused:
+                self._close_zygote(key)
 
     async def _warm_all(self, kernels: list[WarmKernel]) -> list[bool]:
         return list(await asyncio.gather(*(self._warm_up(warm) for warm in kernels)))
@@ -576,13 +669,13 @@ class KernelPool:
 def _pss(kernel: KernelProcess) -> int:
     """Proportional set size of the kernel's process tree (shared pages split among sharers)."""
     total = 0
-    try:
-        procs = [psutil.Process(kernel.pid), *psutil.Process(kernel.pid).children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for proc in procs:
+    for pid in [kernel.pid, *descendants(kernel.pid)]:
         try:
-            total += int(proc.memory_full_info().pss)
-        except (psutil.Error, AttributeError):
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (OSError, ValueError, IndexError):
             continue
     return total

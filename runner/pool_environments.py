@@ -36,7 +36,6 @@ class PoolEnvironments:
             raise ValueError(f"max_environments must be 0 or more, not {limit}.")
         self.limit = limit
         self._templates: dict[PoolKey, EnvironmentLease] = {}
-        self._starting: dict[PoolKey, list[EnvironmentLease]] = {}
 
     def remember(self, key: PoolKey, launch: dict[str, Any], lease: EnvironmentLease | None) -> bool:
         """Record the job's ``lease`` for ``key``; whether the key may be kept warm at all.
@@ -68,25 +67,13 @@ class PoolEnvironments:
             key for key, (_, _, launch, _) in wanted.items() if launch.get("python_env") not in (None, *keep)
         ]
 
-    def hold(self, key: PoolKey, launch: dict[str, Any]) -> bool:
-        """Take the lease of a kernel of ``key`` about to start; ``False``: its environment is gone
-        (or being pruned) and it must not start. The runtime's own needs none."""
+    def hold(self, key: PoolKey, launch: dict[str, Any]) -> tuple[bool, EnvironmentLease | None]:
+        """The lease of a kernel of ``key`` about to start: ``(True, lease)`` (``None``: the runtime's
+        own environment needs none), or ``(False, None)``: its environment is gone (or being
+        pruned) and it must not start. The kernel keeps the lease; one that does not launch
+        releases it."""
         if launch.get("python_env") is None:
-            return True
+            return True, None
         template = self._templates.get(key)
         lease = None if template is None else template.share()
-        if lease is None:
-            return False
-        self._starting.setdefault(key, []).append(lease)
-        return True
-
-    def take(self, key: PoolKey) -> EnvironmentLease | None:
-        """The lease :meth:`hold` took for a kernel of ``key`` now launched (``None``: needs none)."""
-        leases = self._starting.get(key)
-        return leases.pop() if leases else None
-
-    def release_unused(self) -> None:
-        """Let go of the leases of kernels that were held for but did not launch."""
-        starting, self._starting = self._starting, {}
-        for lease in (lease for leases in starting.values() for lease in leases):
-            lease.release()
+        return lease is not None, lease

@@ -263,3 +263,30 @@ def test_a_job_finding_no_idle_kernel_gets_one_forked_for_it(root: Path, no_left
             pool.retire(warm)
     finally:
         pool.close()
+
+
+def test_jobs_that_find_no_idle_kernel_wait_for_forks_however_long_a_start_took(
+    root: Path, no_leftovers: None
+) -> None:
+    # start_s is the pool's last start time, the bound for waiting on a kernel started one by
+    # one; a fork costs a fifth of a cold start, so a job waits for its fork instead: none of
+    # these four jobs (pool of one) starts cold, though each fork takes longer than start_s
+    launch = {"sandboxed": True}
+    pool = KernelPool(1, zygotes=True)
+    try:
+        pool.want("default", root, launch)
+        wait_for(lambda: pool.idle_count() == 1, "a warm kernel")
+        pool.start_s = 0.001
+
+        async def four_jobs() -> list[WarmKernel | None]:
+            return list(await asyncio.gather(*(pool.acquire_async("default", root, launch) for _ in range(4))))
+
+        taken = asyncio.run(four_jobs())
+        assert all(warm is not None and warm.kernel.is_alive() for warm in taken), pool.stats
+        assert pool.stats["cold"] == 0 and pool.stats["warm"] == 4
+        assert len({warm.job_dir for warm in taken if warm is not None}) == 4
+        for warm in taken:
+            assert warm is not None
+            pool.retire(warm)
+    finally:
+        pool.close()
