@@ -312,6 +312,21 @@ def test_the_kernel_runs_the_runners_python(run_script: RunScript) -> None:
     assert os.path.realpath(result.result) == os.path.realpath(sys.executable)
 
 
+def test_a_job_kernel_is_configured_by_the_runners_command_line(run_script: RunScript) -> None:
+    # the kernel reads the runner's own options without traitlets' parser: same configuration
+    result = run_script(
+        "import threading\n"
+        "from ipykernel.kernelapp import IPKernelApp\n"
+        "def run(ctx, parameters):\n"
+        "    app = IPKernelApp.instance()\n"
+        "    return [get_ipython().history_manager.enabled, app.quiet, app.connection_file,\n"
+        "            [t.name for t in threading.enumerate() if 'History' in t.name]]\n"
+    )
+    assert result.success, result.to_dict()
+    assert result.result[:2] == [False, True]
+    assert result.result[2].endswith("kernel.json") and result.result[3] == []
+
+
 def test_out_of_memory_at_the_jobs_memory_limit(run_script: RunScript) -> None:
     result = run_script(
         "def run(ctx, parameters):\n    return len(bytearray(3 * 1024**3))\n", max_memory_bytes=2 * 1024**3
