@@ -13,7 +13,11 @@ Every row shows the 1-minute load average when it was measured (the machine may 
 3. 20 concurrent trivial jobs, all done: cold, and with a pool of 20 (no zygote / zygote), and
    the memory of an idle pooled kernel (PSS of its process tree: shared pages split).
 4. Sustained: 4 submitters in a closed loop (``--seconds``) by pool size, with and without a
-   zygote (jobs/s, and how many got a warm kernel; the rest started cold).
+   zygote (jobs/s, and how many got a warm kernel; the rest started cold). Run as root with
+   cgroup v1's ``cpuacct`` mounted, it also gives the CPU time all of the bench's processes
+   (runner, zygote, kernels and their sandboxes' set-up and exit) spent per job, and the jobs/s
+   two idle cores would sustain at that cost: the rate alone counts only the CPU the machine's
+   other users left.
 5. 10 concurrent jobs by pool size (0, 2, 5, 10).
 """
 
@@ -81,7 +85,39 @@ def concurrent(service: AnalysisService, count: int) -> float:
     return time.perf_counter() - started
 
 
-def sustained(service: AnalysisService, submitters: int, seconds: float) -> float:
+class CpuMeter:
+    """CPU time of this process and everything it starts (a cgroup v1 ``cpuacct`` group), or
+    nothing where such a group cannot be made (not root, no cgroup v1)."""
+
+    def __init__(self) -> None:
+        self.group: Path | None = Path(f"/sys/fs/cgroup/cpuacct/analysis-bench-{os.getpid()}")
+        try:
+            self.group.mkdir()
+            (self.group / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError:
+            self.group = None
+
+    def seconds(self) -> float | None:
+        """CPU seconds used so far by the group (``None``: no group)."""
+        if self.group is None:
+            return None
+        return int((self.group / "cpuacct.usage").read_text()) / 1e9
+
+    def close(self) -> None:
+        """Leave the group and remove it (once its other processes have ended)."""
+        if self.group is None:
+            return
+        Path("/sys/fs/cgroup/cpuacct/cgroup.procs").write_text(str(os.getpid()))
+        for _ in range(100):
+            try:
+                self.group.rmdir()
+                return
+            except OSError:
+                time.sleep(0.05)
+
+
+def sustained(service: AnalysisService, submitters: int, seconds: float) -> tuple[float, int]:
+    """Jobs/s of ``submitters`` closed loops for ``seconds``, and how many jobs were done."""
     done = 0
 
     async def submitter(until: float) -> None:
@@ -93,7 +129,7 @@ def sustained(service: AnalysisService, submitters: int, seconds: float) -> floa
 
     started = time.monotonic()
     asyncio.run(asyncio.wait_for(_all(submitter(started + seconds) for _ in range(submitters)), 120))
-    return done / (time.monotonic() - started)
+    return done / (time.monotonic() - started), done
 
 
 async def _all(coros: object) -> None:
@@ -176,17 +212,27 @@ def main() -> None:
             f"{cold_burst / burst:.1f}x cold",
         )
 
-    for size, zygotes in ((4, False), (2, True), (4, True), (8, True)):
-        with service(root, size, options, zygotes=zygotes) as svc:
-            rate = sustained(svc, 4, args.seconds)
-            assert svc.pool is not None
-            sus = dict(svc.pool.stats)
-        row(
-            f"sustained jobs/s, 4 submitters, pool {size}, {'zygote' if zygotes else 'no zygote'}",
-            "",
-            f"{rate:.1f}/s",
-            f"{sus['warm']} warm, {sus['cold']} cold",
-        )
+    meter = CpuMeter()
+    try:
+        for size, zygotes in ((4, False), (2, True), (4, True), (8, True)):
+            with service(root, size, options, zygotes=zygotes) as svc:
+                before = meter.seconds()
+                rate, done = sustained(svc, 4, args.seconds)
+                after = meter.seconds()
+                assert svc.pool is not None
+                sus = dict(svc.pool.stats)
+            cost = ""
+            if before is not None and after is not None:
+                per_job = (after - before) / done
+                cost = f"; {per_job * 1000:.0f} ms CPU/job = {2 / per_job:.1f}/s on 2 idle cores"
+            row(
+                f"sustained jobs/s, 4 submitters, pool {size}, {'zygote' if zygotes else 'no zygote'}",
+                "",
+                f"{rate:.1f}/s",
+                f"{sus['warm']} warm, {sus['cold']} cold{cost}",
+            )
+    finally:
+        meter.close()
 
     by_size = []
     for size in (0, 2, 5, 10):

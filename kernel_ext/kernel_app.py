@@ -45,7 +45,10 @@ _without_debugger()
 from ipykernel.iostream import IOPubThread, OutStream  # noqa: E402
 from ipykernel.kernelapp import IPKernelApp  # noqa: E402
 
-__all__ = ["CHUNK_CHARS", "ChunkedOutStream", "JobKernelApp"]
+__all__ = ["CHUNK_CHARS", "WARM_UP_OPTION", "ChunkedOutStream", "JobKernelApp", "warm_up"]
+
+#: The option that makes a kernel warm up as it starts (a pooled kernel): ``OPTION + JOB_DIR``.
+WARM_UP_OPTION = "--analysis-warm-up="
 
 #: Largest piece of output text sent in one stream message.
 CHUNK_CHARS = 64 * 1024
@@ -103,6 +106,24 @@ class JobKernelApp(IPKernelApp):
 
     outstream_class = "analysis.kernel_app.ChunkedOutStream"
 
+    def initialize(self, argv: list[str] | None = None) -> None:
+        """As ipykernel's; with ``--analysis-warm-up=JOB_DIR`` (a pooled kernel), warm up as well.
+
+        A pooled kernel then answers its first request with the imports of a job done and the
+        job's locked-down DuckDB connection open (:func:`warm_up`), without the runner sending
+        that code as a request of its own.
+        """
+        job_dir = None
+        rest = []
+        for arg in argv or []:
+            if arg.startswith(WARM_UP_OPTION):
+                job_dir = arg[len(WARM_UP_OPTION) :]
+            else:
+                rest.append(arg)
+        super().initialize(rest if argv is not None else None)  # type: ignore[no-untyped-call]
+        if job_dir is not None:
+            warm_up(job_dir)
+
     def parse_command_line(self, argv: list[str] | None = None) -> None:
         """Read the runner's command line directly; any other through traitlets.
 
@@ -135,6 +156,21 @@ class JobKernelApp(IPKernelApp):
         )
         self.iopub_thread.start()  # type: ignore[no-untyped-call]
         self.iopub_socket = self.iopub_thread.background_socket
+
+
+def warm_up(job_dir: str) -> None:
+    """What a pooled kernel does before its job: import what every job imports and open the job's
+    locked-down DuckDB connection for ``job_dir`` (as the kernel sees it), with a first statement
+    run on it (a connection's first costs more)."""
+    import nanoarrow.ipc  # type: ignore[import-untyped]  # noqa: F401
+    import pyarrow  # noqa: F401
+
+    import analysis.broker_client
+    import analysis.cache_fill
+    import analysis.execute  # noqa: F401
+    from analysis.duck import prepare_connection
+
+    prepare_connection(job_dir)
 
 
 def _limit_processes(argv: list[str]) -> list[str]:

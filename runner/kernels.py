@@ -255,11 +255,17 @@ def connection_file(job_dir: Path, *, sandboxed: bool) -> tuple[dict[str, Any], 
     return info, socket_dir, socket_fd
 
 
-def kernel_args(max_processes: int | None) -> list[str]:
-    """The ``analysis.kernel_app`` options of a job kernel (a process limit only when sandboxed)."""
+def kernel_args(max_processes: int | None, *, warm_up: Path | None = None) -> list[str]:
+    """The ``analysis.kernel_app`` options of a job kernel (a process limit only when sandboxed).
+
+    ``warm_up``: the job directory as the kernel sees it, for a pooled kernel: it imports what a
+    job imports and opens the job's DuckDB connection before it answers its first request.
+    """
     args = ["--HistoryManager.enabled=False", "--IPKernelApp.quiet=True"]
     if max_processes is not None:
         args.append(f"--max-processes={max_processes}")
+    if warm_up is not None:
+        args.append(f"--analysis-warm-up={warm_up}")  # analysis.kernel_app.WARM_UP_OPTION
     return args
 
 
@@ -312,6 +318,7 @@ def launch_kernel(
     sandboxed: bool = False,
     python: str | None = None,
     python_env: Path | None = None,
+    warm_up: bool = False,
 ) -> KernelProcess:
     """Start a kernel for one job, with its sockets and files in ``job_dir``.
 
@@ -343,10 +350,16 @@ def launch_kernel(
     python_env
         The environment ``python`` belongs to, when it is not the runner's: a sandbox binds it
         read-only.
+    warm_up
+        Have the kernel do, as it starts, what every job does first (a pooled kernel: see
+        :func:`kernel_args`).
     """
     info, socket_dir, socket_fd = connection_file(job_dir, sandboxed=sandboxed)
     inside = sandboxing.JOB_DIR if sandboxed else socket_dir
-    args = kernel_args(max_processes if sandboxed else None)
+    args = kernel_args(
+        max_processes if sandboxed else None,
+        warm_up=(sandboxing.JOB_DIR if sandboxed else job_dir.resolve()) if warm_up else None,
+    )
     limits = kernel_limits(max_memory_bytes, max_cpu_s, max_file_bytes)
     plan: sandboxing.SandboxPlan | None = None
     interpreter = python or sys.executable

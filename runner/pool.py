@@ -48,9 +48,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from analysis.runner import sandbox as sandboxing
 from analysis.runner.jobdirs import claim_job_dir
-from analysis.runner.kernel_messages import connected, idle_after, reply_to
+from analysis.runner.kernel_messages import connected
 from analysis.runner.kernels import KernelProcess, descendants, launch_kernel
 from analysis.runner.pool_environments import PoolEnvironments
 from analysis.runner.zygote import Zygote
@@ -59,14 +58,6 @@ if TYPE_CHECKING:
     from analysis.runner.deps import EnvironmentLease
 
 __all__ = ["KernelPool", "PoolKey", "WarmKernel"]
-
-#: What a pooled kernel runs while idle: the imports of a job and its DuckDB connection.
-_WARM_UP = (
-    "__import__('analysis.execute'); __import__('analysis.broker_client'); "
-    "__import__('duckdb'); __import__('pyarrow'); __import__('nanoarrow.ipc'); "
-    "__import__('analysis.cache_fill'); "
-    "__import__('analysis.duck').duck.prepare_connection({job_dir!r})"
-)
 
 #: The launch settings a zygote's kernel gets at its fork (the others are the zygote's own).
 _FORK_LIMITS = ("max_memory_bytes", "max_cpu_s", "max_file_bytes", "max_processes", "max_tmp_bytes")
@@ -532,9 +523,10 @@ class KernelPool:
                 job_dir.mkdir(mode=0o700, parents=True)
                 claim_job_dir(job_dir)
                 if zygote is not None:
-                    kernel = zygote.fork(job_dir, **{name: entry.launch.get(name) for name in _FORK_LIMITS})
+                    limits = {name: entry.launch.get(name) for name in _FORK_LIMITS}
+                    kernel = zygote.fork(job_dir, warm_up=True, **limits)
                 else:
-                    kernel = launch_kernel(job_dir, **entry.launch)
+                    kernel = launch_kernel(job_dir, warm_up=True, **entry.launch)
             except Exception:  # the job will start cold instead
                 shutil.rmtree(job_dir, ignore_errors=True)
                 if entry.lease is not None:
@@ -636,7 +628,7 @@ class KernelPool:
         return list(await asyncio.gather(*(self._warm_up(warm) for warm in kernels)))
 
     async def _warm_up(self, warm: WarmKernel) -> bool:
-        """Wait for the kernel to answer and run the warm-up code; whether it is ready for a job."""
+        """Wait for the kernel to answer (it warmed up as it started); whether it is ready for a job."""
         from jupyter_client.asynchronous.client import AsyncKernelClient
 
         if self._context is None:
@@ -650,14 +642,8 @@ class KernelPool:
         client.start_channels(hb=False)
         try:
             await connected(client, warm.kernel, self.start_timeout_s)
-            inside = sandboxing.JOB_DIR if warm.kernel.sandboxed else warm.job_dir.resolve()
-            msg_id = client.execute(_WARM_UP.format(job_dir=str(inside)), silent=True, store_history=False)
-            reply = await reply_to(client, warm.kernel, msg_id, self.start_timeout_s)
-            await idle_after(
-                client, warm.kernel, msg_id, self.start_timeout_s
-            )  # iopub reaches the client too
-            ok = bool(reply["content"].get("status") == "ok") and warm.kernel.is_alive()
-        except Exception:  # a kernel that does not start is not pooled
+            ok = warm.kernel.is_alive()
+        except Exception:  # a kernel that does not start (or warm up) is not pooled
             ok = False
         if ok:
             warm.client = client

@@ -171,15 +171,21 @@ class Zygote:
         max_file_bytes: int | None = None,
         max_processes: int | None = None,
         max_tmp_bytes: int | None = None,
+        warm_up: bool = False,
     ) -> KernelProcess:
-        """Start a kernel in ``job_dir`` (a new folder directly in :attr:`folder`), with these limits."""
+        """Start a kernel in ``job_dir`` (a new folder directly in :attr:`folder`), with these limits
+        (``warm_up``: as :func:`~analysis.runner.kernels.launch_kernel`'s)."""
         if job_dir.parent != self.folder:
             raise ValueError(f"A zygote's kernel folder must be in {self.folder}, not {job_dir}.")
         info, socket_dir, socket_fd = connection_file(job_dir, sandboxed=True)
         sandboxing.prepare_job_dir(job_dir)
         request = {
             "fork": job_dir.name,
-            "argv": ["-f", "/job/kernel.json", *kernel_args(max_processes)],
+            "argv": [
+                "-f",
+                "/job/kernel.json",
+                *kernel_args(max_processes, warm_up=sandboxing.JOB_DIR if warm_up else None),
+            ],
             "limits": kernel_limits(max_memory_bytes, max_cpu_s, max_file_bytes),
             "max_tmp_bytes": max_tmp_bytes,
         }
