@@ -1,0 +1,85 @@
+"""MySQL/MariaDB ``into=`` keeps its ODBC connection between calls; drops it when its state is unknown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from analysis.errors import DatasourceError
+
+from .conftest import servers
+
+ROWS = "SELECT CAST(seq AS SIGNED) AS n FROM seq_1_to_50000"  # signed BIGINT: the ODBC path
+
+
+def _connections(source: Any) -> int:
+    """The server's count of connections opened since it started (asked on ``source``'s own session)."""
+    table = source.query("SHOW GLOBAL STATUS LIKE 'Connections'", None, timeout_s=5)
+    return int(table.column(1)[0].as_py())
+
+
+def _user_sessions(server: Any) -> list[int]:
+    out = server.sql(f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '{servers.USER}'")
+    return [int(i) for i in out.split()]
+
+
+def _loaded(duck: Any, table: str) -> tuple[int, int]:
+    ((count, total),) = duck.connection.sql(f"SELECT count(*), sum(n) FROM {table}").fetchall()
+    return int(count), int(total)
+
+
+def test_into_reuses_its_odbc_connection(my: Any, duck: Any, odbc_driver: str) -> None:
+    assert my.query_into(duck, "a", ROWS, None, timeout_s=10) == 50_000
+    before = _connections(my)
+    assert my.query_into(duck, "b", ROWS + " WHERE seq > ?", [49_990], timeout_s=10) == 10
+    assert my.query_into(duck, "c", ROWS, None, timeout_s=10) == 50_000
+    assert _connections(my) == before  # was one new server connection per call
+    assert _loaded(duck, "c") == (50_000, 50_000 * 50_001 // 2)
+
+
+def test_into_replaces_an_odbc_connection_that_died_while_idle(
+    my: Any, my_server: Any, duck: Any, odbc_driver: str
+) -> None:
+    assert my.query_into(duck, "a", ROWS, None, timeout_s=10) == 50_000
+    own = int(my.query("SELECT CONNECTION_ID() AS c", None, timeout_s=5).column(0)[0].as_py())
+    idle = [i for i in _user_sessions(my_server) if i != own]
+    assert len(idle) == 1  # the ODBC session, kept for the next call
+    my_server.sql(f"KILL CONNECTION {idle[0]}")  # a server restart or an idle timeout
+    assert my.query_into(duck, "b", ROWS, None, timeout_s=10) == 50_000
+    assert _loaded(duck, "b") == (50_000, 50_000 * 50_001 // 2)
+
+
+class _HangsUp:
+    """A sink that takes one batch and fails as the broker's does when the kernel hangs up mid-stream."""
+
+    connection = None
+
+    def load_data(self, table: str, data: Any, **_: Any) -> int:
+        next(iter(data))
+        raise ConnectionResetError("the kernel hung up")
+
+
+def test_into_abandoned_part_way_leaves_the_source_usable_and_no_session_behind(
+    my: Any, my_server: Any, duck: Any, odbc_driver: str
+) -> None:
+    my.query("SELECT 1", None, timeout_s=5)
+    with pytest.raises(ConnectionResetError):
+        my.query_into(_HangsUp(), "t", ROWS, None, timeout_s=10)
+    assert len(_user_sessions(my_server)) == 1  # the abandoned ODBC session was closed
+    assert my.query_into(duck, "t", ROWS, None, timeout_s=10) == 50_000
+    assert _loaded(duck, "t") == (50_000, 50_000 * 50_001 // 2)
+
+
+def test_each_call_gets_its_own_time_limit_on_the_kept_connection(
+    my: Any, duck: Any, odbc_driver: str
+) -> None:
+    sleep = "SELECT SLEEP(1) AS s"  # an integer column: the ODBC path
+    with pytest.raises(DatasourceError, match=r"cancelled at its time limit of 0\.3 s"):
+        my.query_into(duck, "s", sleep, None, timeout_s=0.3)
+    assert my.query_into(duck, "s", sleep, None, timeout_s=30) == 1  # not the last call's 0.3 s
+    before = _connections(my)
+    with pytest.raises(DatasourceError, match=r"time limit of 0\.3 s"):
+        my.query_into(duck, "s", sleep, None, timeout_s=0.3)
+    assert my.query_into(duck, "s", sleep, None, timeout_s=30) == 1
+    assert _connections(my) == before + 1  # a cancelled statement's connection is not kept
