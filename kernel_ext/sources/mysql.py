@@ -14,9 +14,8 @@ over a second connection.
 which runs nothing): arrow-odbc over MariaDB Connector/ODBC when every column is a plain type
 (parameters bound as text; the ODBC connection is kept for the next call, and dropped after any
 failure or a result not read to its end), else connectorx (no parameters), else the ordinary
-path. Either
-reader builds Arrow in Rust and DuckDB scans it in place; the statement carries a unique
-comment so that ``interrupt()`` can find it in the process list. (connectorx's streaming mode
+path. Either reader builds Arrow in Rust and DuckDB scans it in place; the statement carries a
+unique comment so that ``interrupt()`` can find it in the process list. (connectorx's streaming mode
 holds the GIL while it waits for the server, so its whole-table mode is used.) Whichever path
 reads a column, :mod:`analysis.sources.mysql_types` gives it the same type.
 """
