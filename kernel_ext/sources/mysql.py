@@ -185,7 +185,8 @@ class MySQLDatasource(ServerDatasource):
             timer = threading.Timer(limit + 1.0, self.interrupt) if limit is not None else None
             try:
                 with conn.cursor() as setup:
-                    setup.execute(self._limit_statement(limit))
+                    # UTC on every call: the pooled session may have run anything since
+                    setup.execute(f"{self._limit_statement(limit)}, time_zone = '+00:00'")
                     if self.read_only:  # the session too: DDL commits implicitly and goes on
                         setup.execute("SET SESSION TRANSACTION READ ONLY")
                         setup.execute("START TRANSACTION READ ONLY")
@@ -197,6 +198,9 @@ class MySQLDatasource(ServerDatasource):
                     cur.execute(text, values)
                     description = cur.description
                     rows = cur.fetchall() if description is not None else []
+                    while cur.nextset():  # a CALL's further results: left unread, they were
+                        if cur.description is not None:  # the next statement's answer
+                            cur.fetchall()
                 if self.read_only:
                     conn.rollback()
             except mysql.connector.Error as exc:
@@ -298,8 +302,14 @@ class MySQLDatasource(ServerDatasource):
         from arrow_odbc import Error
 
         limit = self.limit_s(timeout_s)
+        # the session's settings, on every call: a kept session may have run anything since
+        settings = [
+            self._limit_statement(limit).removeprefix("SET "),
+            "time_zone = '+00:00'",
+            f"SESSION {'tx' if self._mariadb else 'transaction'}_read_only = {int(self.read_only)}",
+        ]
         try:
-            odbc = self._odbc_session(self._limit_statement(limit))
+            odbc = self._odbc_session("SET " + ", ".join(settings))
         except Error as exc:
             if "[Driver Manager]" in str(exc):  # no such driver (or no unixODBC): use connectorx
                 self._odbc_missing = True
@@ -330,27 +340,23 @@ class MySQLDatasource(ServerDatasource):
             if timer is not None:
                 timer.cancel()
 
-    def _odbc_session(self, limit_statement: str) -> Any:
-        """This datasource's ODBC connection (opened on first use, then kept), with ``limit_statement`` run.
+    def _odbc_session(self, settings: str) -> Any:
+        """This datasource's ODBC connection (opened on first use, then kept), with ``settings`` run.
 
-        The connection keeps its session settings (UTC, read-only) from its ``InitStmt``; only
-        the statement time limit changes from call to call. A kept connection that fails the
-        limit's ``SET`` (it died while idle) is replaced once: nothing of the caller's has run.
+        ``settings`` (a ``SET``) runs first on every call. A kept connection that fails it (it
+        died while idle) is replaced once: nothing of the caller's has run yet.
         """
         from arrow_odbc import Error, connect
 
         kept, self._odbc = self._odbc, None
         if kept is not None:
             try:
-                kept.execute(limit_statement)
+                kept.execute(settings)
             except Error:  # it died while idle: open another
                 pass
             else:
                 self._odbc = kept
                 return kept
-        settings = ["time_zone = '+00:00'"]
-        if self.read_only:
-            settings.append(f"SESSION {'tx' if self._mariadb else 'transaction'}_read_only = 1")
         driver, host = self.odbc_driver.replace("}", "}}"), self.host.replace("}", "}}")
         database = (self.database or "").replace("}", "}}")
         # STREAMRS + FORWARDONLY: Connector/ODBC 3.1.17 and later hand rows over as the server
@@ -358,11 +364,11 @@ class MySQLDatasource(ServerDatasource):
         # reads every result with mysql_stmt_store_result, whatever the options say)
         odbc = connect(
             f"Driver={{{driver}}};Server={{{host}}};Port={self.port};Database={{{database}}};"
-            f"CHARSET=utf8mb4;STREAMRS=1;FORWARDONLY=1;InitStmt={{SET {', '.join(settings)}}};",
+            "CHARSET=utf8mb4;STREAMRS=1;FORWARDONLY=1;",
             user=self.user, password=self.password.reveal() if self.password else None,
             login_timeout_sec=max(1, round(self.connect_timeout_s)),
         )  # fmt: skip
-        odbc.execute(limit_statement)
+        odbc.execute(settings)
         self._odbc = odbc
         return odbc
 

@@ -1,7 +1,8 @@
-"""MySQL/MariaDB ``into=`` keeps its ODBC connection between calls; drops it when its state is unknown."""
+"""MySQL/MariaDB sessions kept between calls (the driver's, and the ODBC one of `into=`) stay known."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from analysis.errors import DatasourceError
 
-from .conftest import servers
+from .conftest import servers, source_config
 
 ROWS = "SELECT CAST(seq AS SIGNED) AS n FROM seq_1_to_50000"  # signed BIGINT: the ODBC path
 
@@ -89,3 +90,45 @@ def test_each_call_gets_its_own_time_limit_on_the_kept_connection(
         my.query_into(duck, "s", sleep, None, timeout_s=0.3)
     assert my.query_into(duck, "s", sleep, None, timeout_s=30) == 1
     assert _connections(my) == before + 1  # a cancelled statement's connection is not kept
+
+
+def test_kept_sessions_get_their_settings_again_whatever_ran_on_them(
+    my_server: Any, duck: Any, odbc_driver: str
+) -> None:
+    from analysis.sources.mysql import MySQLDatasource
+
+    source = MySQLDatasource("shop", source_config("mysql", my_server, read_only=False))
+    try:
+        source.query("DROP PROCEDURE IF EXISTS shift_zone", None, timeout_s=5)
+        source.query(
+            "CREATE PROCEDURE shift_zone() BEGIN SET time_zone = '+05:00'; SELECT 1 AS x; END",
+            None,
+            timeout_s=5,
+        )
+        assert source.query_into(duck, "z", "CALL shift_zone()", None, timeout_s=10) == 1
+        sql = "SELECT @@time_zone AS tz, CAST(FROM_UNIXTIME(0) AS DATETIME) AS epoch"
+        assert source.query_into(duck, "z", sql, None, timeout_s=10) == 1
+        assert source.query("CALL shift_zone()", None, timeout_s=10).to_pylist() == [{"x": 1}]
+        rows = source.query(sql, None, timeout_s=10).to_pylist()  # the driver's own session
+        assert rows == [{"tz": "+00:00", "epoch": dt.datetime(1970, 1, 1)}]
+    finally:
+        source.close()
+    # the next statement on the kept session runs in UTC again, as every datasource statement does
+    assert duck.connection.sql("SELECT tz, epoch FROM z").fetchall() == [("+00:00", dt.datetime(1970, 1, 1))]
+
+
+def test_a_call_leaves_the_session_ready_for_the_next_statement(my_server: Any) -> None:
+    from analysis.sources.mysql import MySQLDatasource
+
+    source = MySQLDatasource("shop", source_config("mysql", my_server, read_only=False))
+    try:
+        source.query("DROP PROCEDURE IF EXISTS echo_n", None, timeout_s=5)
+        source.query("CREATE PROCEDURE echo_n(n INT) BEGIN SELECT n AS n; END", None, timeout_s=5)
+        assert source.query("CALL echo_n(3)", None, timeout_s=5).to_pylist() == [{"n": 3}]
+        # was [] (the CALL's status, left unread, taken for this statement's answer)
+        assert source.query("SELECT 1 AS one", None, timeout_s=5).to_pylist() == [{"one": 1}]
+        assert source.query("CALL echo_n(?)", [7], timeout_s=5).to_pylist() == [{"n": 7}]
+        # was "Incorrect number of arguments executing prepared statement (error 1210)"
+        assert source.query("SELECT ? AS two", [2], timeout_s=5).to_pylist() == [{"two": 2}]
+    finally:
+        source.close()
