@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import from_tests
-from timing import alternate, median_s, paired_ratio
+from timing import Load, alternate, median_s, paired_ratio
 
 servers = from_tests.load("datasources/servers.py")
 
@@ -153,6 +153,7 @@ def main() -> int:
     token = encrypt(servers.PASSWORD, key)
     pg, my = servers.PostgresServer(), servers.MariaDBServer()
     figures: dict[str, dict[str, float]] = {}
+    loads = {"PostgreSQL": Load(), "MariaDB": Load()}
     try:
         pg.start()
         my.start()
@@ -171,9 +172,12 @@ def main() -> int:
                 ("MariaDB", "my", lambda: fill_mariadb(my, args.rows), {"MYSQL_PWD": servers.PASSWORD}),
             ):
                 floor = shell(fill(), env)
+                loads[label].sample()
                 figures[label] = first_calls(name, config, work, args.rows, jobs=args.jobs, floor=floor)
+                loads[label].sample()
                 with contextlib.redirect_stderr(io.StringIO()):  # the [load_data] log lines
                     figures[label]["local"] = in_process(name, config, args.jobs)
+                loads[label].sample()
     finally:
         my.stop()
         pg.stop()
@@ -196,7 +200,7 @@ def main() -> int:
         print(
             f"{label:<11} first call / floor = {ratio:.2f}, median of each job over its own floor run "
             f"(target <= {target[label]:g}, {verdict}); "
-            f"first call / in-process = {f['warm'] / f['local']:.2f}"
+            f"first call / in-process = {f['warm'] / f['local']:.2f}; {loads[label]}"
         )
     return 0
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_broker
-from timing import alternate, median_s, paired_ratio
+from timing import Load, alternate, median_s, paired_ratio
 
 servers = bench_broker.servers
 QUERY = bench_broker.QUERY
@@ -174,15 +174,17 @@ def main() -> int:
     args = parser.parse_args()
     pg, my = servers.PostgresServer(), servers.MariaDBServer()
     datasources: Path | None = None
+    load = Load()
     try:
         pg.start()
         my.start()
         datasources = _datasources_file(pg, my)
         with contextlib.redirect_stderr(io.StringIO()):  # the [load_data] log lines
-            figures = {
-                "PostgreSQL": bench_postgres(pg, args.rows, args.repeat, datasources),
-                "MariaDB": bench_mysql(my, args.rows, args.repeat, datasources),
-            }
+            load.sample()
+            figures = {"PostgreSQL": bench_postgres(pg, args.rows, args.repeat, datasources)}
+            load.sample()
+            figures["MariaDB"] = bench_mysql(my, args.rows, args.repeat, datasources)
+            load.sample()
     finally:
         my.stop()
         pg.stop()
@@ -191,6 +193,7 @@ def main() -> int:
     floor = {"PostgreSQL": "psql COPY binary > /dev/null", "MariaDB": "mariadb --quick > /dev/null"}
     target = {"PostgreSQL": 2.0, "MariaDB": 1.2}
     print(f"{args.rows:,} rows (int, varchar, numeric(10,2), timestamp); medians of {args.repeat} runs;")
+    print(f"{load} during the runs")
     print("each job runs right after a floor run; a verdict is the median of each call over its floor run")
     print(f"{'server':<11} {'path':<38} {'seconds':>8} {'rows/s':>12} {'vs floor':>9}")
     for name, f in figures.items():

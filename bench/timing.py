@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-__all__ = ["alternate", "median_s", "paired_ratio"]
+__all__ = ["Load", "alternate", "median_s", "paired_ratio"]
 
 _T = TypeVar("_T")
 
@@ -41,3 +42,19 @@ def alternate(
 def paired_ratio(times: Sequence[float], floors: Sequence[float]) -> float:
     """The median of each time over the floor run beside it (see :func:`alternate`)."""
     return statistics.median(t / f for t, f in zip(times, floors, strict=True))
+
+
+class Load:
+    """The machine's 1-minute load average, sampled when asked: figures are quoted with it."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    def sample(self) -> None:
+        """Note the load average now."""
+        self.samples.append(os.getloadavg()[0])
+
+    def __str__(self) -> str:
+        if not self.samples:
+            return "load average not sampled"
+        return f"load average {min(self.samples):.1f}-{max(self.samples):.1f}"

@@ -12,15 +12,17 @@ over a second connection.
 
 ``query_into`` reads columnar, choosing by the result's columns (from a server-side PREPARE,
 which runs nothing): arrow-odbc over MariaDB Connector/ODBC when every column is a plain type
-(parameters bound as text), else connectorx (no parameters), else the ordinary path. Either
-reader builds Arrow in Rust and DuckDB scans it in place; the statement carries a unique
-comment so that ``interrupt()`` can find it in the process list. (connectorx's streaming mode
+(parameters bound as text; the ODBC connection is kept for the next call, and dropped after any
+failure or a result not read to its end), else connectorx (no parameters), else the ordinary
+path. Either reader builds Arrow in Rust and DuckDB scans it in place; the statement carries a
+unique comment so that ``interrupt()`` can find it in the process list. (connectorx's streaming mode
 holds the GIL while it waits for the server, so its whole-table mode is used.) Whichever path
 reads a column, :mod:`analysis.sources.mysql_types` gives it the same type.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import urllib.parse
 import uuid
@@ -96,6 +98,7 @@ class MySQLDatasource(ServerDatasource):
         self._marker: str | None = None  # comment tag of the running bulk (ODBC/connectorx) statement
         self.odbc_driver = str(self.config.get("odbc_driver") or "MariaDB Unicode")
         self._odbc_missing = False
+        self._odbc: Any = None  # arrow-odbc's connection of the bulk path, kept between calls
         self._running = False
 
     # -- connections ------------------------------------------------------------------------
@@ -182,7 +185,8 @@ class MySQLDatasource(ServerDatasource):
             timer = threading.Timer(limit + 1.0, self.interrupt) if limit is not None else None
             try:
                 with conn.cursor() as setup:
-                    setup.execute(self._limit_statement(limit))
+                    # UTC on every call: the pooled session may have run anything since
+                    setup.execute(f"{self._limit_statement(limit)}, time_zone = '+00:00'")
                     if self.read_only:  # the session too: DDL commits implicitly and goes on
                         setup.execute("SET SESSION TRANSACTION READ ONLY")
                         setup.execute("START TRANSACTION READ ONLY")
@@ -194,6 +198,9 @@ class MySQLDatasource(ServerDatasource):
                     cur.execute(text, values)
                     description = cur.description
                     rows = cur.fetchall() if description is not None else []
+                    while cur.nextset():  # a CALL's further results: left unread, they were
+                        if cur.description is not None:  # the next statement's answer
+                            cur.fetchall()
                 if self.read_only:
                     conn.rollback()
             except mysql.connector.Error as exc:
@@ -292,51 +299,78 @@ class MySQLDatasource(ServerDatasource):
 
         Returns the row count, or ``None`` when the ODBC driver is not installed.
         """
-        import duckdb
-        from arrow_odbc import Error, read_arrow_batches_from_odbc
+        from arrow_odbc import Error
 
         limit = self.limit_s(timeout_s)
-        settings = [self._limit_statement(limit).removeprefix("SET "), "time_zone = '+00:00'"]
-        if self.read_only:
-            settings.append(
-                "SESSION tx_read_only = 1" if self._mariadb else "SESSION transaction_read_only = 1"
-            )
-        driver, host = self.odbc_driver.replace("}", "}}"), self.host.replace("}", "}}")
-        database = (self.database or "").replace("}", "}}")
-        # STREAMRS + FORWARDONLY: Connector/ODBC 3.1.17 and later hand rows over as the server
-        # sends them instead of reading the whole result first; older drivers ignore both
-        connection = (
-            f"Driver={{{driver}}};Server={{{host}}};Port={self.port};Database={{{database}}};"
-            f"CHARSET=utf8mb4;STREAMRS=1;FORWARDONLY=1;InitStmt={{SET {', '.join(settings)}}};"
-        )
+        # the session's settings, on every call: a kept session may have run anything since
+        settings = [
+            self._limit_statement(limit).removeprefix("SET "),
+            "time_zone = '+00:00'",
+            f"SESSION {'tx' if self._mariadb else 'transaction'}_read_only = {int(self.read_only)}",
+        ]
+        try:
+            odbc = self._odbc_session("SET " + ", ".join(settings))
+        except Error as exc:
+            if "[Driver Manager]" in str(exc):  # no such driver (or no unixODBC): use connectorx
+                self._odbc_missing = True
+                return None
+            raise self._translate_cx(exc, limit) from None
         marker = f"analysis:{uuid.uuid4().hex}"
         self._marker = marker
         timer = threading.Timer(limit + 1.0, self.interrupt) if limit is not None else None
         try:
             if timer is not None:
                 timer.start()
-            reader = read_arrow_batches_from_odbc(
-                query=f"/* {marker} */ {text}", connection_string=connection, user=self.user,
-                password=self.password.reveal() if self.password else None, parameters=params or None,
-                login_timeout_sec=max(1, round(self.connect_timeout_s)), max_text_size=ODBC_MAX_TEXT_BYTES,
+            reader = odbc.read_arrow_batches(
+                f"/* {marker} */ {text}", parameters=params or None, max_text_size=ODBC_MAX_TEXT_BYTES,
                 max_binary_size=ODBC_MAX_TEXT_BYTES, batch_size=_ODBC_BATCH_ROWS,
             )  # fmt: skip
-        except Error as exc:
-            if timer is not None:
-                timer.cancel()
-            self._marker = None
-            if "[Driver Manager]" in str(exc):  # no such driver (or no unixODBC): use connectorx
-                self._odbc_missing = True
-                return None
-            raise self._translate_cx(exc, limit) from None
-        try:  # DuckDB scans the batches as they arrive
+            # DuckDB (or the broker's stream to the kernel) reads the batches as they arrive
             return duck.load_data(table, typed_stream(reader.into_pyarrow_record_batch_reader(), columns))
-        except duckdb.Error as exc:  # a failure while reading the stream
-            raise self._translate_cx(exc, limit) from None
+        except BaseException as exc:
+            # a statement that failed, was cancelled, or whose reader stopped part way (the
+            # kernel gone): the session's state is unknown, so the next call opens another
+            self._odbc = None
+            duckdb = sys.modules.get("duckdb")  # DuckDB wraps the reader's errors in-process
+            if isinstance(exc, Error) or (duckdb is not None and isinstance(exc, duckdb.Error)):
+                raise self._translate_cx(exc, limit) from None
+            raise
         finally:
             self._marker = None
             if timer is not None:
                 timer.cancel()
+
+    def _odbc_session(self, settings: str) -> Any:
+        """This datasource's ODBC connection (opened on first use, then kept), with ``settings`` run.
+
+        ``settings`` (a ``SET``) runs first on every call. A kept connection that fails it (it
+        died while idle) is replaced once: nothing of the caller's has run yet.
+        """
+        from arrow_odbc import Error, connect
+
+        kept, self._odbc = self._odbc, None
+        if kept is not None:
+            try:
+                kept.execute(settings)
+            except Error:  # it died while idle: open another
+                pass
+            else:
+                self._odbc = kept
+                return kept
+        driver, host = self.odbc_driver.replace("}", "}}"), self.host.replace("}", "}}")
+        database = (self.database or "").replace("}", "}}")
+        # STREAMRS + FORWARDONLY: Connector/ODBC 3.1.17 and later hand rows over as the server
+        # sends them instead of reading the whole result first; older drivers ignore both (3.1.15
+        # reads every result with mysql_stmt_store_result, whatever the options say)
+        odbc = connect(
+            f"Driver={{{driver}}};Server={{{host}}};Port={self.port};Database={{{database}}};"
+            "CHARSET=utf8mb4;STREAMRS=1;FORWARDONLY=1;",
+            user=self.user, password=self.password.reveal() if self.password else None,
+            login_timeout_sec=max(1, round(self.connect_timeout_s)),
+        )  # fmt: skip
+        odbc.execute(settings)
+        self._odbc = odbc
+        return odbc
 
     def _read_columnar(self, text: str, columns: list[Any], timeout_s: float | None) -> pa.Table:
         """Run ``text`` through connectorx into an Arrow table typed after ``columns``."""
@@ -437,6 +471,7 @@ class MySQLDatasource(ServerDatasource):
             killer.close()
 
     def close(self) -> None:
+        self._odbc = None  # arrow-odbc closes a connection when it is freed
         self._drop()
 
     def server_version(self) -> str:
