@@ -279,7 +279,9 @@ def test_jobs_that_find_no_idle_kernel_wait_for_forks_however_long_a_start_took(
         pool.start_s = 0.001
 
         async def four_jobs() -> list[WarmKernel | None]:
-            return list(await asyncio.gather(*(pool.acquire_async("default", root, launch) for _ in range(4))))
+            return list(
+                await asyncio.gather(*(pool.acquire_async("default", root, launch) for _ in range(4)))
+            )
 
         taken = asyncio.run(four_jobs())
         assert all(warm is not None and warm.kernel.is_alive() for warm in taken), pool.stats
