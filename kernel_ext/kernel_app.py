@@ -132,7 +132,7 @@ class JobKernelApp(IPKernelApp):
         """
         config = None if argv is None else _job_command_line(argv)
         if config is None:
-            super().parse_command_line(argv)  # type: ignore[no-untyped-call]
+            super().parse_command_line(argv)
             return
         self.argv = list(argv or [])
         self.cli_config = config
