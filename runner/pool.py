@@ -30,6 +30,7 @@ on the environment, for at most ``max_environments`` environments
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -73,7 +74,14 @@ def _settle(woken: asyncio.Future[str], why: str) -> None:
 def pool_key(project_id: str, root: Path, launch: dict[str, Any]) -> PoolKey:
     """The key of the kernels a job with these launch settings may take."""
     settings = tuple(sorted((name, repr(value)) for name, value in launch.items()))
-    return (project_id, str(root.resolve()), settings)
+    return (project_id, _resolved(root) if root.is_absolute() else str(root.resolve()), settings)
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(root: Path) -> str:
+    """An absolute ``root`` resolved, once (a job asks for its key several times; a relative
+    root is resolved each time, as the working directory may change)."""
+    return str(root.resolve())
 
 
 class KernelPool:
