@@ -649,7 +649,7 @@ async def run_job_async(
         job_file = _write_job_document(job, job_dir, source, deadline.at)  # the broker's deadline too
         job_file_seen = str((sandboxing.JOB_DIR if job.sandboxed else job_dir.resolve()) / job_file.name)
         if job.sandboxed:  # the job document and the broker's socket, to the sandbox's user
-            sandboxing.prepare_job_dir(job_dir)
+            sandboxing.prepare_job_dir(job_dir, recursive=False)
         if spec.on_kernel_ready is not None:
             spec.on_kernel_ready(time.monotonic() - job.started)
         if bar is not None:

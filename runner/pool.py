@@ -1,15 +1,11 @@
 """A pool of warm job kernels: started ahead of demand, each handed to one job, then discarded.
 
-A sandboxed pooled kernel is forked from the key's zygote (:mod:`analysis.runner.zygote`: same
-sandbox and limits as a cold kernel, imports done once), in a job directory of its own in the
-zygote's folder under its project's ``analysis/temp``; an unsandboxed one (or one whose zygote
-cannot start) is started as a cold one (:func:`~analysis.runner.kernels.launch_kernel`). Once it
-answers, the pool imports what every job imports (``analysis.execute``, DuckDB, PyArrow) and
-opens the job's locked-down DuckDB connection, and keeps the connected client. A job that takes
-it adopts that directory as its own job directory and that client: the runner then writes the
-job document there and serves the job's broker in it, and the kernel (which sees the folder as
-``/job`` in its sandbox) runs the job as a cold kernel would. After its job the kernel is
-SIGKILLed; the pool's thread stops its broker, reaps it and removes its directory.
+Pooled kernels are made by :mod:`~analysis.runner.pool_kernels` (forked from a zygote per key,
+or started one by one; warm as they answer). A job that takes one adopts its job directory as
+its own and its connected client: the runner then writes the job document there and serves the
+job's broker in it, and the kernel (which sees the folder as ``/job`` in its sandbox) runs the
+job as a cold kernel would. After its job the kernel is SIGKILLed; the pool's thread stops its
+broker, reaps it and removes its directory.
 
 Kernels are pooled per *key*: the project, the projects root, the interpreter and every launch
 setting (limits, sandbox, working directory, environment), so a kernel never serves another
@@ -34,94 +30,29 @@ on the environment, for at most ``max_environments`` environments
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
+import functools
 import threading
 import time
-import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from analysis.runner.jobdirs import claim_job_dir
-from analysis.runner.kernel_messages import connected
-from analysis.runner.kernels import KernelProcess, descendants, launch_kernel
 from analysis.runner.pool_environments import PoolEnvironments
-from analysis.runner.zygote import Zygote
+from analysis.runner.pool_kernels import KernelMaker, PoolKey, WarmKernel
 
 if TYPE_CHECKING:
     from analysis.runner.deps import EnvironmentLease
 
 __all__ = ["KernelPool", "PoolKey", "WarmKernel"]
 
-#: The launch settings a zygote's kernel gets at its fork (the others are the zygote's own).
-_FORK_LIMITS = ("max_memory_bytes", "max_cpu_s", "max_file_bytes", "max_processes", "max_tmp_bytes")
-
-#: How often a key's kernels have their PSS measured again (the others get the last measure).
-_PSS_EVERY_S = 5.0
-
 #: Batches of kernels that start side by side (each warms its kernels in a loop of its own).
 _PARALLEL_BATCHES = 4
 
 #: What a kernel is taken to cost before one was measured (a cold kernel's RSS).
 _FIRST_ESTIMATE = 150 * 1024**2
-
-PoolKey = tuple[str, str, tuple[tuple[str, str], ...]]
-
-
-@dataclass
-class WarmKernel:
-    """A warmed kernel waiting for its job, the job directory it owns, and its environment's lease."""
-
-    kernel: KernelProcess
-    job_dir: Path
-    #: A connected ``AsyncKernelClient`` that has seen the kernel answer on shell and iopub; the
-    #: job takes it (:meth:`take_client`) instead of connecting and waiting for the kernel again.
-    client: Any = None
-    #: The zygote it was forked from, if any.
-    zygote: Zygote | None = None
-    pss_bytes: int = 0
-    idle_since: float = field(default_factory=time.monotonic)
-    lease: EnvironmentLease | None = None
-    _cleanups: list[Callable[[], None]] = field(default_factory=list, repr=False)
-
-    def on_discard(self, cleanup: Callable[[], None]) -> None:
-        """Have :meth:`discard` call ``cleanup`` first (the job's broker: stopped off the job's path)."""
-        self._cleanups.append(cleanup)
-
-    def signal_kill(self) -> None:
-        """SIGKILL the kernel's process group now (a sandbox's whole PID namespace ends with it)."""
-        try:
-            os.killpg(self.kernel.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def take_client(self) -> Any:
-        """The ready client of the kernel, handed over once (``None`` after)."""
-        client, self.client = self.client, None
-        return client
-
-    def discard(self) -> None:
-        """Kill the kernel and remove its job directory, then let go of its environment."""
-        try:
-            while self._cleanups:
-                self._cleanups.pop()()
-            client = self.take_client()
-            if client is not None:
-                client.stop_channels()
-            self.kernel.kill()
-            self.kernel.cleanup()
-        finally:
-            shutil.rmtree(self.job_dir, ignore_errors=True)
-            if self.zygote is not None:
-                self.zygote.kernels.discard(self.job_dir)
-            if self.lease is not None:
-                self.lease.release()
 
 
 @dataclass
@@ -143,7 +74,14 @@ def _settle(woken: asyncio.Future[str], why: str) -> None:
 def pool_key(project_id: str, root: Path, launch: dict[str, Any]) -> PoolKey:
     """The key of the kernels a job with these launch settings may take."""
     settings = tuple(sorted((name, repr(value)) for name, value in launch.items()))
-    return (project_id, str(root.resolve()), settings)
+    return (project_id, _resolved(root) if root.is_absolute() else str(root.resolve()), settings)
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(root: Path) -> str:
+    """An absolute ``root`` resolved, once (a job asks for its key several times; a relative
+    root is resolved each time, as the working directory may change)."""
+    return str(root.resolve())
 
 
 class KernelPool:
@@ -195,12 +133,6 @@ class KernelPool:
         self._closed = False
         self._dead: list[WarmKernel] = []
         self._finished = False
-        self.zygotes = zygotes
-        #: Why the last zygote could not start (its key's kernels then start one by one).
-        self.zygote_error: str | None = None
-        self._zygotes: dict[PoolKey, Zygote | None] = {}
-        self._context: Any = None  # the zmq context of the pooled kernels' clients, made on first use
-        self._pss_measured: dict[PoolKey, tuple[float, int]] = {}
         self._starting: dict[PoolKey, int] = {}
         #: Jobs waiting for a kernel of the key.
         self._waiting: dict[PoolKey, int] = {}
@@ -208,7 +140,6 @@ class KernelPool:
         self._demand: dict[PoolKey, int] = {}
         self._wakers: dict[PoolKey, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[str]]]] = {}
         #: Batches of kernels starting side by side, each in a thread of its own.
-        self._zygote_lock = threading.Lock()
         self._batches = ThreadPoolExecutor(_PARALLEL_BATCHES, thread_name_prefix="analysis-kernel-start")
         #: Seconds a kernel took to start and warm up (the last batch): about a cold start.
         self.start_s = 1.0
@@ -221,6 +152,7 @@ class KernelPool:
             "evicted": 0,
             "zygotes": 0,
         }
+        self._maker = KernelMaker(start_timeout_s, zygotes=zygotes, stats=self.stats)
         self._thread = threading.Thread(target=self._run, name="analysis-kernel-pool", daemon=True)
         self._thread.start()
 
@@ -309,8 +241,7 @@ class KernelPool:
         key = pool_key(project_id, root, launch)
         loop = asyncio.get_running_loop()
         with self._lock:
-            zygote = self._zygotes.get(key)
-            forking = zygote is not None and zygote.is_alive()
+            forking = self._maker.forking(key)
             if self._waiting.get(key, 0) >= self._starting.get(key, 0):
                 if not forking:
                     return None
@@ -351,6 +282,20 @@ class KernelPool:
             except RuntimeError:  # its loop has ended (and the job with it)
                 pass
 
+    @property
+    def zygotes(self) -> bool:
+        """Whether sandboxed kernels are forked from a zygote (set it before the first job)."""
+        return self._maker.zygotes
+
+    @zygotes.setter
+    def zygotes(self, value: bool) -> None:
+        self._maker.zygotes = value
+
+    @property
+    def zygote_error(self) -> str | None:
+        """Why the last zygote could not start (its key's kernels then start one by one)."""
+        return self._maker.zygote_error
+
     def idle_count(self, key: PoolKey | None = None) -> int:
         """How many warm kernels wait (for ``key``, or in all)."""
         with self._lock:
@@ -382,6 +327,10 @@ class KernelPool:
         self.close()
 
     # -- the pool's thread ---------------------------------------------------------------------
+
+    def _is_wanted(self, key: PoolKey) -> bool:
+        with self._lock:
+            return key in self._wanted
 
     def _discard_later(self, warm: WarmKernel) -> None:
         self._dead.append(warm)
@@ -426,7 +375,7 @@ class KernelPool:
                     plan = self._hold_environments(self._plan())
                 for warm in dead + shed:
                     warm.discard()
-                self._close_unused_zygotes()
+                self._maker.close_unused(self._is_wanted)
                 if plan:
                     self._batches.submit(self._start, plan)
         finally:
@@ -441,10 +390,7 @@ class KernelPool:
                 self._finished = True
             for warm in left:
                 warm.discard()
-            for key in list(self._zygotes):
-                self._close_zygote(key)
-            if self._context is not None:
-                self._context.destroy(linger=0)
+            self._maker.close()
 
     def _shed(self) -> list[WarmKernel]:
         """Under the lock: take out idle kernels that died, idled too long, or must go for memory."""
@@ -516,41 +462,17 @@ class KernelPool:
         """Launch and warm the planned kernels; the keys that got a kernel ready."""
         started: list[tuple[PoolKey, WarmKernel]] = []
         for entry in plan:
-            zygote = self._zygote(entry.key, entry.project_id, entry.root, entry.launch)
-            parent = entry.root / entry.project_id / "analysis" / "temp" if zygote is None else zygote.folder
-            job_dir = parent / f"pool-{uuid.uuid4().hex[:16]}"
-            try:
-                job_dir.mkdir(mode=0o700, parents=True)
-                claim_job_dir(job_dir)
-                if zygote is not None:
-                    limits = {name: entry.launch.get(name) for name in _FORK_LIMITS}
-                    kernel = zygote.fork(job_dir, warm_up=True, **limits)
-                else:
-                    kernel = launch_kernel(job_dir, warm_up=True, **entry.launch)
-            except Exception:  # the job will start cold instead
-                shutil.rmtree(job_dir, ignore_errors=True)
-                if entry.lease is not None:
-                    entry.lease.release()
-                continue
-            warm = WarmKernel(kernel, job_dir, zygote=zygote, lease=entry.lease)
-            if zygote is not None:
-                zygote.kernels.add(job_dir)
-            started.append((entry.key, warm))
-            with self._lock:
-                self.stats["started"] += 1
-        # a loop per batch, closed after it: the kept clients' sockets then register with the loop
-        # of the job that takes them, and nothing in this thread watches them any more
-        loop = asyncio.new_event_loop()
-        try:
-            warmed = loop.run_until_complete(self._warm_all([warm for _, warm in started]))
-        finally:
-            loop.close()
+            warm = self._maker.launch(entry.key, entry.project_id, entry.root, entry.launch, entry.lease)
+            if warm is not None:
+                started.append((entry.key, warm))
+                with self._lock:
+                    self.stats["started"] += 1
         ready: set[PoolKey] = set()
-        for (key, warm), ok in zip(started, warmed, strict=True):
+        for (key, warm), ok in zip(started, self._maker.warm([warm for _, warm in started]), strict=True):
             if not ok:
                 warm.discard()
                 continue
-            warm.pss_bytes = self._pss_of(key, warm)
+            warm.pss_bytes = self._maker.pss(key, warm)
             warm.idle_since = time.monotonic()
             with self._lock:
                 if self._closed or key not in self._wanted:
@@ -561,107 +483,3 @@ class KernelPool:
                 self._wake(key, "ready")
                 self._lock.notify_all()
         return ready
-
-    def _pss_of(self, key: PoolKey, warm: WarmKernel) -> int:
-        """A new kernel's PSS: measured for one kernel of a key every few seconds (reading its
-        ``smaps_rollup`` costs milliseconds), the key's last measure for the others."""
-        measured = self._pss_measured.get(key)
-        if measured is None or time.monotonic() - measured[0] > _PSS_EVERY_S:
-            measured = (time.monotonic(), _pss(warm.kernel))
-            self._pss_measured[key] = measured
-        return measured[1]
-
-    def _zygote(self, key: PoolKey, project_id: str, root: Path, launch: dict[str, Any]) -> Zygote | None:
-        """The key's zygote, started if need be; ``None``: launch kernels one by one (unsandboxed,
-        zygotes off, or the zygote cannot start here: :attr:`zygote_error` says why)."""
-        with self._zygote_lock:
-            return self._zygote_locked(key, project_id, root, launch)
-
-    def _zygote_locked(
-        self, key: PoolKey, project_id: str, root: Path, launch: dict[str, Any]
-    ) -> Zygote | None:
-        if not (self.zygotes and launch.get("sandboxed")) or self._zygotes.get(key, False) is None:
-            return None
-        zygote = self._zygotes.get(key)
-        if zygote is not None and zygote.is_alive():
-            return zygote
-        if zygote is not None:  # it died: its kernels died with it
-            self._close_zygote(key)
-        folder = root / project_id / "analysis" / "temp" / f"zygote-{uuid.uuid4().hex[:8]}"
-        try:
-            folder.mkdir(mode=0o700, parents=True)
-            claim_job_dir(folder)
-            zygote = Zygote(
-                folder,
-                python=launch.get("python"),
-                python_env=launch.get("python_env"),
-                start_timeout_s=self.start_timeout_s,
-            )
-        except Exception as exc:
-            shutil.rmtree(folder, ignore_errors=True)
-            self.zygote_error = f"{type(exc).__name__}: {exc}"
-            self._zygotes[key] = None
-            return None
-        self._zygotes[key] = zygote
-        self.stats["zygotes"] += 1
-        return zygote
-
-    def _close_zygote(self, key: PoolKey) -> None:
-        zygote = self._zygotes.pop(key, None)
-        if zygote is not None:
-            zygote.close()
-            shutil.rmtree(zygote.folder, ignore_errors=True)
-
-    def _close_unused_zygotes(self) -> None:
-        """Stop the zygotes of keys no longer wanted once none of their kernels is in use."""
-        with self._zygote_lock:
-            with self._lock:
-                unused = [
-                    key
-                    for key, zygote in self._zygotes.items()
-                    if key not in self._wanted and (zygote is None or not zygote.kernels)
-                ]
-            for key in unused:
-                self._close_zygote(key)
-
-    async def _warm_all(self, kernels: list[WarmKernel]) -> list[bool]:
-        return list(await asyncio.gather(*(self._warm_up(warm) for warm in kernels)))
-
-    async def _warm_up(self, warm: WarmKernel) -> bool:
-        """Wait for the kernel to answer (it warmed up as it started); whether it is ready for a job."""
-        from jupyter_client.asynchronous.client import AsyncKernelClient
-
-        if self._context is None:
-            import zmq.asyncio
-
-            self._context = zmq.asyncio.Context()
-        # the pool's context: a job closing the client it took does not pay for terminating one
-        client: Any = AsyncKernelClient(context=self._context)
-        client.load_connection_info(warm.kernel.connection_info)
-        # no heartbeat thread: jupyter_client's spins if stopped before it ran; the process is watched
-        client.start_channels(hb=False)
-        try:
-            await connected(client, warm.kernel, self.start_timeout_s)
-            ok = warm.kernel.is_alive()
-        except Exception:  # a kernel that does not start (or warm up) is not pooled
-            ok = False
-        if ok:
-            warm.client = client
-        else:
-            client.stop_channels()
-        return ok
-
-
-def _pss(kernel: KernelProcess) -> int:
-    """Proportional set size of the kernel's process tree (shared pages split among sharers)."""
-    total = 0
-    for pid in [kernel.pid, *descendants(kernel.pid)]:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as fh:
-                for line in fh:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1]) * 1024
-                        break
-        except (OSError, ValueError, IndexError):
-            continue
-    return total

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from analysis.runner.deps import EnvironmentLease
-    from analysis.runner.pool import PoolKey
+    from analysis.runner.pool_kernels import PoolKey
 
 __all__ = ["PoolEnvironments"]
 

@@ -307,10 +307,19 @@ def plan(
     return SandboxPlan(argv, env, tuple(fds), stage)
 
 
-def prepare_job_dir(job_dir: Path) -> None:
-    """Hand the job directory (and what the runner wrote in it) to the sandbox's host user."""
+def prepare_job_dir(job_dir: Path, *, recursive: bool = True) -> None:
+    """Hand the job directory (and what the runner wrote in it) to the sandbox's host user.
+
+    ``recursive=False``: only the directory and its entries (what the runner adds beside a
+    running kernel, whose own files below are the sandbox user's already).
+    """
     uid = host_uid()
     if uid is None:
+        return
+    if not recursive:
+        os.chown(job_dir, uid, uid)
+        for entry in os.scandir(job_dir):
+            os.chown(entry.path, uid, uid, follow_symlinks=False)
         return
     for dirpath, dirnames, filenames in os.walk(job_dir):
         os.chown(dirpath, uid, uid)
