@@ -1,0 +1,122 @@
+"""A cache that cannot store a result never fails the query (README: "Result cache").
+
+The cache folder is a real file system that cannot take the entry: a 1 MiB tmpfs that a bigger
+result fills midway (``ENOSPC``), or a tmpfs mounted read-only (``EROFS``; the tests run as root,
+whom a directory's mode does not stop). The query returns its rows, no file of the failed entry
+is left, one ``[cache] not stored`` line says why, and the failure is counted.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from analysis.logs import redirect_emit
+from analysis.result_cache import cache_stats
+from analysis.runner import JobResult
+
+from .conftest import CountingPostgres
+from .test_in_process import _context, _sql
+
+RunScript = Callable[..., JobResult]
+#: Rows of a result bigger than the 1 MiB file system (about 40 bytes a row as Parquet).
+BIG = 200_000
+
+
+def _mount(folder: Path, options: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        reason = f"cannot mount a tmpfs for the cache folder: {done.stderr.strip()}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true: a missing capability is a failure)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(params=["full", "read-only"])
+def broken_cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[Path], str]]:
+    """Mount the cache folder under a root (``cache_folder(root, project)``): full or read-only."""
+    mounted: list[Path] = []
+
+    def mount(folder: Path) -> str:
+        if request.param == "full":
+            _mount(folder, "size=1m,mode=0700")
+            mounted.append(folder)
+            return "No space left on device"
+        _mount(folder, "size=1m,mode=0700,ro")
+        mounted.append(folder)
+        return "Read-only file system"
+
+    try:
+        yield mount
+    finally:
+        for folder in mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
+def test_in_process_a_result_the_cache_cannot_take_still_returns(
+    tmp_path: Path, sources_file: Path, counting_pg: CountingPostgres, broken_cache: Callable[[Path], str]
+) -> None:
+    folder = tmp_path / "p1" / "analysis" / "cache"
+    why = broken_cache(folder)
+    tag = counting_pg.tag()
+    before = cache_stats("p1").snapshot()
+    lines: list[str] = []
+    with _context(tmp_path, sources_file) as ctx, redirect_emit(lines.append):
+        rows = ctx.query_datasource("pg", _sql(BIG), [tag], cache="1h").row_count
+        into = ctx.query_datasource("pg", _sql(BIG), [tag], into="t", cache="1h").row_count
+        loaded = ctx.query("SELECT count(*) AS n, sum(n) AS s FROM t").rows[0]
+        small = ctx.query_datasource("pg", _sql(3), [tag], cache="1h").rows
+    assert (rows, into, loaded) == (BIG, BIG, {"n": BIG, "s": BIG * (BIG + 1) // 2})
+    assert small == [{"n": i, "c": 1} for i in (1, 2, 3)]
+    cache = [line for line in lines if line.startswith("[cache]")]
+    failed = [line for line in cache if line.startswith("[cache] not stored")]
+    assert all(why in line for line in failed), cache
+    assert not any(tag in line for line in lines), "a parameter value reached the log"
+    after = cache_stats("p1").snapshot()
+    if "Read-only" in why:  # nothing can be written: every query is a miss that is not stored
+        assert [line.split()[1] for line in cache] == ["miss", "not", "miss", "not", "miss", "not"], cache
+        assert len(failed) == 3 and after["write_failures"] - before["write_failures"] == 3
+        assert _leftovers(folder) == []
+    else:  # the big results fill the file system midway; the small one still fits
+        assert [line.split()[1] for line in cache] == ["miss", "not", "miss", "not", "miss", "stored"], cache
+        assert len(failed) == 2 and after["write_failures"] - before["write_failures"] == 2
+        assert len(_leftovers(folder)) == 2, "only the small entry (data and metadata) is kept"
+    assert after["stored"] - before["stored"] == (0 if "Read-only" in why else 1)
+
+
+_JOB = """
+def run(ctx, parameters):
+    sql = "SELECT n, (SELECT counted(?)) AS c FROM generate_series(1, {rows}) AS n"
+    n = ctx.query_datasource("pg", sql, [parameters["tag"]], into="t", cache="1h").row_count
+    m = ctx.query_datasource("pg", sql, [parameters["tag"]], cache="1h").row_count
+    total = ctx.query("SELECT sum(n) AS s FROM t").rows[0]["s"]
+    return {{"n": n, "m": m, "total": total}}
+"""
+
+
+def test_a_job_whose_broker_cannot_store_the_result_still_succeeds(
+    run_script: RunScript, root: Path, sources_file: Path, counting_pg: CountingPostgres,
+    broken_cache: Callable[[Path], str],
+) -> None:  # fmt: skip
+    folder = root / "default" / "analysis" / "cache"
+    why = broken_cache(folder)
+    tag = counting_pg.tag()
+    result = run_script(_JOB.format(rows=BIG), {"tag": tag}, datasources_file=sources_file)
+    assert result.success, result.to_dict()
+    assert result.result == {"n": BIG, "m": BIG, "total": BIG * (BIG + 1) // 2}
+    cache = [line for line in result.logs if line.startswith("[cache]")]
+    assert [line.split()[1] for line in cache] == ["miss", "not", "miss", "not"], cache
+    assert all(why in line for line in cache if line.startswith("[cache] not stored")), cache
+    assert not any(tag in line for line in result.logs), "a parameter value reached the log"
+    assert not any("Traceback" in line for line in result.logs), result.logs
+    assert _leftovers(folder) == []
