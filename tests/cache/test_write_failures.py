@@ -8,6 +8,7 @@ is left, one ``[cache] not stored`` line says why, and the failure is counted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -27,7 +28,9 @@ RunScript = Callable[..., JobResult]
 BIG = 200_000
 
 
-def _mount(folder: Path, options: str) -> None:
+@contextlib.contextmanager
+def mounted(folder: Path, options: str) -> Iterator[None]:
+    """A tmpfs mounted with ``options`` on ``folder`` (created), unmounted after."""
     folder.mkdir(parents=True, exist_ok=True)
     command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -36,27 +39,23 @@ def _mount(folder: Path, options: str) -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{reason} (CI=true: a missing capability is a failure)")
         pytest.skip(reason)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.fixture(params=["full", "read-only"])
-def broken_cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[Path], str]]:
-    """Mount the cache folder under a root (``cache_folder(root, project)``): full or read-only."""
-    mounted: list[Path] = []
+def broken_cache(request: pytest.FixtureRequest) -> Iterator[Callable[[Path], str]]:
+    """Mount a cache folder (``broken_cache(folder)``): a 1 MiB tmpfs, or one mounted read-only."""
+    with contextlib.ExitStack() as stack:
 
-    def mount(folder: Path) -> str:
-        if request.param == "full":
-            _mount(folder, "size=1m,mode=0700")
-            mounted.append(folder)
-            return "No space left on device"
-        _mount(folder, "size=1m,mode=0700,ro")
-        mounted.append(folder)
-        return "Read-only file system"
+        def mount(folder: Path) -> str:
+            full = request.param == "full"
+            stack.enter_context(mounted(folder, "size=1m,mode=0700" if full else "size=1m,mode=0700,ro"))
+            return "No space left on device" if full else "Read-only file system"
 
-    try:
         yield mount
-    finally:
-        for folder in mounted:
-            subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def _leftovers(folder: Path) -> list[str]:
