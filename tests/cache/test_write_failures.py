@@ -119,3 +119,31 @@ def test_a_job_whose_broker_cannot_store_the_result_still_succeeds(
     assert not any(tag in line for line in result.logs), "a parameter value reached the log"
     assert not any("Traceback" in line for line in result.logs), result.logs
     assert _leftovers(folder) == []
+
+
+_HIT = """
+def run(ctx, parameters):
+    sql = "SELECT n, (SELECT counted(?)) AS c FROM generate_series(1, {rows}) AS n"
+    n = ctx.query_datasource("pg", sql, [parameters["tag"]], into="t", cache="1h").row_count
+    return {{"n": n, "total": ctx.query("SELECT sum(n) AS s FROM t").rows[0]["s"]}}
+"""
+
+
+def test_a_hit_the_job_directory_cannot_take_as_a_copy_is_streamed(
+    run_script: RunScript, root: Path, sources_file: Path, counting_pg: CountingPostgres
+) -> None:
+    """A Parquet hit is handed to the job as a copy in its directory; a full disk there streams it."""
+    tag = counting_pg.tag()
+    source = _HIT.format(rows=BIG)
+    first = run_script(source, {"tag": tag}, datasources_file=sources_file)
+    assert first.success, first.to_dict()
+    temp = root / "default" / "analysis" / "temp"  # where job directories are made
+    with mounted(temp, "size=1m,mode=0700"):
+        second = run_script(source, {"tag": tag}, datasources_file=sources_file)
+        assert list(temp.iterdir()) == []  # the job's directory and its partial copy are gone
+    assert second.success, second.to_dict()
+    assert first.result == second.result == {"n": BIG, "total": BIG * (BIG + 1) // 2}
+    cache = [line for line in second.logs if line.startswith("[cache]")]
+    assert [line.split()[1] for line in cache] == ["hit", "streamed"], cache
+    assert cache[1].endswith("(the job directory could not take a copy: No space left on device)")
+    assert counting_pg.calls(tag) == 1  # the hit never reached the server
