@@ -467,8 +467,9 @@ class ResultCache:
     ) -> None:
         """Checksum ``temp``, rename it to ``data``, then write the metadata (the commit point).
 
-        An ``OSError`` after the rename removes the entry's files (no data file without its
-        metadata, no metadata of another data file) before it propagates.
+        A failure after the rename (an ``OSError``: the metadata did not fit) removes the entry's
+        files (no data file without its metadata, no metadata of another data file) before it
+        propagates.
         """
         with temp.open("rb") as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -488,7 +489,7 @@ class ResultCache:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(orjson.dumps(meta))
             os.replace(meta_temp, self._paths(key)[0])
-        except OSError:
+        except BaseException:
             for path in (meta_temp, self._paths(key)[0], *self._data_files(key)):
                 _VERIFIED.forget(path)
                 _unlink(path)

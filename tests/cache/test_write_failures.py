@@ -147,3 +147,27 @@ def test_a_hit_the_job_directory_cannot_take_as_a_copy_is_streamed(
     assert [line.split()[1] for line in cache] == ["hit", "streamed"], cache
     assert cache[1].endswith("(the job directory could not take a copy: No space left on device)")
     assert counting_pg.calls(tag) == 1  # the hit never reached the server
+
+
+def test_an_entry_whose_metadata_does_not_fit_leaves_no_data_file(
+    tmp_path: Path, sources_file: Path, counting_pg: CountingPostgres
+) -> None:
+    """The data file fits the disk exactly, its metadata (the commit point) does not: neither stays."""
+    tag = counting_pg.tag()
+    with _context(tmp_path, sources_file, project="sizing") as ctx:  # the entry's size, on a roomy disk
+        ctx.query_datasource("pg", _sql(1000), [tag], cache="1h")
+    (data,) = (tmp_path / "sizing" / "analysis" / "cache").glob("*.parquet")
+    folder = tmp_path / "p1" / "analysis" / "cache"
+    lines: list[str] = []
+    with mounted(folder, "size=1m,mode=0700"):
+        disk = os.statvfs(folder)
+        pages = -(-data.stat().st_size // disk.f_frsize) * disk.f_frsize
+        (folder / "filler").write_bytes(bytes(disk.f_bavail * disk.f_frsize - pages))
+        with _context(tmp_path, sources_file) as ctx, redirect_emit(lines.append):
+            rows = ctx.query_datasource("pg", _sql(1000), [tag], cache="1h").rows
+        left = _leftovers(folder)
+    assert len(rows) == 1000 and rows[-1] == {"n": 1000, "c": 1}
+    assert left == ["filler"], "a data file without its metadata was left"
+    cache = [line for line in lines if line.startswith("[cache]")]
+    assert [line.split()[1] for line in cache] == ["miss", "not"], cache
+    assert cache[1].endswith("(the cache could not write it: No space left on device)")
