@@ -1,8 +1,7 @@
 """Figures of ``analysis worker``: jobs on 1, 2 and 4 machines, measured in one run (issue 12).
 
     .venv/bin/python bench/bench_workers.py [--per-slot N] [--trivial N] [--pool-size N] [--claims N]
-        [--sandbox on|off]
-                                            [--claims-only]
+        [--sandbox on|off] [--bursts N] [--claims-only | --bursts-only]
 
 Needs root (network namespaces) and PostgreSQL 15. PostgreSQL listens on a bridge; the server and
 each worker run in their own network namespace and working directory (tests/workers/cluster.py),
@@ -19,7 +18,11 @@ each worker with 2 slots.
    starts are CPU work, so this is the machine's ceiling for any job; the sleep-bound rate of
    4 workers is also shown as a share of it.
 3. Queue latency, submit to start (the job's ``queue_wait_ms``): 30 jobs submitted one at a time
-   to idle workers; p50 and p99.
+   to idle workers; p50 and p99. Then ``--bursts`` (30) bursts of 4 jobs submitted at once from
+   4 threads, each job held (it waits for a file) until all four run, so every job has a free
+   slot when submitted: p50, p99, max and how many waited over 1 s (a turn a free worker
+   slept through waits for the worker's 5 s poll). ``--bursts-only`` measures only this, on 2
+   workers (4 slots); it needs ``--sandbox off`` (the held job reads a host file).
 4. Cancel: wall time of the cancel request for a job running on a worker, until it is final.
 5. A worker powered off (every process of its namespace killed, its link deleted) while running a
    job of an analysis with ``retries: 1``: time until the job succeeded on the other worker, with
@@ -38,6 +41,7 @@ import argparse
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,10 @@ import psutil
 
 cluster_module = from_tests.load("workers/cluster.py")
 
+HOLD = (
+    "import time\nfrom pathlib import Path\n\ndef run(ctx, parameters):\n"
+    "    while not Path(parameters['release']).exists():\n        time.sleep(0.05)\n    return 1\n"
+)
 SLEEP = "import time\n\ndef run(ctx, parameters):\n    time.sleep(parameters['sleep'])\n    return 1\n"
 TRIVIAL = "def run(ctx, parameters):\n    return 1 + 1\n"
 BLOCK = (
@@ -127,6 +135,35 @@ def _warm(http: httpx.Client, workers: list[Any], pool: int) -> None:
         time.sleep(0.1)
 
 
+def _bursts(http: httpx.Client, count: int, size: int = 4) -> tuple[str, str]:
+    """``count`` bursts of ``size`` held jobs submitted at once: their submit-to-start times."""
+    folder = Path(tempfile.mkdtemp())
+    waits: list[float] = []
+    with ThreadPoolExecutor(size) as threads:
+        for burst in range(count):
+            release = folder / f"release-{burst}"
+
+            def submit(_: int, release: Path = release) -> str:
+                return str(_submit(http, "hold", {"release": str(release)})["id"])
+
+            ids = list(threads.map(submit, range(size)))
+            give_up = time.monotonic() + 60
+            while True:
+                jobs = [http.get(f"/v1/projects/alpha/jobs/{job_id}").json() for job_id in ids]
+                if all(job["status"] != "queued" for job in jobs) or time.monotonic() > give_up:
+                    break
+                time.sleep(0.05)
+            waits += [
+                60_000.0 if job["queue_wait_ms"] is None else float(job["queue_wait_ms"]) for job in jobs
+            ]
+            release.write_text("go")
+            _drain(http, ids)
+    late = sum(wait > 1000 for wait in waits)
+    return (f"queue latency submit->start ({count} bursts of {size} jobs, each with a free slot)",
+            f"p50 {_pct(waits, 0.5):.0f} ms, p99 {_pct(waits, 0.99):.0f} ms, max {max(waits):.0f} ms, "
+            f"{late} of {len(waits)} over 1 s")  # fmt: skip
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -189,6 +226,10 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=2, help="warm kernels per worker (0: cold)")
     parser.add_argument("--claims", type=int, default=1000, help="queued jobs to claim (0: skip)")
     parser.add_argument("--claims-only", action="store_true", help="measure only the claims")
+    parser.add_argument("--bursts", type=int, default=30, help="bursts of 4 held jobs (0: skip)")
+    parser.add_argument(
+        "--bursts-only", action="store_true", help="measure only the bursts' latency, on 2 workers"
+    )  # fmt: skip
     parser.add_argument(
         "--sandbox", choices=("on", "off"), default="off",
         help="workers' jobs sandboxed (kernels forked from a zygote); 'on' skips the cancel and "
@@ -201,15 +242,23 @@ def main() -> None:
     rows: list[tuple[str, str]] = []
     cluster = cluster_module.Cluster().start()
     try:
-        if args.claims:
+        if args.claims and not args.bursts_only:
             rows += _claims(cluster, args.claims)
         if args.claims_only:
             _print(rows)
             return
         cluster.serve("--heartbeat-timeout", "6")
         with _client(cluster) as http:
-            for name, source, retries in (("sleep", SLEEP, 0), ("trivial", TRIVIAL, 0), ("block", BLOCK, 1)):
+            analyses = (("sleep", SLEEP, 0), ("trivial", TRIVIAL, 0), ("block", BLOCK, 1), ("hold", HOLD, 0))
+            for name, source, retries in analyses:
                 http.put(f"/v1/projects/alpha/analyses/{name}", json={"source": source, "retries": retries})
+            if args.bursts_only:
+                for name in ("w1", "w2"):
+                    cluster.worker(name, "--pool-size", str(args.pool_size), env={"ANALYSIS_SANDBOX": "off"})
+                _warm(http, [cluster.nodes["w1"], cluster.nodes["w2"]], args.pool_size)
+                rows.append(_bursts(http, args.bursts))
+                _print(rows)
+                return
             rates: dict[int, float] = {}
             for count in (1, 2, 4):
                 while len([n for n in cluster.nodes if n.startswith("w")]) < count:
@@ -238,6 +287,8 @@ def main() -> None:
             if args.sandbox == "on":
                 _print(rows)
                 return
+            if args.bursts:
+                rows.append(_bursts(http, args.bursts))
             marker = Path(tempfile.mkdtemp()) / "started"
             job = _submit(http, "block", {"started": str(marker)})
             while not marker.exists():

@@ -198,14 +198,25 @@ def cached_query(
         return cache.store(key, summary, write, extra=extra)
 
 
-def _load_hit(sink: SupportsLoadData, table: str, found: Found) -> int:
-    """Load a hit into ``table``: a Parquet entry read in place, else its rows streamed."""
+def _load_hit(sink: SupportsLoadData, table: str, found: Found, summary: str) -> int:
+    """Load a hit into ``table``: a Parquet entry read in place, else its rows streamed.
+
+    A copy the job directory cannot take (its file system is full) is not an error either: the
+    rows are streamed as for an Arrow entry, and one line says why.
+    """
+    import os
+
     from analysis.cache_format import PARQUET
 
     if found.format == PARQUET:
         hand_over = getattr(sink, "load_cached_parquet", None)
         if hand_over is not None:  # the broker's sink: the kernel's DuckDB reads a copy
-            return int(hand_over(table, found.fd, found.casts, found.meta.get("rows")))
+            try:
+                return int(hand_over(table, found.fd, found.casts, found.meta.get("rows")))
+            except OSError as exc:
+                cause = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+                emit("cache", f"streamed {summary} (the job directory could not take a copy: {cause})")
+                return sink.load_data(table, found.reader(), casts=found.casts)
         connection = getattr(sink, "connection", None)
         if connection is not None and type(connection).__module__.split(".")[0] == "duckdb":
             return sink.load_data(table, connection.read_parquet(found.fd_path), casts=found.casts)
@@ -229,7 +240,7 @@ def cached_query_into(
         if found is None:
             return None
         with found:
-            return _load_hit(sink, table, found)
+            return _load_hit(sink, table, found, summary)
 
     count = hit()
     if count is not None:

@@ -119,43 +119,59 @@ def apply_precast(
 
 
 class EntryWriter:
-    """Writes one entry's rows to ``path``: Parquet when :func:`parquet_safe`, else an Arrow IPC file."""
+    """Writes one entry's rows to ``path``: Parquet when :func:`parquet_safe`, else an Arrow IPC file.
+
+    A file system error (full, read-only, an I/O error) never reaches the caller, who is also
+    feeding the rows to someone else: it is kept in :attr:`failed`, the file is closed as it is
+    and the rows that follow are ignored. The caller removes the file.
+    """
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         import pyarrow as pa
 
         self.format = PARQUET if parquet_safe(schema) else ARROW
         self.schema = schema
+        #: The error that stopped the writing, if one did.
+        self.failed: OSError | None = None
         self._pending: list[pa.RecordBatch] = []
         self._rows = 0
         self._sink: Any = None
-        if self.format == PARQUET:
-            import pyarrow.parquet as pq
+        self._writer: Any = None
+        try:
+            if self.format == PARQUET:
+                import pyarrow.parquet as pq
 
-            # decimals of up to 18 digits as integers, which DuckDB reads faster (pyarrow 17+)
-            as_integers = (
-                {"store_decimal_as_integer": True} if int(pa.__version__.split(".")[0]) >= 17 else {}
-            )
-            self._writer: Any = pq.ParquetWriter(
-                str(path), schema, compression=_COMPRESSION, use_dictionary=False, **as_integers
-            )
-        else:
-            self._sink = pa.OSFile(str(path), "wb")
-            self._writer = pa.ipc.new_file(self._sink, schema)
+                # decimals of up to 18 digits as integers, which DuckDB reads faster (pyarrow 17+)
+                as_integers = (
+                    {"store_decimal_as_integer": True} if int(pa.__version__.split(".")[0]) >= 17 else {}
+                )
+                self._writer = pq.ParquetWriter(
+                    str(path), schema, compression=_COMPRESSION, use_dictionary=False, **as_integers
+                )
+            else:
+                self._sink = pa.OSFile(str(path), "wb")
+                self._writer = pa.ipc.new_file(self._sink, schema)
+        except OSError as exc:
+            self._fail(exc)
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
         """Add ``batch`` (Parquet: buffered into row groups of about ``_ROW_GROUP_ROWS``)."""
+        if self.failed is not None:
+            return
         if batch.schema != self.schema:  # the same columns, other schema metadata: the writer's
             import pyarrow as pa
 
             batch = pa.RecordBatch.from_arrays(batch.columns, schema=self.schema)
-        if self.format == ARROW:
-            self._writer.write_batch(batch)
-            return
-        self._pending.append(batch)
-        self._rows += batch.num_rows
-        if self._rows >= _ROW_GROUP_ROWS:
-            self._flush()
+        try:
+            if self.format == ARROW:
+                self._writer.write_batch(batch)
+                return
+            self._pending.append(batch)
+            self._rows += batch.num_rows
+            if self._rows >= _ROW_GROUP_ROWS:
+                self._flush()
+        except OSError as exc:
+            self._fail(exc)
 
     def write_table(self, table: pa.Table) -> None:
         """Add every row of ``table``."""
@@ -171,11 +187,20 @@ class EntryWriter:
             self._pending, self._rows = [], 0
 
     def close(self) -> None:
-        """Write what is buffered and the file's footer."""
-        self._flush()
-        self._writer.close()
-        if self._sink is not None:
-            self._sink.close()
+        """Write what is buffered and the file's footer (a failure is kept in :attr:`failed`)."""
+        if self.failed is not None:
+            return
+        try:
+            self._flush()
+            self._writer.close()
+            if self._sink is not None:
+                self._sink.close()
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self.failed = exc
+        self.abort()
 
     def abort(self) -> None:
         """Close the file whatever state it is in (the caller removes it)."""

@@ -20,6 +20,11 @@ caught; a change time is remembered only once the clock has moved past it.
 The key is the SHA-256 of the datasource's identity (kind, host, port, database, user or path),
 the exact SQL and the bound parameters. Logs say ``[cache] hit|miss|stored|dropped <summary>``,
 never a parameter value. A size budget per project evicts the least recently used entries.
+
+A cache is an optimisation: when the folder cannot take an entry (a full or read-only file
+system, an I/O error midway), the query still returns its result, the entry's files are removed,
+and one ``[cache] not stored <summary> (the cache could not write it: <cause>)`` line and the
+``write_failures`` counter say so.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class CacheStats:
     evicted: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
+    write_failures: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
@@ -291,17 +297,24 @@ class ResultCache:
         """Remove an entry (``[cache] dropped <key> (<why>)``)."""
         for path in (self._paths(key)[0], *self._data_files(key)):
             _VERIFIED.forget(path)
-            path.unlink(missing_ok=True)
+            _unlink(path)  # a read-only folder keeps it; it is dropped again at each look
         self.stats.add(dropped=1)
         emit("cache", f"dropped {key[:12]} ({why})")
 
     # -- filling --------------------------------------------------------------------------------
     @contextlib.contextmanager
     def filling(self, key: str, *, timeout_s: float | None, cancelled: threading.Event) -> Iterator[None]:
-        """Hold ``key``'s fill lock (waiting while another thread or process fills it)."""
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock_path = self._paths(key)[1]
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        """Hold ``key``'s fill lock (waiting while another thread or process fills it).
+
+        Where the lock cannot be made (the folder cannot be written), the fill goes on without
+        it: its entry cannot be stored either, which :meth:`store` reports.
+        """
+        try:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self._paths(key)[1], os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            yield
+            return
         give_up = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             while True:
@@ -331,10 +344,12 @@ class ResultCache:
 
         ``write`` gets a function that opens the entry's writer for a schema
         (:class:`analysis.cache_format.EntryWriter`). Whatever ``write`` raises (a failed or
-        cancelled query) leaves nothing behind.
+        cancelled query) leaves nothing behind. An entry the folder cannot take is not kept
+        (:meth:`_not_stored`) and ``write``'s value is returned all the same.
         """
         temp = self._temp(key)
         opened: list[EntryWriter] = []
+        unwritable = self._make_folder()
 
         def opener(schema: pa.Schema) -> EntryWriter:
             opened.append(EntryWriter(temp, schema))
@@ -345,25 +360,54 @@ class ResultCache:
             if not opened:
                 raise DatasourceError("the result was never written")  # a bug of ours
             opened[0].close()
-            fmt = opened[0].format
-            data = self.folder / f"{key}{FORMATS[fmt]}"
-            self._commit(key, temp, data, summary, {**(extra or {}), "format": fmt})
+            failed = unwritable or opened[0].failed
+            if failed is None:
+                fmt = opened[0].format
+                data = self.folder / f"{key}{FORMATS[fmt]}"
+                try:
+                    self._commit(key, temp, data, summary, {**(extra or {}), "format": fmt})
+                except OSError as exc:
+                    failed = exc
+            if failed is not None:
+                _unlink(temp)
+                self._not_stored(summary, failed)
         except BaseException:
             if opened:
                 opened[0].abort()
-            temp.unlink(missing_ok=True)
+            _unlink(temp)
             raise
         return value
 
     def store_bytes(self, key: str, summary: str, body: bytes, *, extra: Mapping[str, Any]) -> None:
-        """Keep ``body`` (a file's content) under ``key``."""
+        """Keep ``body`` (a file's content) under ``key`` (not kept where the folder cannot take it)."""
         temp = self._temp(key)
         try:
-            temp.write_bytes(body)
-            self._commit(key, temp, self.folder / f"{key}.body", summary, extra)
+            failed = self._make_folder()
+            if failed is None:
+                temp.write_bytes(body)
+                self._commit(key, temp, self.folder / f"{key}.body", summary, extra)
+        except OSError as exc:
+            failed = exc
         except BaseException:
-            temp.unlink(missing_ok=True)
+            _unlink(temp)
             raise
+        if failed is not None:
+            _unlink(temp)
+            self._not_stored(summary, failed)
+
+    def _make_folder(self) -> OSError | None:
+        """Create the folder; the error if it cannot be."""
+        try:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            return exc
+        return None
+
+    def _not_stored(self, summary: str, error: OSError) -> None:
+        """Count and log (once, with no path) an entry the folder could not take."""
+        cause = os.strerror(error.errno) if error.errno else type(error).__name__
+        self.stats.add(write_failures=1)
+        emit("cache", f"not stored {summary} (the cache could not write it: {cause})")
 
     def verified(self, key: str, ttl_s: float, *, body: bool = False) -> tuple[dict[str, Any], Path] | None:
         """The metadata and data file of ``key`` if younger than ``ttl_s`` and its checksum matches.
@@ -416,33 +460,40 @@ class ResultCache:
         return found
 
     def _temp(self, key: str) -> Path:
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self.folder / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
 
     def _commit(
         self, key: str, temp: Path, data: Path, summary: str, extra: Mapping[str, Any] | None
     ) -> None:
-        """Checksum ``temp``, rename it to ``data``, then write the metadata (the commit point)."""
+        """Checksum ``temp``, rename it to ``data``, then write the metadata (the commit point).
+
+        A failure after the rename (an ``OSError``: the metadata did not fit) removes the entry's
+        files (no data file without its metadata, no metadata of another data file) before it
+        propagates.
+        """
         with temp.open("rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
         os.chmod(temp, 0o600)  # query results: readable by the runner's user only
         _VERIFIED.forget(data)
         os.replace(temp, data)
-        for other in self._data_files(key):  # the entry's file in the other format, if it had one
-            if other != data:
-                _VERIFIED.forget(other)
-                other.unlink(missing_ok=True)
-        meta = {"created": time.time(), "bytes": size, "sha256": digest, "summary": summary}
-        meta.update(extra or {})
         meta_temp = temp.with_suffix(".json.tmp")
         try:
+            for other in self._data_files(key):  # the entry's file in the other format, if it had one
+                if other != data:
+                    _VERIFIED.forget(other)
+                    other.unlink(missing_ok=True)
+            meta = {"created": time.time(), "bytes": size, "sha256": digest, "summary": summary}
+            meta.update(extra or {})
             fd = os.open(meta_temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(orjson.dumps(meta))
             os.replace(meta_temp, self._paths(key)[0])
-        finally:
-            meta_temp.unlink(missing_ok=True)
+        except BaseException:
+            for path in (meta_temp, self._paths(key)[0], *self._data_files(key)):
+                _VERIFIED.forget(path)
+                _unlink(path)
+            raise
         _touch(self._paths(key)[0])
         self.stats.add(stored=1, bytes_written=size)
         emit("cache", f"stored {summary} ({size} bytes)")
@@ -492,10 +543,20 @@ class ResultCache:
         """Remove an entry and its lock file."""
         for path in (*self._paths(key), *self._data_files(key)):
             _VERIFIED.forget(path)
-            path.unlink(missing_ok=True)
+            _unlink(path)
 
 
 def _touch(path: Path) -> None:
-    """Mark an entry used now, to the nanosecond (the file system's own clock is coarser)."""
+    """Mark an entry used now, to the nanosecond (the file system's own clock is coarser).
+
+    On a read-only file system the entry is still read; only its place in the eviction order stays.
+    """
     now = time.time_ns()
-    os.utime(path, ns=(now, now))
+    with contextlib.suppress(OSError):
+        os.utime(path, ns=(now, now))
+
+
+def _unlink(path: Path) -> None:
+    """Remove ``path`` if it is there and can be removed."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)

@@ -27,7 +27,9 @@ __all__ = ["COUNTERS", "publish", "totals"]
 log = logging.getLogger("analysis.server")
 
 #: The counters of :class:`analysis.result_cache.CacheStats`, as the table's columns.
-COUNTERS = ("hits", "misses", "stored", "dropped", "evicted", "bytes_read", "bytes_written")
+COUNTERS = (
+    "hits", "misses", "stored", "dropped", "evicted", "bytes_read", "bytes_written", "write_failures",
+)  # fmt: skip
 _TABLE = sa.Table(
     "cache_counters",
     sa.MetaData(),

@@ -31,7 +31,11 @@ _CACHE_COUNTERS = (
     ("evicted", "analysis_cache_evicted", "Result cache entries evicted for the size budget."),
     ("bytes_read", "analysis_cache_read_bytes", "Bytes served from the result cache."),
     ("bytes_written", "analysis_cache_written_bytes", "Bytes written to the result cache."),
-)
+    (
+        "write_failures", "analysis_cache_write_failures",
+        "Results the result cache could not store (a full or read-only disk); their queries still returned.",
+    ),
+)  # fmt: skip
 
 
 class CacheCollector(Collector):

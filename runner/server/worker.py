@@ -76,6 +76,9 @@ class WorkerConfig:
     pool_size
         Warm kernels kept ready per project (README, "Warm kernels"); ``0``: cold kernels.
         Default: one per slot, up to 4.
+    poll_s
+        How often a worker with a free slot looks for a turn without being told of one (turns
+        wake it at once through LISTEN/NOTIFY; this only backs up a lost connection).
     """
 
     db_url: str
@@ -89,6 +92,7 @@ class WorkerConfig:
     metrics_port: int | None = None
     job_options: dict[str, Any] = field(default_factory=dict)
     pool_size: int | None = None
+    poll_s: float = 5.0
 
     @property
     def warm_kernels(self) -> int:
@@ -268,15 +272,16 @@ def procrastinate_worker(
     could not run the job", and the jobs still running past the grace period on shutdown are
     cancelled, as a server with a SQLite store cancels them, instead of queued again.
     """
-    from procrastinate import worker as procrastinate_worker
+    from analysis.runner.server.turn_worker import TurnWorker
 
     runner = _Runner(
         app, store, config, name, metrics, pool=pool, label="server" if server else "worker",
         requeue_on_shutdown=not server,
     )  # fmt: skip
     app.task(name=TASK, queue=DEFAULT_QUEUE, pass_context=True)(runner.__call__)
-    return procrastinate_worker.Worker(
+    return TurnWorker(
         app, queues=list(config.queues) or None, name=name, concurrency=config.concurrency,
+        fetch_job_polling_interval=config.poll_s,
         shutdown_graceful_timeout=config.grace_s, update_heartbeat_interval=config.heartbeat_s,
         stalled_worker_timeout=max(30.0, 5 * config.heartbeat_s),
         delete_jobs="always",  # the store keeps the history; the queue keeps only live jobs

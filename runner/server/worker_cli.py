@@ -40,6 +40,10 @@ def add_subparser(subparsers: Any) -> None:
         "--pool-size", type=int, default=None, metavar="N",
         help="warm kernels per project (default: --concurrency, up to 4); 0: cold kernels",
     )  # fmt: skip
+    worker.add_argument(
+        "--poll", type=float, default=5.0, metavar="SECONDS",
+        help="look for queued jobs this often without a notice (5; notices wake a worker at once)",
+    )  # fmt: skip
     worker.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics (127.0.0.1)")
     worker.add_argument("--metrics-port", type=int, default=None, metavar="PORT", help="serve /metrics")
     worker.set_defaults(handler=run_worker_command)
@@ -57,6 +61,9 @@ def run_worker_command(args: argparse.Namespace) -> int:
     if args.pool_size is not None and args.pool_size < 0:
         sys.stderr.write("analysis worker: --pool-size must be 0 (cold kernels) or more\n")
         return EXIT_USAGE
+    if args.poll <= 0:
+        sys.stderr.write("analysis worker: --poll must be more than 0 seconds\n")
+        return EXIT_USAGE
     if not args.db.startswith(("postgresql://", "postgresql+psycopg://")):
         sys.stderr.write("analysis worker: --db must be a PostgreSQL URL (postgresql://...)\n")
         return EXIT_USAGE
@@ -67,7 +74,7 @@ def run_worker_command(args: argparse.Namespace) -> int:
         db_url=args.db, root=args.root, concurrency=args.concurrency,
         queues=tuple(q for q in args.queues.split(",") if q), name=args.name, grace_s=args.grace,
         heartbeat_s=args.heartbeat, pool_size=args.pool_size, metrics_host=args.metrics_host,
-        metrics_port=args.metrics_port,
+        metrics_port=args.metrics_port, poll_s=args.poll,
         job_options={
             name: value
             for name, value in (("timeout_s", args.timeout), ("max_result_bytes", args.max_result_bytes))

@@ -142,3 +142,21 @@ def test_concurrent_misses_fetch_a_file_once(tmp_path: Path, files_server: tuple
     assert [text for text, _ in results] == ["region,amount\nnorth,10\nsouth,7\n"] * 3
     assert sorted(lines for _, lines in results) == [["hit"], ["hit"], ["miss", "stored"]]
     assert server.content_gets == 1
+
+
+def test_a_file_the_cache_cannot_keep_is_still_read(
+    tmp_path: Path, files_server: tuple[CountingFiles, str]
+) -> None:
+    from analysis.result_cache import cache_stats
+
+    from .test_write_failures import mounted
+
+    server, url = files_server
+    before = cache_stats("p1").snapshot()["write_failures"]
+    with mounted(tmp_path / "p1" / "analysis" / "cache", "size=1m,mode=0700,ro"):
+        first, lines1 = _read(tmp_path, url, cache="1h")
+        second, lines2 = _read(tmp_path, url, cache="1h")
+    assert first == second == "region,amount\nnorth,10\nsouth,7\n"
+    assert lines1 == lines2 == ["miss", "not"]  # "[cache] not stored file sales.csv (...)"
+    assert cache_stats("p1").snapshot()["write_failures"] - before == 2
+    assert server.content_gets == 2

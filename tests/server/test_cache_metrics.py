@@ -6,6 +6,7 @@ worker`` process runs them, and adds their counters to the store.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sqlite3
@@ -112,3 +113,43 @@ def _assert_counts(text: str) -> None:
     assert written > 0 and _value(text, "analysis_cache_read_bytes_total", "alpha") == 2 * written
     assert _value(text, "analysis_cache_misses_total", "beta") == 1
     assert _value(text, "analysis_cache_hits_total", "beta") == 0
+
+
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+def test_an_analysis_worker_s_failed_cache_writes_reach_the_server(
+    serve: Any, save: Any, root: Path, tmp_path: Path, store_url: str
+) -> None:
+    """beta's cache folder on the worker is a read-only file system: its job succeeds, uncached, counted."""
+    worker_root = tmp_path / "worker"
+    for project in ("alpha", "beta"):
+        _shop(root, project)
+        _shop(worker_root, project)
+        save(project, "cached", CACHED)
+    read_only = worker_root / "beta" / "analysis" / "cache"
+    read_only.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(read_only)], capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        reason = f"cannot mount a read-only tmpfs: {mounted.stderr.strip()}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true: a missing capability is a failure)")
+        pytest.skip(reason)
+    server = serve("--local-workers", "0")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "analysis.runner.cli", "worker", "--db", store_url,
+         "--root", str(worker_root), "--name", "machine-2", "--concurrency", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _run_jobs(server)  # every job succeeds with its result
+        text = _admin_metrics(server)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(120)
+        subprocess.run(["umount", "-l", str(read_only)], check=False)
+    assert _value(text, "analysis_cache_write_failures_total", "beta") == 1
+    assert _value(text, "analysis_cache_stored_total", "beta") == 0
+    assert _value(text, "analysis_cache_write_failures_total", "alpha") == 0
+    assert _value(text, "analysis_cache_stored_total", "alpha") == 1

@@ -14,6 +14,7 @@ import pytest
     [
         (["worker", "--db", "sqlite:///store.sqlite3"], "--db must be a PostgreSQL URL"),
         (["worker", "--db", "postgresql://x@127.0.0.1/db", "--concurrency", "0"], "--concurrency must be"),
+        (["worker", "--db", "postgresql://x@127.0.0.1/db", "--poll", "0"], "--poll must be more than 0"),
         (["serve", "--workers"], "--workers needs --db postgresql://"),
         (["serve", "--workers", "--db", "sqlite:///store.sqlite3"], "--workers needs --db postgresql://"),
     ],
