@@ -513,15 +513,15 @@ def test_a_runner_slower_than_a_huge_print_still_gets_the_outcome(
 ) -> None:
     # a loaded runner reads iopub slower than the kernel writes: past ZeroMQ's high-water mark
     # the kernel dropped messages, the outcome among them, and the job waited for its deadline
-    from analysis.runner import jobs
+    from analysis.runner.job_spec import Job
 
-    output = jobs._Job.output
+    output = Job.output
 
-    def slow_output(self: jobs._Job, name: str, text: str) -> None:
+    def slow_output(self: Job, name: str, text: str) -> None:
         time.sleep(0.003)
         output(self, name, text)
 
-    monkeypatch.setattr(jobs._Job, "output", slow_output)
+    monkeypatch.setattr(Job, "output", slow_output)
     result = run_script(
         'def run(ctx, parameters):\n    print("y" * 200_000_000)\n    return "done"\n', timeout_s=120
     )
