@@ -7,9 +7,10 @@ then answers requests, one JSON object per line on stdin, with one JSON line on 
 
 - ``{"fork": NAME, "argv": [...], "limits": {...}, "max_tmp_bytes": N}``: start a kernel in
   ``JOBS/NAME``; answers ``{"pid": P}`` (the pid, in the zygote's PID namespace, of the
-  kernel's keeper process, see below) or ``{"error": TEXT}``.
-- ``{"wait": P, "block": BOOL}``: reap keeper ``P``; answers ``{"status": CODE}`` (negative: the
-  signal that killed it, as :class:`subprocess.Popen` says), or ``{"status": null}`` if it runs.
+  kernel's keeper process, see below) as soon as it is forked, or ``{"error": TEXT}``.
+- ``{"wait": P}``: reap keeper ``P`` if it has ended; answers ``{"status": CODE}`` (negative:
+  the signal that killed it, as :class:`subprocess.Popen` says), or ``{"status": null}`` if it
+  runs. The zygote never blocks on a kernel: it serves one request after another.
 
 Each kernel gets the isolation of a kernel bubblewrap starts for one job. The keeper, forked
 from the zygote, unshares a user, mount, PID, IPC and network namespace, mounts the kernel's
@@ -170,7 +171,7 @@ def _private_tmp(size: int | None) -> None:
     _mount(str(_JOB), "/tmp", None, _MS_MOVE)
 
 
-def _keeper(request: dict[str, Any], report: int) -> None:
+def _keeper(request: dict[str, Any]) -> None:
     """In the keeper: make the kernel's namespaces and mounts, start PID 1, end as it ends."""
     os.setsid()
     _die_with_parent()
@@ -182,10 +183,7 @@ def _keeper(request: dict[str, Any], report: int) -> None:
     _loopback_up()
     init = os.fork()
     if init == 0:
-        os.close(report)
         _init(request)
-    os.write(report, b"ok")
-    os.close(report)
     _exit_as(_wait_for(init))
 
 
@@ -246,38 +244,33 @@ def _fork(request: dict[str, Any]) -> dict[str, Any]:
     folder = JOBS / request["fork"]
     if not folder.is_dir() or "/" in request["fork"]:
         return {"error": f"no kernel folder {request['fork']!r}"}
-    read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            os.close(read)
             log = os.open(folder / "kernel.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
             os.dup2(log, 1)
             os.dup2(log, 2)
-            keep = sorted({write, *([int(_lifeline)] if _lifeline is not None else [])})
-            for low, high in zip([2, *keep], [*keep, 1 << 16], strict=True):
+            keep = sorted({2, *([int(_lifeline)] if _lifeline is not None else [])})
+            for low, high in zip(keep, [*keep[1:], 1 << 16], strict=True):
                 os.closerange(low + 1, high)
             os.chdir("/")
-            _keeper(request, write)
+            _keeper(request)
         except BaseException:
             import traceback
 
             traceback.print_exc()
             os._exit(1)
-    os.close(write)
-    with os.fdopen(read, "rb") as ready:
-        ok = ready.read() == b"ok"
-    if not ok:
-        _, status = os.waitpid(pid, 0)
-        return {"error": f"the kernel's sandbox could not be made (status {status}); see its kernel.log"}
+    # no wait for the keeper's namespaces and mounts: the zygote serves the next request at
+    # once; a keeper that cannot make them exits with its traceback in kernel.log, and the
+    # runner, waiting for the kernel to answer, sees it end
     return {"pid": pid}
 
 
 def _wait(request: dict[str, Any]) -> dict[str, Any]:
     try:
-        pid, status = os.waitpid(int(request["wait"]), 0 if request.get("block") else os.WNOHANG)
+        pid, status = os.waitpid(int(request["wait"]), os.WNOHANG)
     except ChildProcessError:
         return {"status": None, "error": "no such kernel"}
     return {"status": None if pid == 0 else os.waitstatus_to_exitcode(status)}

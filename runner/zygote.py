@@ -55,12 +55,15 @@ class _Child:
 
     def poll(self) -> int | None:
         if self.returncode is None and not _running(self.pid):  # it stays a zombie until we reap it
-            self.returncode = self.zygote.wait(self.inner_pid, block=False)
+            self.returncode = self.zygote.wait(self.inner_pid)
         return self.returncode
 
     def wait(self) -> int:
-        while self.returncode is None:
-            self.returncode = self.zygote.wait(self.inner_pid, block=True)
+        # polled, not a blocking request: the zygote would wait for this keeper to end (a dying
+        # kernel's memory to be freed, its namespaces torn down) instead of forking other kernels
+        while self.poll() is None:
+            time.sleep(0.002)
+        assert self.returncode is not None
         return self.returncode
 
     def find_kernel(self) -> int | None:
@@ -207,9 +210,10 @@ class Zygote:
             find_kernel=child.find_kernel,
         )
 
-    def wait(self, inner_pid: int, *, block: bool) -> int | None:
-        """Reap a kernel's keeper (by its pid in the zygote's namespace): its exit status, or ``None``."""
-        answer = self._request({"wait": inner_pid, "block": block})
+    def wait(self, inner_pid: int) -> int | None:
+        """Reap a kernel's keeper (by its pid in the zygote's namespace) if it has ended: its exit
+        status, or ``None`` while it runs."""
+        answer = self._request({"wait": inner_pid})
         if "error" in answer:  # already reaped, or the zygote is gone (its kernels with it)
             return -signal.SIGKILL
         status = answer.get("status")

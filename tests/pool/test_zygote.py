@@ -309,3 +309,19 @@ def test_a_burst_of_100_jobs_all_finish_on_forked_kernels(root: Path, no_leftove
 
         assert asyncio.run(burst()) == [[{"x": 1}]] * 100
         assert pool_of(service).stats["warm"] == 100 and pool_of(service).stats["cold"] == 0
+
+
+def test_a_kernel_whose_sandbox_cannot_be_made_ends_and_its_log_says_why(zygote: Zygote) -> None:
+    # the zygote answers a fork at once; a keeper that cannot make the kernel's mounts (here a
+    # /tmp of a size tmpfs refuses) ends, with the reason in the kernel's log, and the zygote
+    # goes on serving
+    job_dir = zygote.folder / "bad"
+    job_dir.mkdir(mode=0o700)
+    kernel = zygote.fork(job_dir, max_tmp_bytes=-1)
+    wait_for(lambda: not kernel.is_alive(), "the kernel's keeper to end")
+    assert kernel.exit_description() == "exited with code 1"
+    assert "mounting /job" in kernel.log_tail()
+    kernel.kill()
+    good = fork(zygote, "good")
+    assert run(good, "print(6 * 7)").strip() == "42"
+    good.kill()
