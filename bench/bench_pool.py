@@ -12,7 +12,7 @@ Every row shows the 1-minute load average when it was measured (the machine may 
 2. The same with a SQLite datasource queried through the broker, warm: what a datasource adds.
 3. 20 concurrent trivial jobs, all done: cold, and with a pool of 20 (no zygote / zygote), and
    the memory of an idle pooled kernel (PSS of its process tree: shared pages split).
-4. Sustained: 4 submitters in a closed loop (``--seconds``) by pool size, with and without a
+4. Sustained: ``--submitters`` (8) in a closed loop (``--seconds``) by pool size, with and without a
    zygote (jobs/s, and how many got a warm kernel; the rest started cold). Run as root with
    cgroup v1's ``cpuacct`` mounted, it also gives the CPU time all of the bench's processes
    (runner, zygote, kernels and their sandboxes' set-up and exit) spent per job, and the jobs/s
@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--sandbox", default="auto")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each sustained run")
+    parser.add_argument("--submitters", type=int, default=8, help="closed loops of the sustained runs")
     args = parser.parse_args()
     root, options = setup(), {"sandbox": args.sandbox}
     rows: list[tuple[str, str, str, str, str]] = []
@@ -217,7 +218,7 @@ def main() -> None:
         for size, zygotes in ((4, False), (2, True), (4, True), (8, True)):
             with service(root, size, options, zygotes=zygotes) as svc:
                 before = meter.seconds()
-                rate, done = sustained(svc, 4, args.seconds)
+                rate, done = sustained(svc, args.submitters, args.seconds)
                 after = meter.seconds()
                 assert svc.pool is not None
                 sus = dict(svc.pool.stats)
@@ -226,7 +227,8 @@ def main() -> None:
                 per_job = (after - before) / done
                 cost = f"; {per_job * 1000:.0f} ms CPU/job = {2 / per_job:.1f}/s on 2 idle cores"
             row(
-                f"sustained jobs/s, 4 submitters, pool {size}, {'zygote' if zygotes else 'no zygote'}",
+                f"sustained jobs/s, {args.submitters} submitters, pool {size}, "
+                f"{'zygote' if zygotes else 'no zygote'}",
                 "",
                 f"{rate:.1f}/s",
                 f"{sus['warm']} warm, {sus['cold']} cold{cost}",
