@@ -45,7 +45,15 @@ _without_debugger()
 from ipykernel.iostream import IOPubThread, OutStream  # noqa: E402
 from ipykernel.kernelapp import IPKernelApp  # noqa: E402
 
-__all__ = ["CHUNK_CHARS", "WARM_UP_OPTION", "ChunkedOutStream", "JobKernelApp", "warm_up"]
+__all__ = [
+    "CHUNK_CHARS",
+    "JOB_MODULES",
+    "WARM_UP_OPTION",
+    "ChunkedOutStream",
+    "JobKernelApp",
+    "import_job_modules",
+    "warm_up",
+]
 
 #: The option that makes a kernel warm up as it starts (a pooled kernel): ``OPTION + JOB_DIR``.
 WARM_UP_OPTION = "--analysis-warm-up="
@@ -158,16 +166,31 @@ class JobKernelApp(IPKernelApp):
         self.iopub_socket = self.iopub_thread.background_socket
 
 
+#: What every job imports: a pooled kernel imports it while idle, a zygote before its forks.
+JOB_MODULES = (
+    "duckdb",
+    "pyarrow",
+    "nanoarrow.ipc",
+    "analysis.broker_client",
+    "analysis.cache_fill",
+    "analysis.duck",
+    "analysis.execute",
+)
+
+
+def import_job_modules() -> None:
+    """Import :data:`JOB_MODULES`."""
+    import importlib
+
+    for name in JOB_MODULES:
+        importlib.import_module(name)
+
+
 def warm_up(job_dir: str) -> None:
     """What a pooled kernel does before its job: import what every job imports and open the job's
     locked-down DuckDB connection for ``job_dir`` (as the kernel sees it), with a first statement
     run on it (a connection's first costs more)."""
-    import nanoarrow.ipc  # type: ignore[import-untyped]  # noqa: F401
-    import pyarrow  # noqa: F401
-
-    import analysis.broker_client
-    import analysis.cache_fill
-    import analysis.execute  # noqa: F401
+    import_job_modules()
     from analysis.duck import prepare_connection
 
     prepare_connection(job_dir)

@@ -294,11 +294,9 @@ _LATE_IMPORTS = (
 def _rehearse() -> None:
     """Do once what every kernel would do as it starts and that leaves only caches behind.
 
-    Imports, and compiled patterns: the tokenizer's (IPython tokenizes each cell) and those of
-    ``argparse`` (the kernel parses its command line). Each forked kernel then finds them made;
-    none of it starts a thread or holds a job's data.
+    Imports, and the tokenizer's compiled patterns (IPython tokenizes each cell). Each forked
+    kernel then finds them made; none of it starts a thread or holds a job's data.
     """
-    import argparse
     import importlib
     import io
     import tokenize
@@ -306,25 +304,15 @@ def _rehearse() -> None:
     for name in _LATE_IMPORTS:
         importlib.import_module(name)
     list(tokenize.generate_tokens(io.StringIO("x = f(1, 'a')  # c\n").readline))
-    parser = argparse.ArgumentParser(prog="rehearsal", add_help=False)
-    parser.add_argument("-f", "--flag", default=None)
-    parser.parse_known_args(["-f", "x", "--a=b", "--c", "-1.5"])
 
 
 def main() -> None:
     """Import once, then serve fork and wait requests until stdin closes."""
     if sys.path and (sys.path[0] == "" or Path(sys.path[0]) == Path.cwd()):
         del sys.path[0]
-    import duckdb  # noqa: F401
-    import nanoarrow.ipc  # type: ignore[import-untyped]  # noqa: F401
-    import pyarrow  # noqa: F401
+    from analysis.kernel_app import import_job_modules
 
-    import analysis.broker_client
-    import analysis.cache_fill
-    import analysis.duck
-    import analysis.execute
-    import analysis.kernel_app  # noqa: F401
-
+    import_job_modules()
     _rehearse()
     # what the zygote made stays shared: a kernel's collections skip it instead of writing to
     # every object's header, which would copy most of the zygote's pages into each kernel

@@ -74,7 +74,7 @@ _ARTIFACT = "result.parquet"
 def _write_job_document(job: Job, job_dir: Path, source: Path, wall_deadline: float | None) -> Path:
     """The job document: every setting the kernel needs, as data (paths as the kernel sees them)."""
     spec = job.spec
-    inside = sandboxing.JOB_DIR if job.sandboxed else job_dir.resolve()
+    inside = sandboxing.job_dir_seen(job_dir, sandboxed=job.sandboxed)
     if job.sandboxed:  # the kernel sees its own copy of the analysis, not the host's folders
         copy = job_dir / "source" / source.name
         copy.parent.mkdir()
@@ -246,7 +246,7 @@ async def run_job_async(
                 serve_broker(job_dir, spec.project_id, settings, deadline=deadline)
             )
         job_file = _write_job_document(job, job_dir, source, deadline.at)  # the broker's deadline too
-        job_file_seen = str((sandboxing.JOB_DIR if job.sandboxed else job_dir.resolve()) / job_file.name)
+        job_file_seen = str(sandboxing.job_dir_seen(job_dir, sandboxed=job.sandboxed) / job_file.name)
         if job.sandboxed:  # the job document and the broker's socket, to the sandbox's user
             sandboxing.prepare_job_dir(job_dir, recursive=False)
         if spec.on_kernel_ready is not None:

@@ -358,7 +358,7 @@ def launch_kernel(
     inside = sandboxing.JOB_DIR if sandboxed else socket_dir
     args = kernel_args(
         max_processes if sandboxed else None,
-        warm_up=(sandboxing.JOB_DIR if sandboxed else job_dir.resolve()) if warm_up else None,
+        warm_up=sandboxing.job_dir_seen(job_dir, sandboxed=sandboxed) if warm_up else None,
     )
     limits = kernel_limits(max_memory_bytes, max_cpu_s, max_file_bytes)
     plan: sandboxing.SandboxPlan | None = None

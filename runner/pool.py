@@ -173,7 +173,7 @@ class KernelPool:
             self._wanted[key] = (project_id, root, dict(launch), time.monotonic())
             for evicted in self._environments.over_limit(self._wanted):
                 self.stats["evicted"] += len(self._idle.get(evicted, []))
-                self._forget(evicted)
+                self._dead += self._forget(evicted)
             self._lock.notify_all()
         return key
 
@@ -191,6 +191,14 @@ class KernelPool:
         ``lease``: the job's lease on its dependency environment, if it has one (see :meth:`want`).
         """
         key = self.want(project_id, root, launch, lease=lease)
+        warm = self._take(key)
+        if warm is None:
+            with self._lock:
+                self.stats["cold"] += count_cold
+        return warm
+
+    def _take(self, key: PoolKey) -> WarmKernel | None:
+        """An idle live kernel of ``key`` (dead ones go to be discarded), or ``None``."""
         with self._lock:
             idle = self._idle.get(key, [])
             while idle:
@@ -200,7 +208,6 @@ class KernelPool:
                     self._lock.notify_all()
                     return warm
                 self._discard_later(warm)
-            self.stats["cold"] += count_cold
             self._lock.notify_all()
         return None
 
@@ -257,7 +264,7 @@ class KernelPool:
                 with self._lock:
                     self._wakers.setdefault(key, []).append((loop, woken))
                 try:
-                    warm = self.acquire(project_id, root, launch, count_cold=False, lease=lease)
+                    warm = self._take(key)
                     if warm is not None:
                         return warm
                     why = await asyncio.wait_for(woken, max(0.0, give_up - time.monotonic()))
@@ -268,7 +275,7 @@ class KernelPool:
                         if (loop, woken) in self._wakers.get(key, []):
                             self._wakers[key].remove((loop, woken))
                 if why != "ready" or (not forking and not self._starting.get(key, 0)):
-                    return self.acquire(project_id, root, launch, count_cold=False, lease=lease)
+                    return self._take(key)
         finally:
             with self._lock:
                 self._waiting[key] -= 1
@@ -311,8 +318,8 @@ class KernelPool:
     def close(self) -> None:
         """Stop refilling and kill every idle kernel.
 
-        Kernels handed to jobs that still run die too (they were started by the pool's thread and
-        get its parent-death signal): close the pool once its jobs have ended.
+        Kernels handed to jobs that still run die too (they get the parent-death signal of the
+        pool's start threads, which end with it): close the pool once its jobs have ended.
         """
         with self._lock:
             self._closed = True
@@ -336,12 +343,14 @@ class KernelPool:
         self._dead.append(warm)
         self.stats["replaced"] += 1
 
-    def _forget(self, key: PoolKey) -> None:
-        """Under the lock: stop keeping ``key`` warm; its idle kernels (and their leases) go."""
+    def _forget(self, key: PoolKey) -> list[WarmKernel]:
+        """Under the lock: stop keeping ``key`` warm; its idle kernels, to be discarded (with their
+        leases), and no fork for its waiting jobs, who are woken to start cold."""
         self._wanted.pop(key, None)
         self._environments.forget(key)
-        self._dead += self._idle.pop(key, [])
+        self._starting[key] = self._starting.get(key, 0) - self._demand.pop(key, 0)
         self._wake(key, "gone")
+        return self._idle.pop(key, [])
 
     def _hold_environments(self, plan: list[_Planned]) -> list[_Planned]:
         """Under the lock: the planned kernels whose environment's lease could be taken (each
@@ -358,7 +367,7 @@ class KernelPool:
                 kept.append(entry)
             else:
                 self._starting[entry.key] -= 1
-                self._forget(entry.key)
+                self._dead += self._forget(entry.key)
         return kept
 
     def _run(self) -> None:
@@ -397,11 +406,7 @@ class KernelPool:
         now, out = time.monotonic(), []
         for key in list(self._wanted):
             if now - self._wanted[key][3] > self.idle_timeout_s:
-                del self._wanted[key]
-                self._environments.forget(key)
-                self._starting[key] = self._starting.get(key, 0) - self._demand.pop(key, 0)
-                out += self._idle.pop(key, [])
-                self._wake(key, "gone")
+                out += self._forget(key)
         for kernels in self._idle.values():
             for warm in [w for w in kernels if not w.kernel.is_alive()]:
                 kernels.remove(warm)

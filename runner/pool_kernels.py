@@ -117,7 +117,11 @@ class KernelMaker:
         self.zygote_error: str | None = None
         self._zygotes: dict[PoolKey, Zygote | None] = {}
         self._zygote_lock = threading.Lock()
-        self._context: Any = None  # the zmq context of the kernels' clients, made on first use
+        import zmq.asyncio
+
+        # one zmq context for the kernels' clients, whichever start thread connects them; a job
+        # closing the client it took does not pay for terminating a context
+        self._context: Any = zmq.asyncio.Context()
         self._pss_measured: dict[PoolKey, tuple[float, int]] = {}
 
     def forking(self, key: PoolKey) -> bool:
@@ -177,37 +181,34 @@ class KernelMaker:
     def _zygote(self, key: PoolKey, project_id: str, root: Path, launch: dict[str, Any]) -> Zygote | None:
         """The key's zygote, started if need be; ``None``: launch kernels one by one (unsandboxed,
         zygotes off, or the zygote cannot start here: :attr:`zygote_error` says why)."""
-        with self._zygote_lock:
-            return self._zygote_locked(key, project_id, root, launch)
-
-    def _zygote_locked(
-        self, key: PoolKey, project_id: str, root: Path, launch: dict[str, Any]
-    ) -> Zygote | None:
-        if not (self.zygotes and launch.get("sandboxed")) or self._zygotes.get(key, False) is None:
+        if not (self.zygotes and launch.get("sandboxed")):
             return None
-        zygote = self._zygotes.get(key)
-        if zygote is not None and zygote.is_alive():
+        with self._zygote_lock:  # the start threads ask side by side: one zygote per key
+            if key in self._zygotes and self._zygotes[key] is None:  # it could not start here
+                return None
+            zygote = self._zygotes.get(key)
+            if zygote is not None and zygote.is_alive():
+                return zygote
+            if zygote is not None:  # it died: its kernels died with it
+                self._close_zygote(key)
+            folder = root / project_id / "analysis" / "temp" / f"zygote-{uuid.uuid4().hex[:8]}"
+            try:
+                folder.mkdir(mode=0o700, parents=True)
+                claim_job_dir(folder)
+                zygote = Zygote(
+                    folder,
+                    python=launch.get("python"),
+                    python_env=launch.get("python_env"),
+                    start_timeout_s=self.start_timeout_s,
+                )
+            except Exception as exc:
+                shutil.rmtree(folder, ignore_errors=True)
+                self.zygote_error = f"{type(exc).__name__}: {exc}"
+                self._zygotes[key] = None
+                return None
+            self._zygotes[key] = zygote
+            self.stats["zygotes"] += 1
             return zygote
-        if zygote is not None:  # it died: its kernels died with it
-            self._close_zygote(key)
-        folder = root / project_id / "analysis" / "temp" / f"zygote-{uuid.uuid4().hex[:8]}"
-        try:
-            folder.mkdir(mode=0o700, parents=True)
-            claim_job_dir(folder)
-            zygote = Zygote(
-                folder,
-                python=launch.get("python"),
-                python_env=launch.get("python_env"),
-                start_timeout_s=self.start_timeout_s,
-            )
-        except Exception as exc:
-            shutil.rmtree(folder, ignore_errors=True)
-            self.zygote_error = f"{type(exc).__name__}: {exc}"
-            self._zygotes[key] = None
-            return None
-        self._zygotes[key] = zygote
-        self.stats["zygotes"] += 1
-        return zygote
 
     def _close_zygote(self, key: PoolKey) -> None:
         zygote = self._zygotes.pop(key, None)
@@ -231,8 +232,7 @@ class KernelMaker:
         with self._zygote_lock:
             for key in list(self._zygotes):
                 self._close_zygote(key)
-        if self._context is not None:
-            self._context.destroy(linger=0)
+        self._context.destroy(linger=0)
 
     async def _warm_all(self, kernels: list[WarmKernel]) -> list[bool]:
         return list(await asyncio.gather(*(self._warm_up(warm) for warm in kernels)))
@@ -241,11 +241,6 @@ class KernelMaker:
         """Wait for the kernel to answer (it warmed up as it started); whether it is ready for a job."""
         from jupyter_client.asynchronous.client import AsyncKernelClient
 
-        if self._context is None:
-            import zmq.asyncio
-
-            self._context = zmq.asyncio.Context()
-        # the pool's context: a job closing the client it took does not pay for terminating one
         client: Any = AsyncKernelClient(context=self._context)
         client.load_connection_info(warm.kernel.connection_info)
         # no heartbeat thread: jupyter_client's spins if stopped before it ran; the process is watched

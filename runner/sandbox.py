@@ -50,6 +50,7 @@ __all__ = [
     "SANDBOX_MODES",
     "SandboxPlan",
     "host_uid",
+    "job_dir_seen",
     "plan",
     "sandbox_available",
     "stage_and_drop",
@@ -305,6 +306,12 @@ def plan(
         argv += ["--setenv", key, value]
     argv += ["--", *kernel_argv]
     return SandboxPlan(argv, env, tuple(fds), stage)
+
+
+def job_dir_seen(job_dir: Path, *, sandboxed: bool) -> Path:
+    """``job_dir`` as its kernel sees it: :data:`JOB_DIR` in a sandbox, else its resolved path
+    (the job document's paths and a pooled kernel's prepared DuckDB connection use this one)."""
+    return JOB_DIR if sandboxed else job_dir.resolve()
 
 
 def prepare_job_dir(job_dir: Path, *, recursive: bool = True) -> None:

@@ -6,7 +6,6 @@ worker`` process runs them, and adds their counters to the store.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import sqlite3
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.cache.test_write_failures import mounted
 
 from .conftest import wait_for
 
@@ -90,6 +91,12 @@ def test_the_counters_of_an_analysis_workers_jobs_reach_the_server(
         _shop(root, project)
         _shop(worker_root, project)  # the datasource's file, on the worker's machine
         save(project, "cached", CACHED)
+    _assert_counts(_jobs_on_a_worker(serve, store_url, worker_root))
+
+
+def _jobs_on_a_worker(serve: Any, store_url: str, worker_root: Path) -> str:
+    """Run the projects' jobs on an ``analysis worker`` (its own root) of a server with no worker
+    of its own; the server's admin ``/metrics`` after."""
     server = serve("--local-workers", "0")
     worker = subprocess.Popen(
         [sys.executable, "-m", "analysis.runner.cli", "worker", "--db", store_url,
@@ -97,12 +104,11 @@ def test_the_counters_of_an_analysis_workers_jobs_reach_the_server(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        _run_jobs(server)
-        text = _admin_metrics(server)
+        _run_jobs(server)  # every job succeeds with its result
+        return _admin_metrics(server)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(120)
-    _assert_counts(text)
 
 
 def _assert_counts(text: str) -> None:
@@ -125,30 +131,8 @@ def test_an_analysis_worker_s_failed_cache_writes_reach_the_server(
         _shop(root, project)
         _shop(worker_root, project)
         save(project, "cached", CACHED)
-    read_only = worker_root / "beta" / "analysis" / "cache"
-    read_only.mkdir(parents=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(read_only)], capture_output=True, text=True,
-        check=False,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        reason = f"cannot mount a read-only tmpfs: {mounted.stderr.strip()}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason} (CI=true: a missing capability is a failure)")
-        pytest.skip(reason)
-    server = serve("--local-workers", "0")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "analysis.runner.cli", "worker", "--db", store_url,
-         "--root", str(worker_root), "--name", "machine-2", "--concurrency", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        _run_jobs(server)  # every job succeeds with its result
-        text = _admin_metrics(server)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(120)
-        subprocess.run(["umount", "-l", str(read_only)], check=False)
+    with mounted(worker_root / "beta" / "analysis" / "cache", "size=1m,ro"):
+        text = _jobs_on_a_worker(serve, store_url, worker_root)
     assert _value(text, "analysis_cache_write_failures_total", "beta") == 1
     assert _value(text, "analysis_cache_stored_total", "beta") == 0
     assert _value(text, "analysis_cache_write_failures_total", "alpha") == 0
