@@ -38,23 +38,43 @@ async def reply_to(client: Any, kernel: KernelProcess, msg_id: str, timeout_s: f
 
 
 async def connected(client: Any, kernel: KernelProcess, timeout_s: float) -> None:
-    """Until a ``kernel_info`` request is answered on shell *and* its status reaches iopub.
+    """Until a ``kernel_info`` request is answered on shell *and* iopub is subscribed.
 
     A reply on shell does not mean the iopub subscription is in place: a SUB socket that
     connects after the kernel published loses those messages (ZeroMQ's "slow joiner"), and a
-    warm-up waiting for its ``idle`` would wait out ``timeout_s``. So the request is repeated
-    until its status arrives, as ``jupyter_client``'s ``wait_for_ready`` does.
+    job waiting for its ``idle`` would wait out its deadline. The kernel's XPUB socket sends
+    ``iopub_welcome`` as the subscription reaches it (JEP 65, ipykernel 7); the idle status of
+    the request shows it too. Until one of them arrives the request is repeated, as
+    ``jupyter_client``'s ``wait_for_ready`` does.
     """
     give_up = time.monotonic() + timeout_s
     while True:
         msg_id = client.kernel_info()
         await reply_to(client, kernel, msg_id, max(0.0, give_up - time.monotonic()))
         try:
-            await idle_after(client, kernel, msg_id, min(0.5, max(0.0, give_up - time.monotonic())))
+            await _subscribed(client, kernel, msg_id, min(0.5, max(0.0, give_up - time.monotonic())))
             return
         except queue.Empty:
             if time.monotonic() >= give_up or not kernel.is_alive():
                 raise
+
+
+async def _subscribed(client: Any, kernel: KernelProcess, msg_id: str, timeout_s: float) -> None:
+    """Read iopub until the kernel's welcome, or its idle status after ``msg_id``."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        msg = await _next(client.get_iopub_msg, kernel, give_up)
+        if msg["msg_type"] == "iopub_welcome" or _idle_after(msg, msg_id):
+            return
+
+
+def _idle_after(msg: dict[str, Any], msg_id: str) -> bool:
+    """Whether ``msg`` is the kernel's idle status after the request ``msg_id``."""
+    return bool(
+        msg["parent_header"].get("msg_id") == msg_id
+        and msg["msg_type"] == "status"
+        and msg["content"].get("execution_state") == "idle"
+    )
 
 
 async def idle_after(client: Any, kernel: KernelProcess, msg_id: str, timeout_s: float) -> None:
@@ -62,9 +82,5 @@ async def idle_after(client: Any, kernel: KernelProcess, msg_id: str, timeout_s:
     give_up = time.monotonic() + timeout_s
     while True:
         msg = await _next(client.get_iopub_msg, kernel, give_up)
-        if (
-            msg["parent_header"].get("msg_id") == msg_id
-            and msg["msg_type"] == "status"
-            and msg["content"].get("execution_state") == "idle"
-        ):
+        if _idle_after(msg, msg_id):
             return

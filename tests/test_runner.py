@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -325,6 +327,45 @@ def test_a_job_kernel_is_configured_by_the_runners_command_line(run_script: RunS
     assert result.success, result.to_dict()
     assert result.result[:2] == [False, True]
     assert result.result[2].endswith("kernel.json") and result.result[3] == []
+
+
+def test_a_kernel_is_connected_once_its_iopub_welcome_arrives(tmp_path: Path, no_leftovers: None) -> None:
+    # ZeroMQ's slow joiner: a client subscribing after the kernel published loses those
+    # messages, such as the idle status of its first kernel_info request (dropped here). The
+    # kernel's iopub_welcome shows the subscription is in place: no need to repeat the request,
+    # half a second each time, until its status gets through.
+    from jupyter_client.asynchronous.client import AsyncKernelClient
+
+    from analysis.runner.kernel_messages import connected
+    from analysis.runner.kernels import launch_kernel
+
+    job_dir = tmp_path / "job"
+    job_dir.mkdir(mode=0o700)
+    kernel = launch_kernel(job_dir)
+
+    async def connect_losing_statuses() -> None:
+        client: Any = AsyncKernelClient()
+        client.load_connection_info(kernel.connection_info)
+        client.start_channels(hb=False)
+        get = client.get_iopub_msg
+
+        async def without_statuses(timeout: float | None = None) -> dict[str, Any]:
+            while True:
+                msg: dict[str, Any] = await get(timeout=timeout)
+                if msg["msg_type"] != "status":
+                    return msg
+
+        client.get_iopub_msg = without_statuses
+        try:
+            await connected(client, kernel, 30)
+        finally:
+            client.stop_channels()
+
+    try:
+        asyncio.run(connect_losing_statuses())
+    finally:
+        kernel.kill()
+        kernel.cleanup()
 
 
 def test_out_of_memory_at_the_jobs_memory_limit(run_script: RunScript) -> None:
