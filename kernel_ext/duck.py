@@ -247,10 +247,7 @@ class Duck:
             if self._job_dir is None:
                 self._con = duckdb.connect(":memory:")
             else:
-                self._con = duckdb.connect(
-                    ":memory:",
-                    config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
-                )
+                self._con = _connect_for_job()
                 # allowed_directories only counts once external access is off; then lock it all
                 self._con.execute("SET allowed_directories = [?]", [f"{self._job_dir}/"])
                 self._con.execute("SET temp_directory = ?", [str(self._job_dir / "duckdb.tmp")])
@@ -354,6 +351,46 @@ class Duck:
         if self._con is not None:
             self._con.close()
             self._con = None
+
+
+#: What a job's connection is opened with, before it is locked down.
+_JOB_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+#: Settings a zygote's database starts without (they start threads) and a forked kernel resets.
+_THREADS = {"threads": 1, "async_threads": 0}
+#: The in-memory database a zygote opens before its forks, by name (see ``open_before_forks``).
+_UNFORKED = ":memory:analysis-zygote"
+#: The zygote's connection to it, until a forked kernel opens its own.
+_unforked: list[duckdb.DuckDBPyConnection] = []
+
+
+def open_before_forks() -> None:
+    """In a zygote: open the in-memory database each forked kernel makes its job's connection on.
+
+    Opening a database and running its first statement is a third of a forked kernel's own CPU
+    time; done here, the kernels share it copy-on-write. With one worker and no async threads
+    DuckDB starts no thread, so the zygote can still fork. It holds no data: each kernel has its
+    own copy of the (empty) database after the fork.
+    """
+    import duckdb
+
+    con = duckdb.connect(_UNFORKED, config={**_JOB_CONFIG, **_THREADS})
+    con.sql("select 1").to_arrow_table()
+    _unforked.append(con)
+
+
+def _connect_for_job() -> duckdb.DuckDBPyConnection:
+    """A new connection for the job: on the database opened before the fork, or a new database."""
+    import duckdb
+
+    if not _unforked:
+        return duckdb.connect(":memory:", config=_JOB_CONFIG)
+    # a connection made in this kernel (found by the database's name), none of the state of
+    # the zygote's, which it then closes
+    con = duckdb.connect(_UNFORKED, config={**_JOB_CONFIG, **_THREADS})
+    _unforked.pop().close()
+    for name in _THREADS:  # this kernel's threads, as a database opened in it would have
+        con.execute(f"RESET {name}")
+    return con
 
 
 #: A pooled kernel's locked-down connection, opened before its job arrives, by job directory.

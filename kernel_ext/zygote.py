@@ -22,7 +22,8 @@ forks the kernel (PID 2), which drops every capability, sets the job's limits an
 :class:`analysis.kernel_app.JobKernelApp`. Each of the three dies with its parent
 (``PR_SET_PDEATHSIG``), and the keeper and PID 1 end as the kernel ended, so the runner sees
 the kernel's exit status. A fork is refused while the zygote has a second thread: nothing
-with threads (a ZeroMQ context, a DuckDB connection) may exist in it before a fork.
+with threads (a ZeroMQ context, a DuckDB database with its workers) may exist in it before a
+fork; the database it opens for its kernels (``analysis.duck.open_before_forks``) has none.
 """
 
 from __future__ import annotations
@@ -314,6 +315,9 @@ def main() -> None:
 
     import_job_modules()
     _rehearse()
+    from analysis.duck import open_before_forks
+
+    open_before_forks()
     # what the zygote made stays shared: a kernel's collections skip it instead of writing to
     # every object's header, which would copy most of the zygote's pages into each kernel
     gc.freeze()

@@ -325,3 +325,31 @@ def test_a_kernel_whose_sandbox_cannot_be_made_ends_and_its_log_says_why(zygote:
     good = fork(zygote, "good")
     assert run(good, "print(6 * 7)").strip() == "42"
     good.kill()
+
+
+def test_forked_kernels_draw_their_own_random_numbers(root: Path, no_leftovers: None) -> None:
+    # every kernel is a copy of its zygote, which has imported the job modules and opened a
+    # DuckDB database: a generator seeded there (numpy's global one, if the zygote imported
+    # numpy.random) would give every job the same numbers
+    save(
+        root,
+        "draws",
+        """
+        import random
+
+        import numpy
+
+        def run(ctx, parameters):
+            duck = ctx.query("select random() as r, gen_random_uuid()::varchar as u").rows[0]
+            return [duck["r"], duck["u"], random.random(), float(numpy.random.rand())]
+        """,
+    )
+    with AnalysisService(root, pool_size=2, sandbox="on", timeout_s=120) as service:
+        pool_of(service).zygotes = True
+        service.warm_up()
+        wait_for(lambda: pool_of(service).idle_count() == 2, "two warm kernels")
+        draws = [service.submit_analysis_job("draws", {}) for _ in range(4)]
+        assert all(draw.success for draw in draws), [draw.error for draw in draws]
+        assert pool_of(service).stats["warm"] == 4 and pool_of(service).stats["cold"] == 0
+    for kind in zip(*(draw.result for draw in draws), strict=True):
+        assert len(set(kind)) == 4, kind
