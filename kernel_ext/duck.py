@@ -354,7 +354,10 @@ class Duck:
 
 
 #: What a job's connection is opened with, before it is locked down.
-_JOB_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+_JOB_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
 #: Settings a zygote's database starts without (they start threads) and a forked kernel resets.
 _THREADS = {"threads": 1, "async_threads": 0}
 #: The in-memory database a zygote opens before its forks, by name (see ``open_before_forks``).
