@@ -47,6 +47,15 @@ _WATCH_EVENTS = select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLRDH
 _POLL_MS = 100
 
 
+class _KernelGoneError(Exception):
+    """The kernel's socket failed (it hung up) or the request was cancelled: no answer can go out.
+
+    Only the session's own socket operations raise it: an ``OSError`` of the broker code (the
+    file API refusing connections is a ``ConnectionError``) is that request's error, answered
+    as any other.
+    """
+
+
 class BrokerSession:
     """Serves one connection of a job's kernel until it closes or the broker stops."""
 
@@ -119,7 +128,7 @@ class BrokerSession:
         try:
             with self._watch(), redirect_emit(lambda line: self._send_log(access.redactor.scrub(line))):
                 final = self._answer(access, sources, request)
-        except (OSError, WireError):  # the kernel is gone, or it sent bytes mid-answer
+        except (_KernelGoneError, WireError):  # the kernel is gone, or it sent bytes mid-answer
             sources.discard()
             return False
         except AnalysisError as exc:
@@ -210,7 +219,7 @@ class BrokerSession:
         if self._over_memory:
             raise self._memory_error()
         if self._cancelled.is_set():
-            raise OSError("the request was cancelled")
+            raise _KernelGoneError("the request was cancelled")
 
     def _memory_error(self) -> ResourceLimitError:
         limit = self.server.limits.max_request_memory_bytes or 0
@@ -222,10 +231,16 @@ class BrokerSession:
     def _send_body(self, data: bytes | bytearray | memoryview) -> None:
         self._check_cancelled()
         self._sent = True
-        send_data(self.sock, data)
+        try:
+            send_data(self.sock, data)
+        except OSError as exc:
+            raise _KernelGoneError(str(exc)) from exc
 
     def _send_log(self, line: str) -> None:
-        send_header(self.sock, {"log": line})
+        try:
+            send_header(self.sock, {"log": line})
+        except OSError as exc:
+            raise _KernelGoneError(str(exc)) from exc
 
     @contextmanager
     def _watch(self) -> Iterator[None]:

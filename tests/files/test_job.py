@@ -66,3 +66,31 @@ def test_token_that_cannot_be_a_header_is_named_not_shown(
     assert "character 6, a control character" in (result.error or "")
     envelope = result.to_json()
     assert token[5:] not in envelope and token[:5] + "\\n" not in envelope
+
+
+def test_a_file_api_that_refuses_connections_is_a_file_api_error_in_the_job(
+    run_script: Callable[..., Any], token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the broker makes the request: its ConnectionError (an OSError) is the file API's, not the
+    # kernel hanging up on the broker, and reaches the job as the error it is
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        monkeypatch.setenv("ANALYSIS_BACKEND_URL", f"http://127.0.0.1:{sock.getsockname()[1]}")
+        monkeypatch.setenv("ANALYSIS_BACKEND_TOKEN", token)
+        result = run_script(
+            """
+            def run(ctx, parameters):
+                try:
+                    ctx.files.list()
+                except ConnectionError as exc:
+                    ctx.log("caught", type(exc).__name__)
+                return ctx.files.list()
+            """
+        )
+    envelope = result.to_dict()
+    assert envelope["error_type"] == "file_api_error", envelope
+    assert "attempt(s)" in envelope["error"]
+    assert "[log] caught FileApiConnectionError" in "\n".join(envelope["logs"])
+    assert token not in repr(envelope)
