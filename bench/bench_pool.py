@@ -9,7 +9,8 @@ Every row shows the 1-minute load average when it was measured (the machine may 
 1. One trivial job at a time (``return ctx.query("select 1").rows``): cold (``pool_size=0``) and
    warm (``pool_size=2``, each job submitted once the pool has refilled), p50 / p99, with kernels
    started one by one (column a) and forked from a zygote (column b).
-2. The same with a SQLite datasource queried through the broker, warm: what a datasource adds.
+2. The same with a SQLite datasource queried through the broker, and as a notebook of one cell
+   (``ctx.set_result(ctx.query("select 1").rows)``), warm: what a datasource or a notebook adds.
 3. 20 concurrent trivial jobs, all done: cold, and with a pool of 20 (no zygote / zygote), and
    the memory of an idle pooled kernel (PSS of its process tree: shared pages split).
 4. Sustained: ``--submitters`` (8) in a closed loop (``--seconds``) by pool size, with and without a
@@ -32,10 +33,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import nbformat
+
 from analysis.runner.service import AnalysisService
 
 TRIVIAL = 'def run(ctx, parameters):\n    return ctx.query("select 1").rows\n'
 DATASOURCE = 'def run(ctx, parameters):\n    return ctx.query_datasource("shop", "select 1 as x").rows\n'
+NOTEBOOK_CELL = 'ctx.set_result(ctx.query("select 1").rows)'
 
 
 def setup() -> Path:
@@ -44,6 +48,9 @@ def setup() -> Path:
     scripts.mkdir(parents=True)
     (scripts / "trivial.py").write_text(TRIVIAL)
     (scripts / "datasource.py").write_text(DATASOURCE)
+    nbformat.write(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(NOTEBOOK_CELL)]), scripts / "notebook.ipynb"
+    )
     sqlite3.connect(root / "default" / "analysis" / "shop.db").close()
     (root / "default" / "analysis" / "datasources.toml").write_text(
         '[shop]\nkind = "sqlite"\npath = "shop.db"\n'
@@ -171,6 +178,7 @@ def main() -> None:
     with AnalysisService(root, **options) as cold:
         cold.submit_analysis_job("trivial", {})  # imports, page cache
         cold_times = one_at_a_time(cold, "trivial", max(5, args.repeat // 3), 0)
+        cold_notebook = one_at_a_time(cold, "notebook", max(5, args.repeat // 3), 0)
         row(
             "cold trivial job (pool_size=0), p50 / p99",
             f"{pct(cold_times, 0.5):.0f} ms",
@@ -186,6 +194,8 @@ def main() -> None:
             warm[zygotes] = one_at_a_time(svc, "trivial", args.repeat, 2)
             if zygotes:
                 ds_times = one_at_a_time(svc, "datasource", args.repeat, 2)
+                svc.submit_analysis_job("notebook", {})  # the pool now keeps notebook kernels too
+                nb_times = one_at_a_time(svc, "notebook", args.repeat, 4)
     for q, name in ((0.5, "p50"), (0.99, "p99")):
         off, on = pct(warm[False], q), pct(warm[True], q)
         row(
@@ -199,6 +209,12 @@ def main() -> None:
         "",
         f"{pct(ds_times, 0.5):.0f} ms",
         f"+{pct(ds_times, 0.5) - pct(warm[True], 0.5):.0f} ms over trivial",
+    )
+    row(
+        "warm notebook analysis (one cell), p50; cold",
+        f"{pct(cold_notebook, 0.5):.0f} ms",
+        f"{pct(nb_times, 0.5):.0f} ms",
+        f"+{pct(nb_times, 0.5) - pct(warm[True], 0.5):.0f} ms over trivial",
     )
 
     for zygotes in (False, True):
