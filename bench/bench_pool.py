@@ -208,13 +208,13 @@ def main() -> None:
         "warm datasource job (SQLite via broker), p50",
         "",
         f"{pct(ds_times, 0.5):.0f} ms",
-        f"+{pct(ds_times, 0.5) - pct(warm[True], 0.5):.0f} ms over trivial",
+        f"{pct(ds_times, 0.5) - pct(warm[True], 0.5):+.0f} ms over trivial",
     )
     row(
         "warm notebook analysis (one cell), p50; cold",
         f"{pct(cold_notebook, 0.5):.0f} ms",
         f"{pct(nb_times, 0.5):.0f} ms",
-        f"+{pct(nb_times, 0.5) - pct(warm[True], 0.5):.0f} ms over trivial",
+        f"{pct(nb_times, 0.5) - pct(warm[True], 0.5):+.0f} ms over trivial",
     )
 
     for zygotes in (False, True):
