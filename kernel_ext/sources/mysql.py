@@ -3,7 +3,9 @@
 Ordinary queries go through mysql-connector-python (pure Python here), one statement per
 call (multi-statements are switched off). A statement with parameters is a server-side
 prepared statement (values bound, never put into the text). A read-only datasource runs each
-statement with the session and the transaction read-only, and rolls it back.
+statement with the session and the transaction read-only, and rolls it back; a read-write one
+sets autocommit on every call and commits a transaction the statement left open, so each call
+is its own transaction whatever a kept session ran before.
 
 Every statement gets a server-side limit (``max_statement_time`` on MariaDB,
 ``max_execution_time`` on MySQL, which covers only SELECT), and a timer sends ``KILL QUERY``
@@ -185,8 +187,8 @@ class MySQLDatasource(ServerDatasource):
             timer = threading.Timer(limit + 1.0, self.interrupt) if limit is not None else None
             try:
                 with conn.cursor() as setup:
-                    # UTC on every call: the pooled session may have run anything since
-                    setup.execute(f"{self._limit_statement(limit)}, time_zone = '+00:00'")
+                    # UTC and autocommit on every call: the pooled session may have run anything since
+                    setup.execute(f"{self._limit_statement(limit)}, time_zone = '+00:00', autocommit = 1")
                     if self.read_only:  # the session too: DDL commits implicitly and goes on
                         setup.execute("SET SESSION TRANSACTION READ ONLY")
                         setup.execute("START TRANSACTION READ ONLY")
@@ -203,6 +205,8 @@ class MySQLDatasource(ServerDatasource):
                             cur.fetchall()
                 if self.read_only:
                     conn.rollback()
+                elif conn.in_transaction:  # the statement opened one (START TRANSACTION, autocommit off)
+                    conn.commit()  # each call is its own transaction, committed as it ends
             except mysql.connector.Error as exc:
                 self._reset()
                 raise self._translate(exc, limit) from None
@@ -306,6 +310,7 @@ class MySQLDatasource(ServerDatasource):
         settings = [
             self._limit_statement(limit).removeprefix("SET "),
             "time_zone = '+00:00'",
+            "autocommit = 1",
             f"SESSION {'tx' if self._mariadb else 'transaction'}_read_only = {int(self.read_only)}",
         ]
         try:

@@ -11,7 +11,7 @@ import pytest
 
 from analysis.runner import JobResult
 
-from .conftest import write_sources
+from .conftest import servers, write_sources
 
 RunScript = Callable[..., JobResult]
 
@@ -54,3 +54,26 @@ def test_a_deadline_mid_into_leaves_the_pooled_mariadb_source_usable_and_later_j
     again = run_script(LOAD, datasources_file=config)
     assert again.success and again.result == expected, again.to_dict()
     assert _connections(my_server) == before + 1  # only the question above: both sessions were reused
+
+
+@pytest.mark.parametrize("leaves", ["SET autocommit = 0", "START TRANSACTION"])
+def test_a_job_cannot_leave_the_pooled_mariadb_session_holding_the_next_jobs_writes(
+    leaves: str, run_script: RunScript, tmp_path: Path, secret_key: str, my_server: Any
+) -> None:
+    # each call is its own transaction, committed as it ends on a read-write datasource; a
+    # job that turned autocommit off, or opened a transaction, left it so in the session the
+    # broker keeps, and the next job's INSERT was never committed (then lost with the session)
+    table = f"kept_writes_{len(leaves)}"
+    my_server.sql(f"CREATE TABLE {table} (n INT)", database=servers.DATABASE)
+    config = write_sources(tmp_path / "ds.toml", secret_key, my=my_server)
+    config.write_text(config.read_text().replace('[my]\n', '[my]\nread_only = false\n'))
+    first = run_script(
+        f"def run(ctx, parameters):\n    ctx.query_datasource('my', {leaves!r})\n", datasources_file=config
+    )
+    assert first.success, first.to_dict()
+    second = run_script(
+        f"def run(ctx, parameters):\n    ctx.query_datasource('my', 'INSERT INTO {table} VALUES (1)')\n",
+        datasources_file=config,
+    )
+    assert second.success, second.to_dict()
+    assert my_server.sql(f"SELECT count(*) FROM {table}", database=servers.DATABASE).split()[-1] == "1"
