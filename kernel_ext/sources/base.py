@@ -84,6 +84,14 @@ class Datasource(ABC):
     def close(self) -> None:
         """Close the connection, if one was opened. Safe to call twice."""
 
+    def reset_session(self) -> None:
+        """Forget what earlier statements did to the session: a kept datasource passes to another job.
+
+        By default the connection is closed and the next statement opens another; kinds with a
+        cheaper reset (``DISCARD ALL``, ``COM_RESET_CONNECTION``) override this.
+        """
+        self.close()
+
 
 class ServerDatasource(Datasource):
     """Common configuration of the client/server kinds (``postgres``, ``mysql``).

@@ -479,6 +479,25 @@ class MySQLDatasource(ServerDatasource):
         self._odbc = None  # arrow-odbc closes a connection when it is freed
         self._drop()
 
+    def reset_session(self) -> None:
+        """``COM_RESET_CONNECTION`` on the kept connection (user variables, session variables,
+        temporary tables, named locks, prepared statements), then its connect-time settings and
+        database again; a connection that fails it is closed. The bulk path's ODBC session has
+        no such reset through arrow-odbc: it is closed, and the next ``into=`` opens another."""
+        self._odbc = None
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            if not conn.cmd_reset_connection():
+                raise ConnectionError("the server does not reset sessions")
+            with conn.cursor() as cur:
+                cur.execute("SET time_zone = '+00:00'")
+            if self.database:
+                conn.database = self.database  # USE: a statement may have changed it
+        except Exception:
+            self._drop()
+
     def server_version(self) -> str:
         """The server's version string (``SELECT VERSION()``)."""
         table = self.query("SELECT VERSION()", None, timeout_s=self.connect_timeout_s)

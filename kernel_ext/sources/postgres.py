@@ -491,6 +491,26 @@ class PostgresDatasource(ServerDatasource):
             conn.close()
         self._drop_adbc()
 
+    def reset_session(self) -> None:
+        """``DISCARD ALL`` on each open connection (settings, ``search_path``, temporary tables,
+        prepared statements, advisory locks, ``LISTEN``); a connection that fails it is closed."""
+        import adbc_driver_manager
+
+        try:
+            if self._conn is not None and not self._conn.closed:
+                self._conn.autocommit = True  # DISCARD ALL cannot run inside a transaction
+                self._conn.execute("DISCARD ALL")
+                self._conn.autocommit = False
+            if self._adbc is not None:
+                stmt = adbc_driver_manager.AdbcStatement(self._adbc[0])
+                try:
+                    stmt.set_sql_query("DISCARD ALL")
+                    stmt.execute_update()
+                finally:
+                    stmt.close()
+        except Exception:
+            self.close()
+
     def server_version(self) -> str:
         """The server's version string (``SHOW server_version``)."""
         table = self.query("SHOW server_version", None, timeout_s=self.connect_timeout_s)

@@ -3,7 +3,10 @@
 A job's broker leases a datasource for one request and gives it back afterwards. The pool
 keeps up to ``max_idle_per_source`` idle ones per key for ``idle_timeout_s``; a datasource that
 ended a request in an unknown state (the kernel went away mid-stream, the request was
-cancelled) is closed instead of kept. The key holds the project, the configuration file and
+cancelled) is closed instead of kept. A datasource that passes to another job has its session
+reset first (``Datasource.reset_session``): nothing a job's statements did to the session
+(variables, ``search_path``, ``USE``, temporary tables, locks) reaches the next job, while the
+requests of one job keep theirs. The key holds the project, the configuration file and
 a fingerprint of the datasource's table, so an edited configuration gets new connections and
 no project ever gets another project's.
 """
@@ -53,27 +56,37 @@ class ConnectionPool:
     def __init__(self, *, max_idle_per_source: int = 4, idle_timeout_s: float = 300.0) -> None:
         self.max_idle_per_source = max_idle_per_source
         self.idle_timeout_s = idle_timeout_s
-        self._idle: dict[PoolKey, list[tuple[float, Datasource]]] = {}
+        #: per key: when each idle datasource was given back, by which job, and the datasource
+        self._idle: dict[PoolKey, list[tuple[float, str, Datasource]]] = {}
         self._lock = threading.Lock()
         self._closed = False
 
-    def lease(self, key: PoolKey, create: Callable[[], Datasource]) -> Datasource:
-        """An idle datasource for ``key``, else a new one from ``create``."""
+    def lease(self, key: PoolKey, create: Callable[[], Datasource], *, job: str) -> Datasource:
+        """An idle datasource for ``key`` (``job``'s own last one first, else another job's, its
+        session reset), else a new one from ``create``."""
         self._expire()
         with self._lock:
             idle = self._idle.get(key)
-            if idle:
-                return idle.pop()[1]
-        return create()
+            if not idle:
+                source = None
+            else:
+                mine = [i for i, entry in enumerate(idle) if entry[1] == job]
+                _, owner, source = idle.pop(mine[-1] if mine else -1)
+        if source is None:
+            return create()
+        if owner != job:
+            source.reset_session()
+        return source
 
-    def give_back(self, key: PoolKey, source: Datasource, *, reusable: bool) -> None:
-        """Keep ``source`` for the next lease of ``key`` if ``reusable`` and there is room; else close it."""
+    def give_back(self, key: PoolKey, source: Datasource, *, reusable: bool, job: str) -> None:
+        """Keep ``source`` (last used by ``job``) for the next lease of ``key`` if ``reusable`` and
+        there is room; else close it."""
         keep = False
         with self._lock:
             if reusable and not self._closed:
                 idle = self._idle.setdefault(key, [])
                 if len(idle) < self.max_idle_per_source:
-                    idle.append((time.monotonic(), source))
+                    idle.append((time.monotonic(), job, source))
                     keep = True
         if not keep:
             _close(source)
@@ -89,8 +102,8 @@ class ConnectionPool:
         stale: list[Datasource] = []
         with self._lock:
             for key, idle in list(self._idle.items()):
-                stale += [s for t, s in idle if t < limit]
-                idle[:] = [(t, s) for t, s in idle if t >= limit]
+                stale += [entry[2] for entry in idle if entry[0] < limit]
+                idle[:] = [entry for entry in idle if entry[0] >= limit]
                 if not idle:
                     del self._idle[key]
         for source in stale:
@@ -102,7 +115,7 @@ class ConnectionPool:
             self._closed = True
             idle, self._idle = self._idle, {}
         for entries in idle.values():
-            for _, source in entries:
+            for _, _, source in entries:
                 _close(source)
 
 

@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,8 @@ class BrokerServer:
         self.pool = pool
         self.limits = limits or BrokerLimits()
         self.stopping = threading.Event()
+        #: Who leases the pool's datasources: a datasource another job used has its session reset.
+        self.job = uuid.uuid4().hex
         self._listener: socket.socket | None = None
         self._sessions: dict[BrokerSession, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -221,6 +224,7 @@ class BrokerServer:
             config=self._config,
             secret_key=self.settings.secret_key,
             environ=self.settings.environ,
+            job=self.job,
         )
         cache_dir = self.settings.cache_dir(self.project_id)
         return LocalAccess(sources, self.settings, cache_dir=cache_dir), sources

@@ -59,8 +59,10 @@ class PooledSources(Datasources):
         config: Mapping[str, Mapping[str, Any]],
         secret_key: str | None,
         environ: Mapping[str, str],
+        job: str,
     ) -> None:
         super().__init__(config_path, secret_key=secret_key, environ=environ)
+        self._job = job
         self._config = {name: dict(entry) for name, entry in config.items()}
         self._pool = pool
         self._project_id = project_id
@@ -82,7 +84,7 @@ class PooledSources(Datasources):
             created.append(super(PooledSources, self).get(name))
             return created[0]
 
-        source = create() if name in self._fresh else self._pool.lease(key, create)
+        source = create() if name in self._fresh else self._pool.lease(key, create, job=self._job)
         self._open[name], self._keys[name] = source, key
         if not created:
             self._reused.add(name)
@@ -120,4 +122,4 @@ class PooledSources(Datasources):
     def close(self) -> None:
         leased, self._open = dict(self._open), {}
         for name, source in leased.items():
-            self._pool.give_back(self._keys[name], source, reusable=self._reusable)
+            self._pool.give_back(self._keys[name], source, reusable=self._reusable, job=self._job)

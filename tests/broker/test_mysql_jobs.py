@@ -1,4 +1,4 @@
-"""MariaDB ``into=`` through real jobs: the pooled ODBC session after a deadline, and between jobs."""
+"""MariaDB ``into=`` through real jobs: the pooled sessions after a deadline, and between jobs."""
 
 from __future__ import annotations
 
@@ -53,7 +53,9 @@ def test_a_deadline_mid_into_leaves_the_pooled_mariadb_source_usable_and_later_j
     before = _connections(my_server)
     again = run_script(LOAD, datasources_file=config)
     assert again.success and again.result == expected, again.to_dict()
-    assert _connections(my_server) == before + 1  # only the question above: both sessions were reused
+    # the question above, and the bulk path's ODBC session, which a job gets anew (arrow-odbc has
+    # no session reset); the other session was reset and reused
+    assert _connections(my_server) == before + 2
 
 
 @pytest.mark.parametrize("leaves", ["SET autocommit = 0", "START TRANSACTION"])
@@ -66,7 +68,7 @@ def test_a_job_cannot_leave_the_pooled_mariadb_session_holding_the_next_jobs_wri
     table = f"kept_writes_{len(leaves)}"
     my_server.sql(f"CREATE TABLE {table} (n INT)", database=servers.DATABASE)
     config = write_sources(tmp_path / "ds.toml", secret_key, my=my_server)
-    config.write_text(config.read_text().replace('[my]\n', '[my]\nread_only = false\n'))
+    config.write_text(config.read_text().replace("[my]\n", "[my]\nread_only = false\n"))
     first = run_script(
         f"def run(ctx, parameters):\n    ctx.query_datasource('my', {leaves!r})\n", datasources_file=config
     )
