@@ -481,9 +481,10 @@ class MySQLDatasource(ServerDatasource):
 
     def reset_session(self) -> None:
         """``COM_RESET_CONNECTION`` on the kept connection (user variables, session variables,
-        temporary tables, named locks, prepared statements), then its connect-time settings and
-        database again; a connection that fails it is closed. The bulk path's ODBC session has
-        no such reset through arrow-odbc: it is closed, and the next ``into=`` opens another."""
+        temporary tables, named locks, prepared statements; mysql-connector then sets its
+        connect-time settings again, and every call its time zone), and the configured database
+        again; a connection that fails it is closed. The bulk path's ODBC session has no such
+        reset through arrow-odbc: it is closed, and the next ``into=`` opens another."""
         self._odbc = None
         conn = self._conn
         if conn is None:
@@ -491,8 +492,6 @@ class MySQLDatasource(ServerDatasource):
         try:
             if not conn.cmd_reset_connection():
                 raise ConnectionError("the server does not reset sessions")
-            with conn.cursor() as cur:
-                cur.execute("SET time_zone = '+00:00'")
             if self.database:
                 conn.database = self.database  # USE: a statement may have changed it
         except Exception:

@@ -457,14 +457,21 @@ class PostgresDatasource(ServerDatasource):
         if self._adbc is None:
             return
         try:
-            stmt = adbc_driver_manager.AdbcStatement(self._adbc[0])
-            try:
-                stmt.set_sql_query("SELECT 1")
-                stmt.execute_update()
-            finally:
-                stmt.close()
+            self._adbc_execute("SELECT 1")
         except adbc_driver_manager.Error:
             self._drop_adbc()
+
+    def _adbc_execute(self, sql: str) -> None:
+        """Run ``sql`` on the open ADBC connection, its result (if any) unread."""
+        import adbc_driver_manager
+
+        assert self._adbc is not None
+        stmt = adbc_driver_manager.AdbcStatement(self._adbc[0])
+        try:
+            stmt.set_sql_query(sql)
+            stmt.execute_update()
+        finally:
+            stmt.close()
 
     def _drop_adbc(self) -> None:
         handles, self._adbc = self._adbc, None
@@ -494,20 +501,13 @@ class PostgresDatasource(ServerDatasource):
     def reset_session(self) -> None:
         """``DISCARD ALL`` on each open connection (settings, ``search_path``, temporary tables,
         prepared statements, advisory locks, ``LISTEN``); a connection that fails it is closed."""
-        import adbc_driver_manager
-
         try:
             if self._conn is not None and not self._conn.closed:
                 self._conn.autocommit = True  # DISCARD ALL cannot run inside a transaction
                 self._conn.execute("DISCARD ALL")
                 self._conn.autocommit = False
             if self._adbc is not None:
-                stmt = adbc_driver_manager.AdbcStatement(self._adbc[0])
-                try:
-                    stmt.set_sql_query("DISCARD ALL")
-                    stmt.execute_update()
-                finally:
-                    stmt.close()
+                self._adbc_execute("DISCARD ALL")
         except Exception:
             self.close()
 

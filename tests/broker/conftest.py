@@ -96,6 +96,11 @@ def write_sources(
     return path
 
 
+def mariadb_connections(server: Any) -> int:
+    """Connections the MariaDB ``server`` has accepted so far (this question itself is one more)."""
+    return int(server.sql("SHOW GLOBAL STATUS LIKE 'Connections'").split()[-1])
+
+
 @pytest.fixture
 def shop_db(tmp_path: Path) -> Path:
     """A SQLite file with a table ``orders`` of 3 rows and ``big`` of 200,000 rows."""

@@ -11,7 +11,7 @@ import pytest
 
 from analysis.runner import JobResult
 
-from .conftest import servers, write_sources
+from .conftest import mariadb_connections, servers, write_sources
 
 RunScript = Callable[..., JobResult]
 
@@ -21,11 +21,6 @@ LOAD = """
         n = ctx.query_datasource("my", sql, into="t").row_count
         return {"n": n, "sum": ctx.query("SELECT sum(n) AS s FROM t").rows[0]["s"]}
     """
-
-
-def _connections(server: Any) -> int:
-    """Connections the server has accepted so far (this question itself is one more)."""
-    return int(server.sql("SHOW GLOBAL STATUS LIKE 'Connections'").split()[-1])
 
 
 @pytest.mark.slow
@@ -50,12 +45,12 @@ def test_a_deadline_mid_into_leaves_the_pooled_mariadb_source_usable_and_later_j
     expected = {"n": 50_000, "sum": 50_000 * 50_001 // 2}
     after = run_script(LOAD, datasources_file=config)
     assert after.success and after.result == expected, after.to_dict()
-    before = _connections(my_server)
+    before = mariadb_connections(my_server)
     again = run_script(LOAD, datasources_file=config)
     assert again.success and again.result == expected, again.to_dict()
     # the question above, and the bulk path's ODBC session, which a job gets anew (arrow-odbc has
     # no session reset); the other session was reset and reused
-    assert _connections(my_server) == before + 2
+    assert mariadb_connections(my_server) == before + 2
 
 
 @pytest.mark.parametrize("leaves", ["SET autocommit = 0", "START TRANSACTION"])

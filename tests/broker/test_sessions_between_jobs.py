@@ -13,14 +13,9 @@ from typing import Any
 
 from analysis.runner import JobResult
 
-from .conftest import write_sources
+from .conftest import mariadb_connections, write_sources
 
 RunScript = Callable[..., JobResult]
-
-
-def _connections(server: Any) -> int:
-    """Connections the MariaDB server has accepted so far (this question itself is one more)."""
-    return int(server.sql("SHOW GLOBAL STATUS LIKE 'Connections'").split()[-1])
 
 
 def test_mariadb_user_variables_stay_with_the_job_that_set_them(
@@ -40,7 +35,7 @@ def test_mariadb_user_variables_stay_with_the_job_that_set_them(
     )
     assert first.success, first.to_dict()
     assert first.result == [42, 7]  # one job's requests share their sessions
-    before = _connections(my_server)
+    before = mariadb_connections(my_server)
     second = run_script(
         """
         def run(ctx, parameters):
@@ -54,7 +49,7 @@ def test_mariadb_user_variables_stay_with_the_job_that_set_them(
     assert second.result == [None, None]
     # the kept connection was reset, not replaced; the bulk path's ODBC session (no reset
     # through arrow-odbc) was opened anew
-    assert _connections(my_server) == before + 2
+    assert mariadb_connections(my_server) == before + 2
 
 
 def test_postgres_session_settings_stay_with_the_job_that_set_them(
