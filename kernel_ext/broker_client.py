@@ -163,11 +163,14 @@ def _c_stream(response: _Response) -> Any:
 def _load_stream(sink: SupportsLoadData, table: str, response: _Response, directory: Path) -> int:
     """Load an ``into=`` stream, applying the casts the broker put in its schema metadata.
 
-    Called once the request is sent: the job's DuckDB opens (its import, on a job's first
-    call) while the broker connects and runs the query, before the first bytes are awaited.
+    Called once the request is sent: the job's DuckDB opens and the stream reader is imported
+    (on a job's first call) while the broker connects and runs the query, before the first
+    bytes are awaited.
     A cached result may come as a file in ``directory`` instead (:mod:`analysis.cache_handoff`).
     """
     import duckdb
+    import nanoarrow  # type: ignore[import-untyped]  # noqa: F401  # imported while the broker works
+    import nanoarrow.ipc  # type: ignore[import-untyped]  # noqa: F401
 
     getattr(sink, "connection", None)
     final = response.final_first()
