@@ -7,6 +7,7 @@ an Arrow table (or the caller's DataFrame / Arrow object) to scan in place.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from operator import itemgetter
 from pathlib import Path
@@ -358,8 +359,18 @@ _JOB_CONFIG: dict[str, str | bool | int | float | list[str]] = {
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
 }
-#: Settings a zygote's database starts without (they start threads) and a forked kernel resets.
+#: Settings a zygote's database starts without (they start threads) and a forked kernel sets.
 _THREADS = {"threads": 1, "async_threads": 0}
+
+
+def job_threads() -> int:
+    """DuckDB worker threads of a job: all but one of the CPUs this process may run on, at least one.
+
+    The runner keeps that core: its data broker decodes the job's datasource results while
+    this DuckDB loads them, and it serves the other jobs. Two workers on a 2-core machine cost
+    a load 45-60 ms more CPU than one, for the same wall time (README, "Limits per job").
+    """
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 #: The in-memory database a zygote opens before its forks, by name (see ``open_before_forks``).
 _UNFORKED = ":memory:analysis-zygote"
 #: The zygote's connection to it, until a forked kernel opens its own.
@@ -386,13 +397,14 @@ def _connect_for_job() -> duckdb.DuckDBPyConnection:
     import duckdb
 
     if not _unforked:
-        return duckdb.connect(":memory:", config=_JOB_CONFIG)
+        return duckdb.connect(":memory:", config={**_JOB_CONFIG, "threads": job_threads()})
     # a connection made in this kernel (found by the database's name), none of the state of
     # the zygote's, which it then closes
     con = duckdb.connect(_UNFORKED, config={**_JOB_CONFIG, **_THREADS})
     _unforked.pop().close()
-    for name in _THREADS:  # this kernel's threads, as a database opened in it would have
-        con.execute(f"RESET {name}")
+    # this kernel's threads, as a database opened in it would have
+    con.execute(f"SET threads = {job_threads()}")
+    con.execute("RESET async_threads")
     return con
 
 

@@ -24,6 +24,7 @@ from analysis.runner.zygote import Zygote
 pytestmark = pytest.mark.skipif(sandbox_available() is not None, reason="zygotes serve sandboxed kernels")
 
 from tests.pool.test_pool import pool_of, save, wait_for  # noqa: E402
+from tests.sandbox.test_escapes import THREADS_PROBE  # noqa: E402
 
 
 @pytest.fixture
@@ -353,3 +354,16 @@ def test_forked_kernels_draw_their_own_random_numbers(root: Path, no_leftovers: 
         assert pool_of(service).stats["warm"] == 4 and pool_of(service).stats["cold"] == 0
     for kind in zip(*(draw.result for draw in draws), strict=True):
         assert len(set(kind)) == 4, kind
+
+
+def test_forked_kernels_leave_the_runner_a_core(root: Path, no_leftovers: None) -> None:
+    # the zygote's database runs one worker (no thread before a fork); each job gets a job's count
+    save(root, "threads", THREADS_PROBE)
+    with AnalysisService(root, pool_size=1, sandbox="on", timeout_s=120) as service:
+        pool_of(service).zygotes = True
+        service.warm_up()
+        wait_for(lambda: pool_of(service).idle_count() == 1, "a warm kernel")
+        result = service.submit_analysis_job("threads", {})
+        assert pool_of(service).stats["warm"] == 1
+    assert result.success, result.to_dict()
+    assert result.result == {"threads": max(1, len(os.sched_getaffinity(0)) - 1), "set": "Invalid Input Error"}

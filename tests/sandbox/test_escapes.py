@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import uuid
@@ -167,6 +168,28 @@ def test_duckdb_reaches_only_the_job_directory(run_sandboxed: RunSandboxed, tmp_
     assert outcome["unlock"].startswith("Invalid Input Error")
     assert outcome["own"] == [{"x": 42}]
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "other.duckdb").exists()
+
+
+THREADS_PROBE = """
+def run(ctx, parameters):
+    try:
+        ctx.query("SET threads = 64")
+        changed = "allowed"
+    except Exception as exc:
+        changed = str(exc).split(":")[0]
+    return {"threads": ctx.query("SELECT current_setting('threads') AS n").rows[0]["n"], "set": changed}
+"""
+
+
+@pytest.mark.parametrize("sandbox", ["on", "off"])
+def test_a_jobs_duckdb_leaves_the_runner_a_core(run_sandboxed: RunSandboxed, sandbox: str) -> None:
+    # all CPUs but one (at least one): the broker decodes the job's datasource results meanwhile
+    result = run_sandboxed(THREADS_PROBE, sandbox=sandbox)
+    assert result.success, result.to_dict()
+    assert result.result == {
+        "threads": max(1, len(os.sched_getaffinity(0)) - 1),
+        "set": "Invalid Input Error",  # and the analysis cannot take the core back
+    }
 
 
 def test_duckdb_is_locked_down_in_unsandboxed_jobs_too(run_sandboxed: RunSandboxed, tmp_path: Path) -> None:
