@@ -169,8 +169,7 @@ def _load_stream(sink: SupportsLoadData, table: str, response: _Response, direct
     A cached result may come as a file in ``directory`` instead (:mod:`analysis.cache_handoff`).
     """
     import duckdb
-    import nanoarrow  # type: ignore[import-untyped]  # noqa: F401  # imported while the broker works
-    import nanoarrow.ipc  # type: ignore[import-untyped]  # noqa: F401
+    import nanoarrow.ipc  # noqa: F401  # imported while the broker works: _c_stream needs it
 
     getattr(sink, "connection", None)
     final = response.final_first()

@@ -371,6 +371,8 @@ def job_threads() -> int:
     a load 45-60 ms more CPU than one, for the same wall time (README, "Limits per job").
     """
     return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 #: The in-memory database a zygote opens before its forks, by name (see ``open_before_forks``).
 _UNFORKED = ":memory:analysis-zygote"
 #: The zygote's connection to it, until a forked kernel opens its own.
