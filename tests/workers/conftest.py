@@ -24,9 +24,24 @@ if "analysis_test_cluster" not in sys.modules:
     _spec.loader.exec_module(cluster_module)
 
 
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+    return report
+
+
 @pytest.fixture
-def cluster() -> Iterator[Any]:
-    """A bridge with PostgreSQL on it; start the server and workers with ``serve()``/``worker()``."""
+def cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A bridge with PostgreSQL on it; start the server and workers with ``serve()``/``worker()``.
+
+    When the test fails, the end of each node's output is printed (pytest shows it with the
+    failure): the nodes' folders are removed with the cluster.
+    """
     reason = cluster_module.netns_missing() or cluster_module.servers.PostgresServer.available()
     if reason:
         if os.environ.get("CI", "").lower() == "true":
@@ -37,4 +52,8 @@ def cluster() -> Iterator[Any]:
         started.start()
         yield started
     finally:
+        if request.node.stash.get(_FAILED, False):
+            for node in started.nodes.values():
+                tail = node.output().splitlines()[-80:]
+                print(f"--- {node.name} ({node.log}), last {len(tail)} lines ---", *tail, sep="\n")
         started.close()
