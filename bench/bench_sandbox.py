@@ -22,7 +22,7 @@ from pathlib import Path
 
 from analysis.runner import JobSpec, run_job
 from analysis.runner import sandbox as sandboxing
-from analysis.runner.kernels import _child_setup
+from analysis.runner.kernels import child_setup
 
 
 def whole_jobs(repeat: int) -> tuple[float, float]:
@@ -48,7 +48,7 @@ def sandbox_alone(repeat: int) -> tuple[float, float]:
     times: dict[str, list[float]] = {"direct": [], "bwrap": []}
     for _ in range(repeat):
         started = time.perf_counter()
-        subprocess.run(["/bin/true"], check=True, preexec_fn=_child_setup({}, None))
+        subprocess.run(["/bin/true"], check=True, preexec_fn=child_setup({}, None))
         times["direct"].append(time.perf_counter() - started)
         plan = sandboxing.plan(["/bin/true"], job_dir=job_dir, max_tmp_bytes=64 * 1024**2)
         started = time.perf_counter()
@@ -57,7 +57,7 @@ def sandbox_alone(repeat: int) -> tuple[float, float]:
             check=True,
             env=plan.env,
             pass_fds=plan.pass_fds,
-            preexec_fn=_child_setup({}, plan),
+            preexec_fn=child_setup({}, plan),
         )
         times["bwrap"].append(time.perf_counter() - started)
         plan.close_fds()
