@@ -32,7 +32,7 @@ class _Sender:
 
     def __init__(self, send: Callable[[bytearray | memoryview], None]) -> None:
         self._send = send
-        self._queue: deque[bytearray | None] = deque()
+        self._queue: deque[bytes | bytearray | memoryview | None] = deque()
         self._queued = 0
         self._error: BaseException | None = None
         self._ready = threading.Condition()
@@ -64,7 +64,7 @@ class _Sender:
         if self._error is not None:
             raise self._error
 
-    def put(self, frame: bytearray) -> None:
+    def put(self, frame: bytes | bytearray | memoryview) -> None:
         with self._ready:
             while self._error is None and self._queued >= _AHEAD_BYTES:
                 self._ready.wait()
@@ -152,18 +152,57 @@ class ArrowSink:
         if casts is not None and any(casts):
             schema = schema.with_metadata({**(schema.metadata or {}), CASTS_KEY: json.dumps(list(casts))})
         sender = _Sender(self._send)
-        frames = _Frames(sender.put)
         rows = 0
         try:
-            with pa.ipc.new_stream(pa.PythonFile(frames, mode="w"), schema) as writer:
-                frames.flush()  # the schema now: the kernel sets up its reader while the first batch comes
+            if _has_dictionary(schema):  # dictionaries are messages of their own: the stream writer
+                rows = _write_stream(pa, schema, batches, sender.put)
+            else:
+                # the messages a stream writer would write, each serialized once in C++ and sent
+                # in frames that are views of it (no Python write per buffer, no copy)
+                _put_message(sender.put, schema.serialize())  # the kernel sets up its reader meanwhile
                 for batch in batches:
-                    writer.write_batch(batch)
+                    _put_message(sender.put, batch.serialize())  # the kernel loads it meanwhile
                     rows += batch.num_rows
-                    frames.flush()  # each batch as soon as it is read: the kernel loads it meanwhile
-            frames.flush()
+                sender.put(_END_OF_STREAM)
         except BaseException:
             sender.close(drain=False)
             raise
         sender.close(drain=True)
         return rows
+
+
+#: The end-of-stream marker of the Arrow IPC stream format (a continuation and a zero length).
+_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+
+
+def _put_message(put: Callable[[Any], None], message: Any) -> None:
+    """Hand an encapsulated IPC message (a ``pyarrow.Buffer``) to ``put`` in frames of its memory."""
+    view = memoryview(message)
+    for start in range(0, len(view), _FRAME_BYTES):
+        put(view[start : start + _FRAME_BYTES])
+
+
+def _has_dictionary(schema: Any) -> bool:
+    """Whether a field of ``schema``, nested ones included, is dictionary-encoded."""
+    import pyarrow as pa
+
+    def nested(typ: Any) -> bool:
+        if pa.types.is_dictionary(typ):
+            return True
+        return any(nested(typ.field(i).type) for i in range(typ.num_fields))
+
+    return any(nested(field.type) for field in schema)
+
+
+def _write_stream(pa: Any, schema: Any, batches: Any, put: Callable[[Any], None]) -> int:
+    """Write ``batches`` with pyarrow's stream writer (dictionaries and their deltas); the row count."""
+    frames = _Frames(put)
+    rows = 0
+    with pa.ipc.new_stream(pa.PythonFile(frames, mode="w"), schema) as writer:
+        frames.flush()
+        for batch in batches:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+            frames.flush()
+    frames.flush()
+    return rows
