@@ -214,7 +214,8 @@ def test_connections_past_the_limit_are_refused(broker: BrokerServer) -> None:
 
 
 def test_a_flood_of_connections_leaves_no_thread_behind(broker: BrokerServer) -> None:
-    threads_before = threading.active_count()
+    before = {t.ident for t in threading.enumerate()}
+    threads_before = len(before)
     for i in range(300):
         with connect(broker) as sock, contextlib.suppress(OSError):  # refused past max_connections
             if i % 3 == 0:
@@ -224,8 +225,11 @@ def test_a_flood_of_connections_leaves_no_thread_behind(broker: BrokerServer) ->
     give_up = time.monotonic() + 20
     while threading.active_count() > threads_before and time.monotonic() < give_up:
         time.sleep(0.05)
-    assert threading.active_count() <= threads_before
-    assert names_work(broker)
+    left = [f"{t.name} (daemon={t.daemon})" for t in threading.enumerate() if t.ident not in before]
+    assert threading.active_count() <= threads_before, left
+    # connections of the flood still in the listen backlog are accepted (and end) after the
+    # threads above did: for a moment they may hold the job's slots, and a new one is refused
+    assert _wait(lambda: names_work(broker), within_s=20)
 
 
 # -- against a real database: disconnects must cancel and must not leak connections -------------
