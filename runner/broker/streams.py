@@ -32,7 +32,7 @@ class _Sender:
 
     def __init__(self, send: Callable[[bytearray | memoryview], None]) -> None:
         self._send = send
-        self._queue: deque[bytes | bytearray | memoryview | None] = deque()
+        self._queue: deque[bytearray | memoryview | None] = deque()
         self._queued = 0
         self._error: BaseException | None = None
         self._ready = threading.Condition()
@@ -64,7 +64,7 @@ class _Sender:
         if self._error is not None:
             raise self._error
 
-    def put(self, frame: bytes | bytearray | memoryview) -> None:
+    def put(self, frame: bytearray | memoryview) -> None:
         with self._ready:
             while self._error is None and self._queued >= _AHEAD_BYTES:
                 self._ready.wait()
@@ -163,7 +163,7 @@ class ArrowSink:
                 for batch in batches:
                     _put_message(sender.put, batch.serialize())  # the kernel loads it meanwhile
                     rows += batch.num_rows
-                sender.put(_END_OF_STREAM)
+                sender.put(memoryview(_END_OF_STREAM))
         except BaseException:
             sender.close(drain=False)
             raise
