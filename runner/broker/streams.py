@@ -155,7 +155,7 @@ class ArrowSink:
         rows = 0
         try:
             if _has_dictionary(schema):  # dictionaries are messages of their own: the stream writer
-                rows = _write_stream(pa, schema, batches, sender.put)
+                rows = _write_stream(schema, batches, sender.put)
             else:
                 # the messages a stream writer would write, each serialized once in C++ and sent
                 # in frames that are views of it (no Python write per buffer, no copy)
@@ -194,8 +194,10 @@ def _has_dictionary(schema: Any) -> bool:
     return any(nested(field.type) for field in schema)
 
 
-def _write_stream(pa: Any, schema: Any, batches: Any, put: Callable[[Any], None]) -> int:
+def _write_stream(schema: Any, batches: Any, put: Callable[[Any], None]) -> int:
     """Write ``batches`` with pyarrow's stream writer (dictionaries and their deltas); the row count."""
+    import pyarrow as pa
+
     frames = _Frames(put)
     rows = 0
     with pa.ipc.new_stream(pa.PythonFile(frames, mode="w"), schema) as writer:
